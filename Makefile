@@ -1,0 +1,46 @@
+# l4lb: `make demo` (first try), `make test` (what CI runs).
+CARGO ?= cargo
+SCRIPTS := $(wildcard scripts/*.sh)
+
+.PHONY: all build release test unit lint fmt fmt-check clippy shellcheck bench demo run clean
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+
+release: build
+
+## Everything CI runs.
+test: fmt-check clippy shellcheck
+	$(CARGO) test --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+shellcheck:
+	@if [ -n "$(SCRIPTS)" ]; then \
+		for s in $(SCRIPTS); do bash -n "$$s" || exit 1; done; \
+		if command -v shellcheck >/dev/null 2>&1; then shellcheck $(SCRIPTS); \
+		else echo "shellcheck not installed: only bash -n ran"; fi; \
+	fi
+
+bench:
+	$(CARGO) bench
+
+## Run the balancer in front of three demo backends and load-test it.
+demo: build
+	bash scripts/demo.sh
+
+## Run the balancer on the documented example config.
+run: build
+	./target/release/l4lb --config conf/l4lb.toml
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,167 @@
+//! The typed, validated, immutable configuration.
+//!
+//! Control path only. `raw.rs` mirrors the TOML file with serde (`deny_unknown_fields`),
+//! `validate.rs` turns it into these types, naming the key path of every problem. Invariants
+//! once a `Config` exists: every listener has a unique name and at least one backend, every
+//! address is resolved, every number is within its documented range.
+
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use crate::balancer::Algorithm;
+
+/// A configuration problem: `file: key.path: what is wrong`, on one line. When `path` is
+/// empty (unreadable file, TOML syntax error) the key path and its colon are left out:
+/// `file: line 3 column 5: what is wrong`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {}{message}", key_prefix(.path))]
+pub struct ConfigError {
+    pub file: String,
+    /// Key path such as `listener[0].backends[1].addr`; empty for file-level problems.
+    pub path: String,
+    pub message: String,
+}
+
+/// `"key.path: "`, or nothing for a file-level error.
+fn key_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One worker per CPU in the process's affinity mask.
+    Auto,
+    Count(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceMode {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was loaded from (for reload and error messages).
+    pub path: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub admin: Option<AdminConfig>,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    pub workers: Workers,
+    pub pin_cpus: bool,
+    /// Explicit CPU ids; worker i is pinned to `cpus[i % cpus.len()]`.
+    pub cpus: Option<Vec<usize>>,
+    pub splice: SpliceMode,
+    /// Across all listeners; 0 = unlimited.
+    pub max_connections: u64,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    pub balance: Algorithm,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_retries: u32,
+    /// 0 = unlimited.
+    pub max_connections: u64,
+    /// 0 = unlimited.
+    pub max_conns_per_client: u32,
+    /// New connections per second per client IP; 0 = off.
+    pub conn_rate_per_client: u32,
+    pub proxy_protocol: ProxyProtocol,
+    pub accept_proxy_protocol: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `None` = off.
+    pub client_first_byte_timeout: Option<Duration>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub backends: Vec<BackendConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// As written in the file (`host:port` or `ip:port`); the metrics label.
+    pub name: String,
+    /// Resolved at load time.
+    pub addr: SocketAddr,
+    /// 0..=1000.
+    pub weight: u32,
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    pub backup: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub send: Option<Vec<u8>>,
+    pub expect: Option<Vec<u8>>,
+}
+
+impl Config {
+    /// Read, parse and validate `path`. Hostnames in backend addresses are resolved here.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            path: String::new(),
+            message: format!("cannot read file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate TOML text; `path` is used for error messages and kept in the result.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw = raw::parse(text, path)?;
+        validate::validate(raw, path)
+    }
+}

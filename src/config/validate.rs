@@ -1,0 +1,650 @@
+//! Turns the raw serde mirror into the typed `Config`, checking every value.
+//!
+//! Control path only (load, `--check` and reload). Owns every rule of the configuration:
+//! defaults, ranges, choices, address syntax, cross-key rules (unique listener names and bind
+//! addresses, unique backends, timeout <= interval) and hostname resolution, which happens here
+//! and only here, with the blocking system resolver.
+//!
+//! Invariants of the result (relied on by the runtime, the balancer and the admin API): at least
+//! one listener; listener names unique and made of `[A-Za-z0-9_.-]`; no two listeners share a
+//! bind address and protocol; each listener has 1..=`MAX_BACKENDS` backends with distinct names
+//! and distinct resolved addresses, at least one of them with a weight above 0; every number is
+//! within the range documented in docs/configuration.md.
+//!
+//! Every error is `FILE: KEY.PATH: MESSAGE` on one line; the first problem found is reported,
+//! in file order.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::raw::RawWorkers;
+use super::raw::{RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawListener, RawRuntime};
+use super::{
+    AdminConfig, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig, ListenerConfig,
+    Protocol, ProxyProtocol, RuntimeConfig, SpliceMode, Workers,
+};
+
+/// Most workers one process may run: far above any single host's core count, low enough that a
+/// typo (`workers = 10000`) fails at load instead of exhausting threads and memory.
+const MAX_WORKERS: i64 = 1024;
+/// CPU ids are below this; it matches the kernel's default `CONFIG_NR_CPUS` ceiling (4096).
+const MAX_CPU_ID: i64 = 4095;
+/// One day: a drain longer than that is a stuck shutdown, not a graceful one.
+const MAX_DRAIN_TIMEOUT_S: i64 = 86_400;
+/// Ten minutes: a TCP connect that takes longer is not going to succeed.
+const MAX_CONNECT_TIMEOUT_MS: i64 = 600_000;
+/// One week of silence on a connection.
+const MAX_IDLE_TIMEOUT_S: i64 = 604_800;
+/// Retries beyond this only add latency to a request that is already failing.
+const MAX_CONNECT_RETRIES: i64 = 16;
+/// One hour; the first-byte timeout is a slow-loris guard, not a session timeout.
+const MAX_FIRST_BYTE_TIMEOUT_MS: i64 = 3_600_000;
+/// Backends per listener: bounds the Maglev build (each backend gets rows of a 65537-slot
+/// table) and the per-backend atomics, which are allocated up front.
+pub(crate) const MAX_BACKENDS: usize = 4096;
+/// Weights are relative; 1000 gives 0.1% resolution, and keeps weighted round robin's
+/// per-pick arithmetic far from overflow.
+const MAX_WEIGHT: i64 = 1000;
+/// Health-check interval bounds: 10 ms is the finest a single checker thread can keep for a
+/// few thousand backends; one hour is the coarsest that still deserves the name.
+const MIN_INTERVAL_MS: i64 = 10;
+const MAX_INTERVAL_MS: i64 = 3_600_000;
+/// Consecutive results needed to flip a backend's state.
+const MAX_RISE_FALL: i64 = 1000;
+/// The checker reads at most this many bytes of a reply looking for `expect`, and sends at
+/// most this many; both are fixed buffers.
+const MAX_CHECK_PAYLOAD: usize = 4096;
+/// Listener names appear in metric labels and admin URLs; keep them short.
+const MAX_NAME_LEN: usize = 64;
+
+/// Default values, as documented in SPEC.md and docs/configuration.md.
+mod defaults {
+    pub const PIN_CPUS: bool = true;
+    pub const RUNTIME_MAX_CONNECTIONS: i64 = 100_000;
+    pub const DRAIN_TIMEOUT_S: i64 = 30;
+    pub const CONNECT_TIMEOUT_MS: i64 = 3000;
+    pub const IDLE_TIMEOUT_S: i64 = 300;
+    pub const CONNECT_RETRIES: i64 = 2;
+    pub const LISTENER_MAX_CONNECTIONS: i64 = 50_000;
+    pub const WEIGHT: i64 = 1;
+    pub const INTERVAL_MS: i64 = 2000;
+    pub const TIMEOUT_MS: i64 = 1000;
+    pub const RISE: i64 = 2;
+    pub const FALL: i64 = 3;
+}
+
+const SPLICE_MODES: &[(&str, SpliceMode)] = &[
+    ("auto", SpliceMode::Auto),
+    ("always", SpliceMode::Always),
+    ("never", SpliceMode::Never),
+];
+
+const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+
+const PROXY_PROTOCOLS: &[(&str, ProxyProtocol)] = &[
+    ("off", ProxyProtocol::Off),
+    ("v1", ProxyProtocol::V1),
+    ("v2", ProxyProtocol::V2),
+];
+
+/// The `balance` names, in the order SPEC.md lists them.
+const ALGORITHMS: &[(&str, Algorithm)] = &[
+    ("round_robin", Algorithm::RoundRobin),
+    ("weighted_round_robin", Algorithm::WeightedRoundRobin),
+    ("least_conn", Algorithm::LeastConn),
+    ("weighted_least_conn", Algorithm::WeightedLeastConn),
+    ("random_two", Algorithm::RandomTwo),
+    ("source_ip_hash", Algorithm::SourceIpHash),
+    ("five_tuple_hash", Algorithm::FiveTupleHash),
+];
+
+/// Validate `raw` (read from `path`) and build the typed configuration.
+pub(crate) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let cx = Cx {
+        file: path.display().to_string(),
+    };
+    let runtime = runtime(&cx, raw.runtime.unwrap_or_default())?;
+    let admin = raw.admin.map(|a| admin(&cx, a)).transpose()?;
+
+    let raw_listeners = raw.listener.unwrap_or_default();
+    if raw_listeners.is_empty() {
+        return Err(cx.err("listener", "at least one [[listener]] is required"));
+    }
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw_listeners.len());
+    for (i, raw_listener) in raw_listeners.into_iter().enumerate() {
+        let key = format!("listener[{i}]");
+        let l = listener(&cx, &key, raw_listener)?;
+        if let Some(j) = listeners.iter().position(|o| o.name == l.name) {
+            return Err(cx.err(
+                format!("{key}.name"),
+                format!("duplicate listener name {:?} (also listener[{j}])", l.name),
+            ));
+        }
+        if let Some(j) = listeners
+            .iter()
+            .position(|o| o.bind == l.bind && o.protocol == l.protocol)
+        {
+            return Err(cx.err(
+                format!("{key}.bind"),
+                format!(
+                    "{} {} is already used by listener[{j}] ({:?})",
+                    l.protocol.as_str(),
+                    l.bind,
+                    listeners[j].name
+                ),
+            ));
+        }
+        listeners.push(l);
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        runtime,
+        admin,
+        listeners,
+    })
+}
+
+/// The file name that prefixes every error.
+struct Cx {
+    file: String,
+}
+
+impl Cx {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            path: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An integer with a default, checked against `min..=max`.
+    fn int(
+        &self,
+        key: &str,
+        value: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
+        let v = value.unwrap_or(default);
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else if max == i64::MAX {
+            Err(self.err(key, format!("must be at least {min}, got {v}")))
+        } else {
+            Err(self.err(key, format!("must be between {min} and {max}, got {v}")))
+        }
+    }
+
+    /// A non-negative integer that fits a `u32`.
+    fn u32(&self, key: &str, value: Option<i64>, default: i64) -> Result<u32, ConfigError> {
+        let v = self.int(key, value, default, 0, i64::from(u32::MAX))?;
+        u32::try_from(v).map_err(|_| self.err(key, format!("out of range: {v}")))
+    }
+
+    /// A non-negative integer as a `u64`.
+    fn u64(&self, key: &str, value: Option<i64>, default: i64) -> Result<u64, ConfigError> {
+        let v = self.int(key, value, default, 0, i64::MAX)?;
+        u64::try_from(v).map_err(|_| self.err(key, format!("out of range: {v}")))
+    }
+
+    /// One of a fixed set of words, with a default.
+    fn choice<T: Copy>(
+        &self,
+        key: &str,
+        value: Option<String>,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(word) = value else {
+            return Ok(default);
+        };
+        match choices.iter().find(|(name, _)| *name == word) {
+            Some((_, v)) => Ok(*v),
+            None => {
+                let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+                Err(self.err(
+                    key,
+                    format!(
+                        "unknown value {word:?}, expected one of: {}",
+                        names.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A required key.
+    fn required<T>(&self, key: &str, value: Option<T>) -> Result<T, ConfigError> {
+        value.ok_or_else(|| self.err(key, "required key is missing"))
+    }
+
+    /// A literal `IP:port` to bind to (no host names: binding must not depend on DNS).
+    fn bind_addr(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        let addr: SocketAddr = text
+            .parse()
+            .map_err(|_| self.err(key, format!("invalid socket address {text:?}")))?;
+        if addr.port() == 0 {
+            // With one SO_REUSEPORT socket per worker, port 0 would give every worker a
+            // different ephemeral port.
+            return Err(self.err(key, format!("port 0 is not allowed in {text:?}")));
+        }
+        Ok(addr)
+    }
+
+    /// A list of CIDRs; a bare IP is a single-host network (/32 or /128).
+    fn cidrs(&self, key: &str, list: Option<Vec<String>>) -> Result<Vec<IpNet>, ConfigError> {
+        let list = list.unwrap_or_default();
+        let mut out = Vec::with_capacity(list.len());
+        for (i, text) in list.iter().enumerate() {
+            let net = match text.parse::<IpNet>() {
+                Ok(net) => net.trunc(),
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => IpNet::from(ip),
+                    Err(_) => {
+                        return Err(
+                            self.err(format!("{key}[{i}]"), format!("invalid CIDR {text:?}"))
+                        )
+                    }
+                },
+            };
+            out.push(net);
+        }
+        Ok(out)
+    }
+}
+
+fn runtime(cx: &Cx, raw: RawRuntime) -> Result<RuntimeConfig, ConfigError> {
+    let workers = match raw.workers {
+        None => Workers::Auto,
+        Some(RawWorkers::Word(word)) if word == "auto" => Workers::Auto,
+        Some(RawWorkers::Word(word)) => {
+            return Err(cx.err(
+                "runtime.workers",
+                format!(
+                    "unknown value {word:?}, expected \"auto\" or an integer between 1 and {MAX_WORKERS}"
+                ),
+            ))
+        }
+        Some(RawWorkers::Count(n)) => {
+            let n = cx.int("runtime.workers", Some(n), 1, 1, MAX_WORKERS)?;
+            Workers::Count(to_usize(n))
+        }
+    };
+    let pin_cpus = raw.pin_cpus.unwrap_or(defaults::PIN_CPUS);
+
+    let cpus = match raw.cpus {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return Err(cx.err(
+                    "runtime.cpus",
+                    "must not be empty (omit it to use every CPU of the affinity mask)",
+                ));
+            }
+            if !pin_cpus {
+                return Err(cx.err(
+                    "runtime.cpus",
+                    "has no effect with pin_cpus = false (remove one of them)",
+                ));
+            }
+            let mut cpus: Vec<usize> = Vec::with_capacity(list.len());
+            for (i, &cpu) in list.iter().enumerate() {
+                let key = format!("runtime.cpus[{i}]");
+                let cpu = to_usize(cx.int(&key, Some(cpu), 0, 0, MAX_CPU_ID)?);
+                if let Some(j) = cpus.iter().position(|&c| c == cpu) {
+                    return Err(cx.err(key, format!("duplicate CPU {cpu} (also cpus[{j}])")));
+                }
+                cpus.push(cpu);
+            }
+            Some(cpus)
+        }
+    };
+
+    let splice = cx.choice("runtime.splice", raw.splice, SpliceMode::Auto, SPLICE_MODES)?;
+    let max_connections = cx.u64(
+        "runtime.max_connections",
+        raw.max_connections,
+        defaults::RUNTIME_MAX_CONNECTIONS,
+    )?;
+    let drain_timeout_s = cx.int(
+        "runtime.drain_timeout_s",
+        raw.drain_timeout_s,
+        defaults::DRAIN_TIMEOUT_S,
+        0,
+        MAX_DRAIN_TIMEOUT_S,
+    )?;
+
+    Ok(RuntimeConfig {
+        workers,
+        pin_cpus,
+        cpus,
+        splice,
+        max_connections,
+        drain_timeout: Duration::from_secs(to_u64(drain_timeout_s)),
+    })
+}
+
+fn admin(cx: &Cx, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
+    let bind = cx.required("admin.bind", raw.bind)?;
+    Ok(AdminConfig {
+        bind: cx.bind_addr("admin.bind", &bind)?,
+    })
+}
+
+fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, ConfigError> {
+    let k = |name: &str| format!("{key}.{name}");
+
+    let name = cx.required(&k("name"), raw.name)?;
+    check_name(cx, &k("name"), &name)?;
+    let protocol = cx.choice(&k("protocol"), raw.protocol, Protocol::Tcp, PROTOCOLS)?;
+    let bind = cx.required(&k("bind"), raw.bind)?;
+    let bind = cx.bind_addr(&k("bind"), &bind)?;
+    let balance = cx.choice(
+        &k("balance"),
+        raw.balance,
+        Algorithm::RoundRobin,
+        ALGORITHMS,
+    )?;
+
+    let connect_timeout_ms = cx.int(
+        &k("connect_timeout_ms"),
+        raw.connect_timeout_ms,
+        defaults::CONNECT_TIMEOUT_MS,
+        1,
+        MAX_CONNECT_TIMEOUT_MS,
+    )?;
+    let idle_timeout_s = cx.int(
+        &k("idle_timeout_s"),
+        raw.idle_timeout_s,
+        defaults::IDLE_TIMEOUT_S,
+        1,
+        MAX_IDLE_TIMEOUT_S,
+    )?;
+    let connect_retries = cx.int(
+        &k("connect_retries"),
+        raw.connect_retries,
+        defaults::CONNECT_RETRIES,
+        0,
+        MAX_CONNECT_RETRIES,
+    )?;
+    let max_connections = cx.u64(
+        &k("max_connections"),
+        raw.max_connections,
+        defaults::LISTENER_MAX_CONNECTIONS,
+    )?;
+    let max_conns_per_client = cx.u32(&k("max_conns_per_client"), raw.max_conns_per_client, 0)?;
+    let conn_rate_per_client = cx.u32(&k("conn_rate_per_client"), raw.conn_rate_per_client, 0)?;
+
+    let proxy_protocol = cx.choice(
+        &k("proxy_protocol"),
+        raw.proxy_protocol,
+        ProxyProtocol::Off,
+        PROXY_PROTOCOLS,
+    )?;
+    if protocol == Protocol::Udp && proxy_protocol == ProxyProtocol::V1 {
+        return Err(cx.err(
+            k("proxy_protocol"),
+            "\"v1\" cannot carry UDP addresses; use \"v2\" or \"off\" on a udp listener",
+        ));
+    }
+    let accept_proxy_protocol = raw.accept_proxy_protocol.unwrap_or(false);
+    if protocol == Protocol::Udp && accept_proxy_protocol {
+        return Err(cx.err(
+            k("accept_proxy_protocol"),
+            "only a tcp listener can accept a PROXY header",
+        ));
+    }
+    let trusted_proxies = cx.cidrs(&k("trusted_proxies"), raw.trusted_proxies)?;
+
+    let first_byte_ms = cx.int(
+        &k("client_first_byte_timeout_ms"),
+        raw.client_first_byte_timeout_ms,
+        0,
+        0,
+        MAX_FIRST_BYTE_TIMEOUT_MS,
+    )?;
+    if protocol == Protocol::Udp && first_byte_ms > 0 {
+        return Err(cx.err(
+            k("client_first_byte_timeout_ms"),
+            "only applies to tcp listeners (a UDP session starts with its first datagram)",
+        ));
+    }
+    let client_first_byte_timeout =
+        (first_byte_ms > 0).then(|| Duration::from_millis(to_u64(first_byte_ms)));
+
+    let allow = cx.cidrs(&k("allow"), raw.allow)?;
+    let deny = cx.cidrs(&k("deny"), raw.deny)?;
+
+    let backends = backends(cx, &k("backends"), raw.backends)?;
+    let health_check = raw
+        .health_check
+        .map(|h| health_check(cx, &k("health_check"), h))
+        .transpose()?;
+
+    Ok(ListenerConfig {
+        name,
+        protocol,
+        bind,
+        balance,
+        connect_timeout: Duration::from_millis(to_u64(connect_timeout_ms)),
+        idle_timeout: Duration::from_secs(to_u64(idle_timeout_s)),
+        connect_retries: u32::try_from(connect_retries).unwrap_or(0),
+        max_connections,
+        max_conns_per_client,
+        conn_rate_per_client,
+        proxy_protocol,
+        accept_proxy_protocol,
+        trusted_proxies,
+        client_first_byte_timeout,
+        allow,
+        deny,
+        backends,
+        health_check,
+    })
+}
+
+/// Listener names are metric label values and admin URL segments: keep them plain.
+fn check_name(cx: &Cx, key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(cx.err(key, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(cx.err(
+            key,
+            format!("name {name:?} is longer than {MAX_NAME_LEN} characters"),
+        ));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !name.chars().all(plain) {
+        return Err(cx.err(
+            key,
+            format!("invalid name {name:?}: use only letters, digits, '_', '.' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn backends(
+    cx: &Cx,
+    key: &str,
+    raw: Option<Vec<RawBackend>>,
+) -> Result<Vec<BackendConfig>, ConfigError> {
+    let raw = cx.required(key, raw)?;
+    if raw.is_empty() {
+        return Err(cx.err(key, "must list at least one backend"));
+    }
+    if raw.len() > MAX_BACKENDS {
+        return Err(cx.err(
+            key,
+            format!("too many backends: {} (at most {MAX_BACKENDS})", raw.len()),
+        ));
+    }
+    let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
+    // Resolved address -> index, to catch two spellings of the same backend.
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::with_capacity(raw.len());
+    for (i, b) in raw.into_iter().enumerate() {
+        let bkey = format!("{key}[{i}]");
+        let addr_key = format!("{bkey}.addr");
+        let name = cx.required(&addr_key, b.addr)?;
+        let addr = backend_addr(&name).map_err(|message| cx.err(&addr_key, message))?;
+        if let Some(j) = out.iter().position(|o| o.name == name) {
+            return Err(cx.err(
+                addr_key,
+                format!("duplicate backend {name:?} (also backends[{j}])"),
+            ));
+        }
+        if let Some(&j) = seen.get(&addr) {
+            return Err(cx.err(
+                addr_key,
+                format!(
+                    "{name:?} resolves to {addr}, the same address as backends[{j}] ({:?})",
+                    out[j].name
+                ),
+            ));
+        }
+        seen.insert(addr, i);
+        let weight = cx.int(
+            &format!("{bkey}.weight"),
+            b.weight,
+            defaults::WEIGHT,
+            0,
+            MAX_WEIGHT,
+        )?;
+        let max_connections = cx.u32(&format!("{bkey}.max_connections"), b.max_connections, 0)?;
+        out.push(BackendConfig {
+            name,
+            addr,
+            weight: u32::try_from(weight).unwrap_or(0),
+            max_connections,
+            backup: b.backup.unwrap_or(false),
+        });
+    }
+    if out.iter().all(|b| b.weight == 0) {
+        return Err(cx.err(key, "no backend can take connections (every weight is 0)"));
+    }
+    Ok(out)
+}
+
+/// `IP:port`, `[IPv6]:port` or `host:port`; host names are resolved now, with the system
+/// resolver, and the first address it returns is kept. Errors are messages without the key.
+fn backend_addr(text: &str) -> Result<SocketAddr, String> {
+    let invalid = || format!("invalid socket address {text:?}");
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("port 0 is not allowed in {text:?}"));
+        }
+        return Ok(addr);
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    // An IPv6 literal must be bracketed; anything left with ':' or brackets is malformed.
+    if host.is_empty() || host.contains([':', '[', ']']) {
+        return Err(invalid());
+    }
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if port == 0 {
+        return Err(format!("port 0 is not allowed in {text:?}"));
+    }
+    // "10.0.0.300" is a broken IPv4 address, not a host name to look up.
+    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(invalid());
+    }
+    if !is_host_name(host) {
+        return Err(format!("invalid host name {host:?} in {text:?}"));
+    }
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("cannot resolve host {host:?}: no address"))
+}
+
+/// RFC 1123 host name: dot-separated labels of 1..=63 letters, digits, '-' (and '_', which
+/// real-world service names use), 253 characters at most, an optional final dot.
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+fn health_check(cx: &Cx, key: &str, raw: RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
+    let k = |name: &str| format!("{key}.{name}");
+    let interval_ms = cx.int(
+        &k("interval_ms"),
+        raw.interval_ms,
+        defaults::INTERVAL_MS,
+        MIN_INTERVAL_MS,
+        MAX_INTERVAL_MS,
+    )?;
+    // The default never exceeds a short interval the user chose: only an explicit timeout
+    // longer than the interval is an error.
+    let timeout_ms = raw
+        .timeout_ms
+        .unwrap_or(defaults::TIMEOUT_MS.min(interval_ms));
+    if !(1..=interval_ms).contains(&timeout_ms) {
+        return Err(cx.err(
+            k("timeout_ms"),
+            format!("must be between 1 and interval_ms ({interval_ms}), got {timeout_ms}"),
+        ));
+    }
+    let rise = cx.int(&k("rise"), raw.rise, defaults::RISE, 1, MAX_RISE_FALL)?;
+    let fall = cx.int(&k("fall"), raw.fall, defaults::FALL, 1, MAX_RISE_FALL)?;
+    let send = payload(cx, &k("send"), raw.send)?;
+    let expect = payload(cx, &k("expect"), raw.expect)?;
+    Ok(HealthCheckConfig {
+        interval: Duration::from_millis(to_u64(interval_ms)),
+        timeout: Duration::from_millis(to_u64(timeout_ms)),
+        rise: u32::try_from(rise).unwrap_or(1),
+        fall: u32::try_from(fall).unwrap_or(1),
+        send,
+        expect,
+    })
+}
+
+/// `send` / `expect`: optional, but never empty (omit the key instead), and bounded.
+fn payload(cx: &Cx, key: &str, value: Option<String>) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    if text.is_empty() {
+        return Err(cx.err(key, "must not be empty (omit the key instead)"));
+    }
+    if text.len() > MAX_CHECK_PAYLOAD {
+        return Err(cx.err(
+            key,
+            format!(
+                "is {} bytes long, at most {MAX_CHECK_PAYLOAD} are allowed",
+                text.len()
+            ),
+        ));
+    }
+    Ok(Some(text.into_bytes()))
+}
+
+/// Range-checked values only: the callers have already bounded `v` to be non-negative.
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_usize(v: i64) -> usize {
+    usize::try_from(v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! Counters of the data path, kept per worker so that workers never write the same cache
+//! line; the admin API sums them at scrape time.
+//!
+//! Hot path (one increment per accepted or refused connection). Each counter has a single
+//! writer, its worker; readers only load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a new connection was refused; the `reason` label of
+/// `l4lb_connections_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    ClientLimit = 0,
+    ClientRate = 1,
+    ListenerLimit = 2,
+    GlobalLimit = 3,
+    NoBackend = 4,
+    Acl = 5,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::ClientLimit,
+        RejectReason::ClientRate,
+        RejectReason::ListenerLimit,
+        RejectReason::GlobalLimit,
+        RejectReason::NoBackend,
+        RejectReason::Acl,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::ClientLimit => "client_limit",
+            RejectReason::ClientRate => "client_rate",
+            RejectReason::ListenerLimit => "listener_limit",
+            RejectReason::GlobalLimit => "global_limit",
+            RejectReason::NoBackend => "no_backend",
+            RejectReason::Acl => "acl",
+        }
+    }
+}
+
+/// One worker's counters for one listener.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct ListenerCounters {
+    pub accepted: AtomicU64,
+    pub rejected: [AtomicU64; 6],
+    /// Connections closed because a backend connect failed on every try.
+    pub connect_failures: AtomicU64,
+}
+
+impl ListenerCounters {
+    #[inline]
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// All counters of one worker.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    pub listeners: Vec<ListenerCounters>,
+}
+
+impl WorkerMetrics {
+    pub fn new(listeners: usize) -> WorkerMetrics {
+        WorkerMetrics {
+            listeners: (0..listeners).map(|_| ListenerCounters::default()).collect(),
+        }
+    }
+}
+
+/// Sum of one counter over workers.
+pub fn sum<F: Fn(&WorkerMetrics) -> u64>(workers: &[std::sync::Arc<WorkerMetrics>], f: F) -> u64 {
+    workers.iter().map(|w| f(w)).sum()
+}

@@ -1,0 +1,523 @@
+//! A worker: one thread, one mio `Poll`, its own REUSEPORT listening sockets, and the slab of
+//! connections the kernel steered to it. Connections never move between workers.
+//!
+//! Hot path. The loop: poll -> dispatch each event (accept until `WouldBlock`, connect
+//! completion, forwarding) -> drive connections that yielded -> expire timers. Nothing in here
+//! returns an error to the loop: every failure closes one connection (or pauses one listener
+//! after a resource error on accept) and the loop goes on.
+
+pub mod conn;
+pub mod flow;
+pub mod slab;
+pub mod timer;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::balancer::{Algorithm, FlowKey, Selector};
+use crate::metrics::{RejectReason, WorkerMetrics};
+use crate::net::io::{is_accept_resource_error, is_accept_transient_error};
+use crate::net::pipe::{BufferPool, PipePool};
+use crate::state::{try_take, ListenerState, SharedState};
+
+use conn::{Conn, ConnectState, Drive};
+use flow::IoResources;
+use slab::Slab;
+use timer::{TimerEntry, TimerWheel};
+
+pub const WAKER_TOKEN: Token = Token(usize::MAX);
+/// Events drained per poll; more wait for the next turn.
+const EVENTS_CAPACITY: usize = 1024;
+/// Copy buffer size (scratch and pooled). 32 KiB: large enough that bulk copies take few
+/// syscalls, and a full read is the signal that `splice = auto` switches a direction to splice.
+pub const COPY_BUFFER: usize = 32 * 1024;
+/// Idle pipes / buffers kept per worker; beyond that they are freed, bounding idle memory.
+const MAX_IDLE_PIPES: usize = 64;
+const MAX_IDLE_BUFFERS: usize = 64;
+/// How long a listener stops accepting after EMFILE/ENFILE/ENOBUFS/ENOMEM, so that the loop
+/// does not spin on a queue it cannot drain; existing connections keep being served.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+
+fn listener_token(i: usize) -> Token {
+    Token(usize::MAX - 1 - i)
+}
+
+fn conn_token(key: usize, backend_side: bool) -> Token {
+    Token(key * 2 + backend_side as usize)
+}
+
+/// Everything a worker thread starts with, prepared by the runtime on the main thread (so
+/// bind errors surface before any thread runs).
+#[derive(Debug)]
+pub struct WorkerSetup {
+    pub id: usize,
+    pub poll: Poll,
+    /// Index-aligned with `shared.listeners`; `None` for listeners this worker does not serve.
+    pub listeners: Vec<Option<TcpListener>>,
+    pub shared: Arc<SharedState>,
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+#[derive(Debug)]
+struct WorkerListener {
+    socket: Option<TcpListener>,
+    state: Arc<ListenerState>,
+    selector: Selector,
+    paused_until: Option<u64>,
+    /// The address to hash as "destination" for five_tuple_hash; `None` when the listener is
+    /// bound to a wildcard and each connection's local address must be asked for.
+    local: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    id: usize,
+    poll: Poll,
+    shared: Arc<SharedState>,
+    metrics: Arc<WorkerMetrics>,
+    listeners: Vec<WorkerListener>,
+    conns: Slab<Conn>,
+    io: IoResources,
+    timers: TimerWheel,
+    again: Vec<usize>,
+    fired: Vec<TimerEntry>,
+    now: u64,
+    last_accept_warn: Option<u64>,
+}
+
+impl Worker {
+    pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
+        let WorkerSetup {
+            id,
+            poll,
+            listeners,
+            shared,
+            metrics,
+        } = setup;
+        let mut wls = Vec::with_capacity(listeners.len());
+        for (i, socket) in listeners.into_iter().enumerate() {
+            let state = shared.listeners[i].clone();
+            let mut socket = socket;
+            if let Some(s) = &mut socket {
+                poll.registry().register(s, listener_token(i), Interest::READABLE)?;
+            }
+            let bind = state.config.bind;
+            wls.push(WorkerListener {
+                socket,
+                selector: Selector::new(id as u64),
+                paused_until: None,
+                local: (!bind.ip().is_unspecified()).then_some(bind),
+                state,
+            });
+        }
+        let now = shared.now_ms();
+        Ok(Worker {
+            id,
+            poll,
+            listeners: wls,
+            conns: Slab::with_capacity(1024),
+            io: IoResources {
+                scratch: vec![0u8; COPY_BUFFER].into_boxed_slice(),
+                pipes: PipePool::new(MAX_IDLE_PIPES),
+                bufs: BufferPool::new(COPY_BUFFER, MAX_IDLE_BUFFERS),
+                splice: shared.splice,
+            },
+            timers: TimerWheel::new(now),
+            again: Vec::new(),
+            fired: Vec::new(),
+            now,
+            last_accept_warn: None,
+            shared,
+            metrics,
+        })
+    }
+
+    /// Run until the process shuts down.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        log::debug!("worker {} running", self.id);
+        while !self.shared.is_shutting_down() {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("worker {}: poll failed: {e}", self.id);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            self.now = self.shared.now_ms();
+            for event in events.iter() {
+                self.dispatch(event);
+            }
+            let again = std::mem::take(&mut self.again);
+            for &key in &again {
+                self.drive(key);
+            }
+            self.recycle_again(again);
+            self.expire_timers();
+            self.resume_listeners();
+        }
+        log::debug!("worker {} stopping with {} connections", self.id, self.conns.len());
+        let keys: Vec<usize> = self.conns.keys().collect();
+        for key in keys {
+            self.close(key, false);
+        }
+    }
+
+    fn recycle_again(&mut self, mut spent: Vec<usize>) {
+        // Keep the allocation: swap the (possibly refilled) list back in.
+        spent.clear();
+        if self.again.is_empty() {
+            self.again = spent;
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut ms = self.timers.timeout_ms(self.now);
+        for l in &self.listeners {
+            if let Some(until) = l.paused_until {
+                let wait = until.saturating_sub(self.now);
+                ms = Some(ms.map_or(wait, |m| m.min(wait)));
+            }
+        }
+        ms.map(Duration::from_millis)
+    }
+
+    fn dispatch(&mut self, event: &mio::event::Event) {
+        let token = event.token();
+        if token == WAKER_TOKEN {
+            return;
+        }
+        if token.0 >= usize::MAX - self.listeners.len() {
+            let li = usize::MAX - 1 - token.0;
+            if self.listeners[li].paused_until.is_none() {
+                self.accept(li);
+            }
+            return;
+        }
+        let key = token.0 / 2;
+        let backend_side = token.0 % 2 == 1;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+        let ready = if backend_side {
+            &mut conn.backend_ready
+        } else {
+            &mut conn.client_ready
+        };
+        ready.readable |= readable;
+        ready.writable |= writable;
+        if conn.connecting {
+            if !backend_side {
+                // Client bytes wait in the kernel until the backend is connected.
+                return;
+            }
+            match conn.check_connect() {
+                ConnectState::InProgress => return,
+                ConnectState::Failed => {
+                    self.connect_failed(key);
+                    return;
+                }
+                ConnectState::Connected => {
+                    conn.connecting = false;
+                    conn.last_active = self.now;
+                }
+            }
+        }
+        self.drive(key);
+    }
+
+    fn drive(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.connecting {
+            return;
+        }
+        match conn.drive(&mut self.io, self.now) {
+            Drive::Wait => {}
+            Drive::Again => self.again.push(key),
+            Drive::Finished => self.close(key, false),
+            Drive::Reset => self.close(key, true),
+        }
+    }
+
+    fn accept(&mut self, li: usize) {
+        loop {
+            let Some(socket) = &self.listeners[li].socket else {
+                return;
+            };
+            match socket.accept() {
+                Ok((stream, peer)) => self.admit(li, stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_accept_transient_error(&e) => continue,
+                Err(e) => {
+                    // Out of descriptors or memory (or something unexpected): stop accepting
+                    // for a moment instead of spinning; established connections go on.
+                    self.listeners[li].paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
+                    let quiet = self.last_accept_warn.is_some_and(|t| self.now < t + 1000);
+                    if !quiet {
+                        self.last_accept_warn = Some(self.now);
+                        let kind = if is_accept_resource_error(&e) { "resource" } else { "unexpected" };
+                        log::warn!(
+                            "worker {}: listener {}: accept failed ({kind}): {e}; pausing {ACCEPT_BACKOFF_MS} ms",
+                            self.id,
+                            self.listeners[li].state.config.name
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_listeners(&mut self) {
+        for li in 0..self.listeners.len() {
+            if self.listeners[li].paused_until.is_some_and(|t| self.now >= t) {
+                self.listeners[li].paused_until = None;
+                // Edge-triggered: connections that queued meanwhile raise no new event.
+                self.accept(li);
+            }
+        }
+    }
+
+    /// Admission control for one accepted connection, then the first connect.
+    fn admit(&mut self, li: usize, stream: TcpStream, peer: SocketAddr) {
+        let state = self.listeners[li].state.clone();
+        let counters = &self.metrics.listeners[li];
+        let ip = peer.ip();
+        if !state.acl_allows(ip) {
+            counters.reject(RejectReason::Acl);
+            return reset(stream);
+        }
+        if !try_take(&self.shared.active, self.shared.max_connections) {
+            counters.reject(RejectReason::GlobalLimit);
+            return reset(stream);
+        }
+        if !try_take(&state.active, state.config.max_connections) {
+            self.shared.active.fetch_sub(1, Ordering::Relaxed);
+            counters.reject(RejectReason::ListenerLimit);
+            return reset(stream);
+        }
+        let undo_counts = |shared: &SharedState| {
+            shared.active.fetch_sub(1, Ordering::Relaxed);
+            state.active.fetch_sub(1, Ordering::Relaxed);
+        };
+        if let Some(rates) = &state.rates {
+            if !rates.try_acquire(ip, self.now) {
+                undo_counts(&self.shared);
+                counters.reject(RejectReason::ClientRate);
+                return reset(stream);
+            }
+        }
+        let client_slot = match &state.clients {
+            Some(table) => match table.acquire(ip, state.config.max_conns_per_client) {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    undo_counts(&self.shared);
+                    counters.reject(RejectReason::ClientLimit);
+                    return reset(stream);
+                }
+            },
+            None => None,
+        };
+        let _ = stream.set_nodelay(true);
+        let (key, generation) = self.conns.next();
+        let mut stream = stream;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            conn_token(key, false),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("worker {}: cannot register a client socket: {e}", self.id);
+            undo_counts(&self.shared);
+            if let (Some(slot), Some(table)) = (client_slot, &state.clients) {
+                table.release(slot);
+            }
+            return reset(stream);
+        }
+        let mut conn = Conn::new(li, generation, stream, peer, self.shared.splice, self.now);
+        conn.client_slot = client_slot;
+        let inserted = self.conns.insert(conn);
+        debug_assert_eq!(inserted, key);
+        if !self.connect(key) {
+            let reason_no_backend = self.conns.get(key).is_some_and(|c| c.tried_len == 0);
+            if reason_no_backend {
+                self.metrics.listeners[li].reject(RejectReason::NoBackend);
+            } else {
+                self.metrics.listeners[li]
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            self.close(key, true);
+            return;
+        }
+        self.metrics.listeners[li].accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(conn) = self.conns.get(key) {
+            self.timers.insert(conn.connect_deadline, TimerEntry { key, generation });
+        }
+    }
+
+    /// Start a connect to the next backend the balancer picks. `false` when no backend is left
+    /// to try (none available, or `connect_retries` exhausted).
+    fn connect(&mut self, key: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let wl = &mut self.listeners[conn.listener];
+        let retries = wl.state.config.connect_retries as usize;
+        let local = match wl.local {
+            Some(addr) => addr,
+            None if wl.state.config.balance == Algorithm::FiveTupleHash => {
+                conn.client.local_addr().unwrap_or(wl.state.config.bind)
+            }
+            None => wl.state.config.bind,
+        };
+        let flow_key = FlowKey {
+            client: conn.client_addr,
+            local,
+            protocol: 6,
+        };
+        let pool = wl.state.pool.load();
+        while conn.tried_len <= retries {
+            let Some(index) = wl.selector.pick(&pool, &flow_key, conn.tried()) else {
+                return false;
+            };
+            let backend = pool.backends()[index].clone();
+            backend.active.fetch_add(1, Ordering::Relaxed);
+            backend.total.fetch_add(1, Ordering::Relaxed);
+            let started = TcpStream::connect(backend.addr).and_then(|mut s| {
+                let _ = s.set_nodelay(true);
+                self.poll.registry().register(
+                    &mut s,
+                    conn_token(key, true),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(s)
+            });
+            match started {
+                Ok(stream) => {
+                    conn.backend = Some(stream);
+                    conn.backend_ref = Some(backend);
+                    conn.backend_index = index;
+                    conn.backend_ready = Default::default();
+                    conn.connecting = true;
+                    conn.connect_deadline = self.now + wl.state.config.connect_timeout.as_millis() as u64;
+                    return true;
+                }
+                Err(_) => {
+                    backend.active.fetch_sub(1, Ordering::Relaxed);
+                    backend.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    conn.record_failed(index);
+                }
+            }
+        }
+        false
+    }
+
+    /// The connect in flight failed (refused, unreachable, or timed out): count it against the
+    /// backend and try another, or give up with a reset to the client.
+    fn connect_failed(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.backend = None;
+        if let Some(b) = conn.backend_ref.take() {
+            b.active.fetch_sub(1, Ordering::Relaxed);
+            b.connect_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let index = conn.backend_index;
+        conn.record_failed(index);
+        let li = conn.listener;
+        if !self.connect(key) {
+            self.metrics.listeners[li]
+                .connect_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.close(key, true);
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(self.now, |e| fired.push(e));
+        for entry in fired.drain(..) {
+            let Some(conn) = self.conns.get(entry.key) else {
+                continue;
+            };
+            if conn.generation != entry.generation {
+                continue;
+            }
+            let deadline = if conn.connecting {
+                conn.connect_deadline
+            } else {
+                let idle = self.listeners[conn.listener].state.config.idle_timeout.as_millis() as u64;
+                conn.last_active + idle
+            };
+            if self.now < deadline {
+                self.timers.insert(deadline, entry);
+                continue;
+            }
+            if conn.connecting {
+                self.connect_failed(entry.key);
+                if let Some(conn) = self.conns.get(entry.key) {
+                    if conn.generation == entry.generation {
+                        self.timers.insert(conn.connect_deadline, entry);
+                    }
+                }
+            } else {
+                self.close(entry.key, false);
+            }
+        }
+        self.fired = fired;
+    }
+
+    /// Remove a connection and release everything it counted against.
+    fn close(&mut self, key: usize, with_reset: bool) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        if with_reset {
+            set_linger_zero(&conn.client);
+            if let Some(b) = &conn.backend {
+                set_linger_zero(b);
+            }
+        }
+        conn.c2b.release(&mut self.io);
+        conn.b2c.release(&mut self.io);
+        if let Some(b) = conn.backend_ref.take() {
+            b.active.fetch_sub(1, Ordering::Relaxed);
+            b.bytes_to_backend.fetch_add(conn.c2b.bytes, Ordering::Relaxed);
+            b.bytes_to_client.fetch_add(conn.b2c.bytes, Ordering::Relaxed);
+        }
+        let state = &self.listeners[conn.listener].state;
+        state.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(slot), Some(table)) = (conn.client_slot, &state.clients) {
+            table.release(slot);
+        }
+        // Dropping the sockets closes them, which also removes them from the epoll set.
+    }
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Close a refused connection with a reset, as HAProxy's `tcp-request connection reject`.
+fn reset(stream: TcpStream) {
+    set_linger_zero(&stream);
+}
