@@ -172,8 +172,7 @@ pub fn build(names: &[&str], weights: &[u32], size: usize) -> Vec<u32> {
 /// [`EMPTY`] when no backend is available.
 pub fn reassign(table: &[u32], seeds: &[u64], weights: &[u32]) -> Option<Vec<u32>> {
     debug_assert_eq!(seeds.len(), weights.len());
-    let owned_by_available =
-        |owner: u32| weights.get(owner as usize).is_some_and(|&w| w > 0);
+    let owned_by_available = |owner: u32| weights.get(owner as usize).is_some_and(|&w| w > 0);
     if table.iter().all(|&owner| owned_by_available(owner)) {
         return None;
     }
@@ -192,8 +191,7 @@ pub fn reassign(table: &[u32], seeds: &[u64], weights: &[u32]) -> Option<Vec<u32
             if owned_by_available(owner) {
                 owner
             } else {
-                rendezvous(slot_key(slot), candidates.iter().copied())
-                    .map_or(EMPTY, |i| i as u32)
+                rendezvous(slot_key(slot), candidates.iter().copied()).map_or(EMPTY, |i| i as u32)
             }
         })
         .collect();
@@ -274,7 +272,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.0.{}.{}:80", i / 250, i % 250 + 1)).collect()
+        (0..n)
+            .map(|i| format!("10.0.{}.{}:80", i / 250, i % 250 + 1))
+            .collect()
     }
 
     fn counts(table: &[u32], n: usize) -> Vec<usize> {
@@ -319,7 +319,10 @@ mod tests {
         let c = counts(&table, 4);
         for (i, want) in [0.1, 0.2, 0.3, 0.4].into_iter().enumerate() {
             let share = c[i] as f64 / table.len() as f64;
-            assert!((share - want).abs() < 0.01, "backend {i}: {share} vs {want}");
+            assert!(
+                (share - want).abs() < 0.01,
+                "backend {i}: {share} vs {want}"
+            );
         }
         // Very uneven weights too: 1 vs 1000 (the config's extremes).
         let table = build(&refs[..2], &[1, 1000], DEFAULT_TABLE_SIZE);
@@ -376,9 +379,9 @@ mod tests {
         let table = build(&refs, &[3, 1, 2], DEFAULT_TABLE_SIZE);
         assert_eq!(&table[..12], &GOLDEN_WEIGHTED[..]);
     }
-    const GOLDEN_EQUAL: [u32; 12] = [0; 12];
-    const GOLDEN_EQUAL_LAST: u32 = 0;
-    const GOLDEN_WEIGHTED: [u32; 12] = [0; 12];
+    const GOLDEN_EQUAL: [u32; 12] = [2, 1, 2, 0, 0, 2, 1, 0, 2, 0, 1, 0];
+    const GOLDEN_EQUAL_LAST: u32 = 2;
+    const GOLDEN_WEIGHTED: [u32; 12] = [2, 1, 2, 0, 0, 2, 1, 0, 2, 0, 0, 0];
 
     #[test]
     fn neg_ln_unit_matches_ln() {
@@ -388,7 +391,10 @@ mod tests {
             let u = ((h >> 11) + 1) as f64 / (1u64 << 53) as f64;
             let want = -u.ln();
             let got = neg_ln_unit(h);
-            assert!((got - want).abs() <= 1e-14 * want.max(1e-300) + 1e-300, "{h}");
+            assert!(
+                (got - want).abs() <= 1e-14 * want.max(1e-300) + 1e-300,
+                "{h}"
+            );
         }
         assert_eq!(neg_ln_unit(u64::MAX), 0.0);
         let smallest = neg_ln_unit(0);
@@ -399,7 +405,13 @@ mod tests {
     #[test]
     fn rendezvous_honours_weights() {
         let cands: Vec<(usize, u64, u32)> = (0..4)
-            .map(|i| (i, hash::name_hash(RENDEZVOUS_KEY, &format!("b{i}")), i as u32 + 1))
+            .map(|i| {
+                (
+                    i,
+                    hash::name_hash(RENDEZVOUS_KEY, &format!("b{i}")),
+                    i as u32 + 1,
+                )
+            })
             .collect();
         let mut c = [0usize; 4];
         let n = 100_000;
@@ -463,6 +475,7 @@ mod tests {
             let up: Vec<usize> = (0..n).filter(|&i| before_avail[i] > 0).collect();
             prop_assume!(!up.is_empty());
             let gone = up[pick.index(up.len())];
+            let gone_id = gone as u32;
             let mut after_avail = before_avail.clone();
             after_avail[gone] = 0;
             let before = reassign(&base, &seeds, &before_avail).unwrap_or_else(|| base.clone());
@@ -471,8 +484,8 @@ mod tests {
             let again = reassign(&base, &seeds, &after_avail).unwrap_or_else(|| base.clone());
             prop_assert_eq!(&after, &again);
             for s in 0..base.len() {
-                if before[s] == gone {
-                    prop_assert_ne!(after[s], gone);
+                if before[s] == gone_id {
+                    prop_assert_ne!(after[s], gone_id);
                     if up.len() > 1 {
                         prop_assert!(after_avail[after[s] as usize] > 0);
                     } else {

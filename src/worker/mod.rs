@@ -333,7 +333,7 @@ impl Worker {
             None => None,
         };
         let _ = stream.set_nodelay(true);
-        let (key, generation) = self.conns.next();
+        let (key, generation) = self.conns.reserve_key();
         let mut stream = stream;
         if let Err(e) = self.poll.registry().register(
             &mut stream,

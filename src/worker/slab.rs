@@ -22,13 +22,13 @@ impl<T> Slab<T> {
     }
 
     /// The key the next insert will use, and the generation to store in the value.
-    pub fn next(&mut self) -> (usize, u32) {
+    pub fn reserve_key(&mut self) -> (usize, u32) {
         self.generation = self.generation.wrapping_add(1);
         let key = self.free.last().copied().unwrap_or(self.entries.len());
         (key, self.generation)
     }
 
-    /// Insert at the key returned by the last `next()`.
+    /// Insert at the key returned by the last `reserve_key()`.
     pub fn insert(&mut self, value: T) -> usize {
         self.len += 1;
         match self.free.pop() {
@@ -80,13 +80,13 @@ mod tests {
     #[test]
     fn reuses_keys_and_bumps_generation() {
         let mut s = Slab::with_capacity(2);
-        let (k0, g0) = s.next();
+        let (k0, g0) = s.reserve_key();
         assert_eq!(s.insert("a"), k0);
-        let (k1, g1) = s.next();
+        let (k1, g1) = s.reserve_key();
         assert_eq!(s.insert("b"), k1);
         assert_ne!(g0, g1);
         assert_eq!(s.remove(k0), Some("a"));
-        let (k2, _) = s.next();
+        let (k2, _) = s.reserve_key();
         assert_eq!(k2, k0);
         assert_eq!(s.insert("c"), k0);
         assert_eq!(s.len(), 2);

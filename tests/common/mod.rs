@@ -28,6 +28,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Stack of the backends' per-connection threads: they only hold a heap buffer.
 const HANDLER_STACK: usize = 128 * 1024;
+/// Socket timeout of backend connections: ends a handler whose peer vanished without a close.
+const HANDLER_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -465,8 +467,8 @@ pub fn run_cli(args: &[&std::ffi::OsStr], timeout: Duration) -> CliOutput {
 /// What a backend does with one accepted connection. Runs on its own thread.
 pub type Handler = Arc<dyn Fn(TcpStream) + Send + Sync + 'static>;
 
-/// A TCP server on a loopback port 0, one thread per connection. Drop stops accepting, shuts
-/// every accepted socket down (which wakes blocked handlers) and joins all threads.
+/// A TCP server on a loopback port 0, one thread per connection. Drop stops accepting, joins
+/// the accept thread and waits (bounded) for the connection handlers to finish.
 pub struct Backend {
     pub addr: SocketAddr,
     /// The id an `id` backend announces, without the newline.
@@ -540,6 +542,9 @@ impl Drop for Backend {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Handlers end when their peer (the balancer, killed before us) closes. Wait for that,
+        // bounded; a straggler is left to its socket timeout rather than hang the test.
+        wait_until(Duration::from_secs(2), || self.active() == 0);
     }
 }
 
@@ -550,7 +555,6 @@ fn accept_loop(
     active: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut conns: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -560,40 +564,21 @@ fn accept_loop(
         };
         accepted.fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
-        let Ok(clone) = stream.try_clone() else {
-            active.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        };
-        let (handler, active) = (handler.clone(), active.clone());
+        // The backstop for a handler whose peer never closes.
+        let _ = stream.set_read_timeout(Some(HANDLER_IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(HANDLER_IO_TIMEOUT));
+        let (handler, done) = (handler.clone(), active.clone());
+        // The handler owns the only descriptor of its socket, so dropping it really closes
+        // (a reset with SO_LINGER 0 is sent at once, not when some clone goes away).
         let spawned = thread::Builder::new()
             .stack_size(HANDLER_STACK)
             .spawn(move || {
                 handler(stream);
-                active.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_sub(1, Ordering::SeqCst);
             });
-        match spawned {
-            Ok(h) => conns.push((clone, h)),
-            Err(_) => {
-                active.fetch_sub(1, Ordering::SeqCst);
-            }
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
         }
-        if conns.len() >= 256 {
-            // Bound the bookkeeping: forget connections whose handler already returned.
-            let (done, live): (Vec<_>, Vec<_>) =
-                conns.into_iter().partition(|(_, h)| h.is_finished());
-            for (_, h) in done {
-                let _ = h.join();
-            }
-            conns = live;
-        }
-    }
-    for (s, _) in &conns {
-        let _ = s.shutdown(Shutdown::Both);
-    }
-    for (_, h) in conns {
-        let _ = h.join();
     }
 }
 
@@ -783,16 +768,25 @@ pub enum Outcome {
 /// Connect from `src` (or the default source) and classify: served by which backend, or
 /// refused. Panics on anything else (timeouts, partial ids, connect errors other than reset).
 pub fn attempt(lb: SocketAddr, src: Option<IpAddr>) -> Outcome {
+    attempt_keep(lb, src).0
+}
+
+/// Like `attempt`, and keep the connection open when it was served.
+pub fn attempt_keep(lb: SocketAddr, src: Option<IpAddr>) -> (Outcome, Option<TcpStream>) {
     let conn = match src {
         Some(ip) => connect_from(ip, lb),
         None => connect(lb),
     };
     let mut s = match conn {
         Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Outcome::Refused,
+        // The balancer's reset can beat the end of our connect(): a refusal as well.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (Outcome::Refused, None),
         Err(e) => panic!("connect to l4lb {lb} from {src:?}: {e}"),
     };
-    attempt_on(&mut s)
+    match attempt_on(&mut s) {
+        Outcome::Refused => (Outcome::Refused, None),
+        served => (served, Some(s)),
+    }
 }
 
 /// Classify an already connected stream (see `attempt`).

@@ -20,6 +20,8 @@ pub struct Summary {
     pub conns: usize,
     pub threads: usize,
     pub size: usize,
+    /// Number of --sources addresses (0: kernel-chosen).
+    pub sources: usize,
     pub direction: Option<&'static str>,
     pub duration_s: f64,
     pub transactions: u64,
@@ -92,6 +94,7 @@ impl Summary {
             conns: opts.conns,
             threads: opts.threads,
             size: opts.size,
+            sources: opts.sources.as_ref().map_or(0, |s| s.len()),
             direction: match opts.mode {
                 Mode::TcpStream { direction } => Some(direction.as_str()),
                 _ => None,
@@ -117,11 +120,17 @@ impl Summary {
     /// The human summary, several lines, each `label  values`.
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let dir = self.direction.map(|d| format!(" direction={d}")).unwrap_or_default();
+        let mut extra = self
+            .direction
+            .map(|d| format!(" direction={d}"))
+            .unwrap_or_default();
+        if self.sources > 0 {
+            let _ = write!(extra, " sources={}", self.sources);
+        }
         let _ = writeln!(
             s,
             "== {} {} conns={} threads={} size={}{} duration={:.2}s",
-            self.mode, self.target, self.conns, self.threads, self.size, dir, self.duration_s
+            self.mode, self.target, self.conns, self.threads, self.size, extra, self.duration_s
         );
         if let Some(h) = &self.hold {
             let _ = writeln!(
@@ -196,6 +205,9 @@ impl Summary {
         );
         if let Some(d) = self.direction {
             let _ = write!(s, "\"direction\":{},", json_str(d));
+        }
+        if self.sources > 0 {
+            let _ = write!(s, "\"sources\":{},", self.sources);
         }
         let _ = write!(
             s,

@@ -1,0 +1,286 @@
+//! `tcp-crr`: connect, request, response, close per transaction (netperf TCP_CRR).
+//!
+//! Hot path. Each worker keeps its share of `--conns` transactions in flight on one mio loop;
+//! when one ends (success or failure) the slot starts the next at once (after `RETRY_BACKOFF`
+//! when the connect itself failed). Latency runs from the connect call to the last response
+//! byte, so it includes the handshake the balancer has to relay.
+//! - echo: writes `--size` bytes, reads `--size` bytes back, closes.
+//! - `--http`: writes `GET / HTTP/1.1` with `Connection: close`, reads until EOF, requires a
+//!   `200` status, and counts the response under the `backend <ADDR>` named in its body.
+//!
+//! Timeouts: the connect gets --connect-timeout-ms, the response --timeout-ms from connect.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use memchr::memmem;
+use mio::net::TcpStream;
+use mio::{Events, Poll, Token};
+
+use crate::driver::{Ctx, RETRY_BACKOFF, TICK};
+use crate::net::{self, ConnectState, ErrKind};
+use crate::opts::Mode;
+use crate::stats::Stats;
+
+/// Bytes of an HTTP response kept for parsing; the rest is read and counted, not stored.
+/// The demo backend's answers are ~80 bytes; 16 KiB leaves room for a real server's headers.
+const MAX_HTTP_RESPONSE: usize = 16 * 1024;
+
+const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: l4lb-loadgen\r\nConnection: close\r\n\r\n";
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Idle { retry_at: Instant },
+    Connecting { t0: Instant, deadline: Instant },
+    Sending { t0: Instant, deadline: Instant, sent: usize },
+    Receiving { t0: Instant, deadline: Instant, got: usize },
+}
+
+#[derive(Debug)]
+struct Slot {
+    stream: Option<TcpStream>,
+    state: State,
+    /// `--http`: the response so far (at most MAX_HTTP_RESPONSE bytes).
+    resp: Vec<u8>,
+}
+
+enum Progress {
+    Pending,
+    Finished,
+}
+
+pub fn run(mut ctx: Ctx) -> Stats {
+    let mut st = Stats::new();
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("worker {}: cannot create a poller: {e}", ctx.index);
+            st.error(ErrKind::Other);
+            return st;
+        }
+    };
+    let http = matches!(ctx.opts.mode, Mode::TcpCrr { http: true });
+    let request: Vec<u8> = if http {
+        HTTP_REQUEST.to_vec()
+    } else {
+        vec![b'c'; ctx.opts.size]
+    };
+    let expect = if http { None } else { Some(ctx.opts.size) };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = Events::with_capacity(1024);
+    let mut slots: Vec<Slot> = (0..ctx.conns)
+        .map(|_| Slot {
+            stream: None,
+            state: State::Idle {
+                retry_at: ctx.start,
+            },
+            resp: Vec::new(),
+        })
+        .collect();
+    let mut next_sweep = ctx.start;
+    loop {
+        let now = Instant::now();
+        if ctx.done(now) {
+            break;
+        }
+        if now >= next_sweep {
+            for (i, s) in slots.iter_mut().enumerate() {
+                match s.state {
+                    State::Idle { retry_at } if now >= retry_at => {
+                        open(s, i, &poll, &mut ctx, &mut st, now);
+                    }
+                    State::Connecting { deadline, .. } if now >= deadline => {
+                        fail(s, &mut st, ErrKind::ConnectTimeout, now);
+                    }
+                    State::Sending { deadline, .. } | State::Receiving { deadline, .. }
+                        if now >= deadline =>
+                    {
+                        fail(s, &mut st, ErrKind::Timeout, now);
+                    }
+                    _ => {}
+                }
+            }
+            st.publish(&ctx.live);
+            next_sweep = now + TICK;
+        }
+        if let Err(e) = poll.poll(&mut events, Some(TICK)) {
+            if net::interrupted(&e) {
+                continue;
+            }
+            log::error!("worker {}: poll failed: {e}", ctx.index);
+            st.error(ErrKind::Other);
+            break;
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some(s) = slots.get_mut(i) else {
+                continue;
+            };
+            match drive(s, &mut st, &request, expect, &mut buf, &ctx) {
+                Ok(Progress::Pending) => {}
+                Ok(Progress::Finished) => {
+                    s.stream = None;
+                    let now = Instant::now();
+                    if ctx.done(now) {
+                        s.state = State::Idle { retry_at: now };
+                    } else {
+                        open(s, i, &poll, &mut ctx, &mut st, now);
+                    }
+                }
+                Err(k) => fail(s, &mut st, k, Instant::now()),
+            }
+        }
+    }
+    st.publish(&ctx.live);
+    st
+}
+
+fn open(s: &mut Slot, i: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats, now: Instant) {
+    s.resp.clear();
+    let target = ctx.opts.target;
+    match net::tcp_open(poll.registry(), Token(i), target, &mut ctx.sources, true) {
+        Ok(stream) => {
+            s.stream = Some(stream);
+            s.state = State::Connecting {
+                t0: now,
+                deadline: now + ctx.opts.connect_timeout,
+            };
+        }
+        Err(e) => fail(s, st, ErrKind::of(&e, true), now),
+    }
+}
+
+fn fail(s: &mut Slot, st: &mut Stats, k: ErrKind, now: Instant) {
+    st.error(k);
+    s.stream = None;
+    s.state = State::Idle {
+        retry_at: now + RETRY_BACKOFF,
+    };
+}
+
+/// Advances one transaction; `Finished` once its response is complete and counted.
+fn drive(
+    s: &mut Slot,
+    st: &mut Stats,
+    request: &[u8],
+    expect: Option<usize>,
+    buf: &mut [u8],
+    ctx: &Ctx,
+) -> Result<Progress, ErrKind> {
+    let Some(stream) = s.stream.as_mut() else {
+        return Ok(Progress::Pending);
+    };
+    loop {
+        match s.state {
+            State::Idle { .. } => return Ok(Progress::Pending),
+            State::Connecting { t0, .. } => match net::connect_state(stream) {
+                ConnectState::Pending => return Ok(Progress::Pending),
+                ConnectState::Failed(e) => return Err(ErrKind::of(&e, true)),
+                ConnectState::Connected => {
+                    s.state = State::Sending {
+                        t0,
+                        deadline: Instant::now() + ctx.opts.timeout,
+                        sent: 0,
+                    }
+                }
+            },
+            State::Sending { t0, deadline, sent } => match stream.write(&request[sent..]) {
+                Ok(0) => return Err(ErrKind::Reset),
+                Ok(n) if sent + n == request.len() => {
+                    // Wait for the answer's readable edge rather than read EAGAIN now.
+                    s.state = State::Receiving {
+                        t0,
+                        deadline,
+                        got: 0,
+                    };
+                    return Ok(Progress::Pending);
+                }
+                Ok(n) => {
+                    s.state = State::Sending {
+                        t0,
+                        deadline,
+                        sent: sent + n,
+                    }
+                }
+                Err(e) if net::would_block(&e) => return Ok(Progress::Pending),
+                Err(e) if net::interrupted(&e) => {}
+                Err(e) => return Err(ErrKind::of(&e, false)),
+            },
+            State::Receiving { t0, deadline, got } => match stream.read(buf) {
+                Ok(0) => {
+                    // EOF: the end of an HTTP answer; too early for an echo.
+                    if expect.is_some() {
+                        return Err(ErrKind::ShortRead);
+                    }
+                    let name = parse_http(&s.resp)?;
+                    st.backend(name);
+                    st.transaction(t0, Instant::now(), (request.len() + got) as u64);
+                    return Ok(Progress::Finished);
+                }
+                Ok(n) => {
+                    let got = got + n;
+                    match expect {
+                        Some(want) if got > want => return Err(ErrKind::Other),
+                        Some(want) if got == want => {
+                            st.transaction(t0, Instant::now(), (request.len() + got) as u64);
+                            return Ok(Progress::Finished);
+                        }
+                        Some(_) => {}
+                        None => {
+                            let room = MAX_HTTP_RESPONSE.saturating_sub(s.resp.len());
+                            s.resp.extend_from_slice(&buf[..n.min(room)]);
+                        }
+                    }
+                    s.state = State::Receiving { t0, deadline, got };
+                }
+                Err(e) if net::would_block(&e) => return Ok(Progress::Pending),
+                Err(e) if net::interrupted(&e) => {}
+                Err(e) => return Err(ErrKind::of(&e, false)),
+            },
+        }
+    }
+}
+
+/// Checks a complete HTTP response and returns the backend named in its body (`backend X`),
+/// or `(unnamed)` when the body names none.
+fn parse_http(resp: &[u8]) -> Result<&[u8], ErrKind> {
+    if resp.is_empty() {
+        return Err(ErrKind::ShortRead);
+    }
+    if !resp.starts_with(b"HTTP/1.") || resp.len() < 12 {
+        return Err(ErrKind::Other);
+    }
+    if &resp[9..12] != b"200" {
+        return Err(ErrKind::Other);
+    }
+    let Some(h) = memmem::find(resp, b"\r\n\r\n") else {
+        return Err(ErrKind::ShortRead);
+    };
+    let body = &resp[h + 4..];
+    let Some(at) = memmem::find(body, b"backend ") else {
+        return Ok(b"(unnamed)");
+    };
+    let name = &body[at + 8..];
+    let end = memchr::memchr2(b'\n', b'\r', name).unwrap_or(name.len());
+    Ok(&name[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_parse() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\nbackend 127.0.0.1:9001\n";
+        assert_eq!(parse_http(ok), Ok(&b"127.0.0.1:9001"[..]));
+        let plain = b"HTTP/1.1 200 OK\r\n\r\nhello";
+        assert_eq!(parse_http(plain), Ok(&b"(unnamed)"[..]));
+        assert_eq!(
+            parse_http(b"HTTP/1.1 503 Busy\r\n\r\n"),
+            Err(ErrKind::Other)
+        );
+        assert_eq!(parse_http(b"HTTP/1.1 200 OK\r\n"), Err(ErrKind::ShortRead));
+        assert_eq!(parse_http(b""), Err(ErrKind::ShortRead));
+        assert_eq!(parse_http(b"garbage"), Err(ErrKind::Other));
+    }
+}

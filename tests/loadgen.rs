@@ -1,0 +1,411 @@
+//! Integration tests of the `l4lb-loadgen` binary: every subcommand, briefly, against `serve`
+//! backends on loopback (port 0), checked through its `--json` summary.
+//!
+//! Hermetic and bounded: ports come from the kernel, every wait has a deadline, and only the
+//! child processes these tests spawned are signalled, by PID.
+//!
+//! Tests through the balancer (loadgen -> l4lb -> serve) and the `make demo` test are added by
+//! the lead in their own files (tests/ for l4lb); this file covers the generator alone.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_l4lb-loadgen");
+
+/// A `serve` child; SIGTERM on drop, then SIGKILL if it does not exit in time.
+struct Server {
+    child: Option<Child>,
+    addrs: Vec<SocketAddr>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let listeners = args
+            .iter()
+            .filter(|a| **a == "--tcp" || **a == "--udp")
+            .count();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .args(["--threads", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("serve stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while addrs.len() < listeners {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("serve prints its listeners");
+            let addr = line
+                .strip_prefix("listening on ")
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_else(|| panic!("unexpected serve line: {line}"));
+            addrs.push(addr.parse().expect("listener address"));
+        }
+        Server {
+            child: Some(child),
+            addrs,
+            lines: rx,
+        }
+    }
+
+    fn addr(&self, i: usize) -> String {
+        self.addrs[i].to_string()
+    }
+
+    /// SIGTERM, wait (bounded), and return the `served ...` lines.
+    fn stop(mut self) -> Vec<String> {
+        let mut child = self.child.take().expect("running");
+        terminate(&mut child);
+        let mut served = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            if l.starts_with("served ") {
+                served.push(l);
+            }
+        }
+        served
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs the binary to completion within `limit`; kills it (and fails) past that.
+fn run(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("l4lb-loadgen {args:?} ran past {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// The JSON summary: the last line of stdout.
+fn summary(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().unwrap_or("").to_string();
+    assert!(
+        last.starts_with('{') && last.ends_with('}'),
+        "no JSON summary; stdout={stdout} stderr={}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    last
+}
+
+/// A number field (`"key":123.4`); keys are unique in our summaries except inside `errors`,
+/// so `errors.total` is read as `"total"`.
+fn num(json: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{key} missing in {json}"))
+        + pat.len();
+    let rest = &json[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} not a number in {json}"))
+}
+
+/// Common checks: work done, no error of any kind, percentiles present and ordered.
+fn check_clean(json: &str) {
+    assert!(num(json, "transactions") > 0.0, "{json}");
+    assert!(num(json, "rate") > 0.0, "{json}");
+    assert_eq!(num(json, "total"), 0.0, "errors in {json}");
+    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|k| num(json, k))
+        .collect();
+    assert!(p[0] > 0.0, "{json}");
+    assert!(p.windows(2).all(|w| w[0] <= w[1]), "unordered: {json}");
+}
+
+const SHORT: Duration = Duration::from_secs(15);
+
+#[test]
+fn tcp_rr_against_echo() {
+    let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "echo"]);
+    let o = run(
+        &[
+            "tcp-rr", "--target", &s.addr(0), "--conns", "8", "--duration", "1.5", "--size",
+            "64", "--threads", "2", "--json",
+        ],
+        SHORT,
+    );
+    assert!(o.status.success(), "{o:?}");
+    let j = summary(&o);
+    check_clean(&j);
+    assert!(j.contains("\"mode\":\"tcp-rr\""));
+    assert_eq!(num(&j, "bytes"), num(&j, "transactions") * 128.0);
+    // Progress lines go to stderr when stdout carries JSON.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tx/s"));
+}
+
+#[test]
+fn tcp_crr_against_echo_with_sources() {
+    let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "echo"]);
+    let o = run(
+        &[
+            "tcp-crr",
+            "--target",
+            &s.addr(0),
+            "--conns",
+            "4",
+            "--duration",
+            "1",
+            "--sources",
+            "127.0.0.2-127.0.0.5",
+            "--json",
+        ],
+        SHORT,
+    );
+    assert!(o.status.success(), "{o:?}");
+    let j = summary(&o);
+    check_clean(&j);
+    assert_eq!(num(&j, "sources"), 4.0);
+    let served = s.stop();
+    let line = served.first().expect("served line");
+    let conns: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("connections="))
+        .and_then(|v| v.parse().ok())
+        .expect("connections=");
+    // Every completed transaction was its own connection (in-flight ones at the end too).
+    assert!(conns >= num(&j, "transactions"), "{line} vs {j}");
+}
+
+#[test]
+fn tcp_crr_http_counts_backends() {
+    let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "http"]);
+    let o = run(
+        &[
+            "tcp-crr", "--http", "--target", &s.addr(0), "--conns", "4", "--duration", "1",
+            "--json",
+        ],
+        SHORT,
+    );
+    assert!(o.status.success(), "{o:?}");
+    let j = summary(&o);
+    check_clean(&j);
+    let per_backend = num(&j, &s.addr(0));
+    assert_eq!(per_backend, num(&j, "transactions"), "{j}");
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains(&format!("backend       {}", s.addr(0))), "{text}");
+}
+
+#[test]
+fn tcp_stream_all_directions() {
+    let s = Server::start(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--mode",
+        "echo",
+    ]);
+    let sink = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "sink"]);
+    let source = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "source"]);
+    for (dir, target) in [
+        ("send", sink.addr(0)),
+        ("recv", source.addr(0)),
+        ("both", s.addr(0)),
+    ] {
+        let o = run(
+            &[
+                "tcp-stream", "--direction", dir, "--target", &target, "--conns", "2",
+                "--duration", "1", "--json",
+            ],
+            SHORT,
+        );
+        assert!(o.status.success(), "{dir}: {o:?}");
+        let j = summary(&o);
+        check_clean(&j);
+        assert!(num(&j, "gbit_s") > 0.0, "{j}");
+        assert!(j.contains(&format!("\"direction\":\"{dir}\"")));
+    }
+}
+
+#[test]
+fn udp_rr_against_echo() {
+    let s = Server::start(&["--udp", "127.0.0.1:0", "--mode", "echo"]);
+    let o = run(
+        &[
+            "udp-rr", "--target", &s.addr(0), "--conns", "8", "--duration", "1", "--size",
+            "512", "--json",
+        ],
+        SHORT,
+    );
+    assert!(o.status.success(), "{o:?}");
+    let j = summary(&o);
+    check_clean(&j);
+    let served = s.stop();
+    assert!(served[0].contains("proto=udp"), "{served:?}");
+}
+
+#[test]
+fn udp_rr_counts_timeouts() {
+    // A sink never answers: every request must end as a timeout, not hang or panic.
+    let s = Server::start(&["--udp", "127.0.0.1:0", "--mode", "sink"]);
+    let o = run(
+        &[
+            "udp-rr", "--target", &s.addr(0), "--conns", "2", "--duration", "0.6",
+            "--timeout-ms", "100", "--json",
+        ],
+        SHORT,
+    );
+    assert_eq!(o.status.code(), Some(1), "no transaction succeeded: {o:?}");
+    let j = summary(&o);
+    assert_eq!(num(&j, "transactions"), 0.0);
+    assert!(num(&j, "timeout") >= 2.0, "{j}");
+}
+
+#[test]
+fn hold_500_verifies_all() {
+    let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "echo"]);
+    let o = run(
+        &[
+            "hold", "--target", &s.addr(0), "--conns", "500", "--hold", "0.5", "--json",
+        ],
+        SHORT,
+    );
+    assert!(o.status.success(), "{o:?}");
+    let j = summary(&o);
+    assert_eq!(num(&j, "opened"), 500.0, "{j}");
+    assert_eq!(num(&j, "verified"), 500.0, "{j}");
+    assert!(num(&j, "open_s") > 0.0, "{j}");
+    check_clean(&j);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("opened 500/500 connections"));
+}
+
+#[test]
+fn refused_connections_are_counted_not_fatal() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let o = run(
+        &[
+            "tcp-crr", "--target", &target, "--conns", "2", "--duration", "0.5", "--json",
+        ],
+        SHORT,
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let j = summary(&o);
+    assert!(num(&j, "connect_refused") > 0.0, "{j}");
+    assert_eq!(num(&j, "transactions"), 0.0);
+}
+
+#[test]
+fn serve_http_keep_alive_then_close() {
+    let s = Server::start(&["--tcp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--mode", "http"]);
+    let mut c = TcpStream::connect(s.addrs[1]).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut all = String::new();
+    c.read_to_string(&mut all).expect("read until EOF");
+    let want = format!("backend {}\n", s.addrs[1]);
+    assert_eq!(all.matches(&want).count(), 3, "{all}");
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 3, "{all}");
+    let served = s.stop();
+    assert_eq!(served.len(), 2, "{served:?}");
+    assert!(served[1].contains("connections=1 requests=3 "), "{served:?}");
+    assert!(served[0].contains("connections=0 requests=0"), "{served:?}");
+}
+
+#[test]
+fn serve_udp_http_names_backend() {
+    let s = Server::start(&["--udp", "127.0.0.1:0", "--mode", "http"]);
+    let u = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    u.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    u.send_to(b"hi", s.addrs[0]).expect("send");
+    let mut buf = [0u8; 256];
+    let (n, _) = u.recv_from(&mut buf).expect("answer");
+    assert_eq!(&buf[..n], format!("backend {}\n", s.addrs[0]).as_bytes());
+}
+
+#[test]
+fn bad_command_lines_exit_2() {
+    let cases: &[&[&str]] = &[
+        &["tcp-rr"],
+        &["tcp-rr", "--target", "127.0.0.1:1", "--sources", "bogus"],
+        &["tcp-rr", "--target", "127.0.0.1:1", "--duration", "0"],
+        &["tcp-rr", "--target", "127.0.0.1:1", "--conns", "0"],
+        &["udp-rr", "--target", "127.0.0.1:1", "--size", "70000"],
+        &["tcp-rr", "--target", "127.0.0.1:1", "--sources", "::1"],
+        &["serve", "--mode", "nope", "--tcp", "127.0.0.1:0"],
+        &["serve"],
+        &["frobnicate"],
+    ];
+    for args in cases {
+        let o = run(args, Duration::from_secs(5));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+    }
+}
