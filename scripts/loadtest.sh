@@ -73,17 +73,23 @@ jget() {
   printf '%s' "${v:-n/a}"
 }
 
+LOG=$(mktemp "${TMPDIR:-/tmp}/l4lb-loadtest.XXXXXX")
+trap 'rm -f "$LOG"' EXIT
+
 ROWS=()
 # run NAME ARGS...: one workload; appends a table row (a failed run still reports its errors).
 run() {
   local name=$1 json rate unit gbit p50 p99 errs
   shift
   echo "== $name: l4lb-loadgen $*" >&2
-  json=$("$LOADGEN_BIN" "$@" "${SOURCES[@]}" --json --quiet | tail -n 1) || true
+  json=$("$LOADGEN_BIN" "$@" "${SOURCES[@]}" --json --quiet 2>"$LOG" | tail -n 1) || true
   if [[ $json != "{"* ]]; then
+    echo "   failed:" >&2
+    tail -n 5 "$LOG" >&2
     ROWS+=("| $name | failed | | | | |")
     return
   fi
+  grep -E '^errors ' "$LOG" | sed 's/^/   /' >&2 || true
   rate=$(jget "$json" rate)
   unit=$(jget "$json" rate_unit)
   gbit=$(jget "$json" gbit_s)
@@ -91,7 +97,7 @@ run() {
   p99=$(jget "$json" p99)
   errs=$(jget "$json" total)
   if [[ $name == hold* ]]; then
-    name="$name (verified $(jget "$json" verified)/$(jget "$json" conns), opened in $(jget "$json" open_s) s)"
+    name="$name (verified $(jget "$json" verified)/$(jget "$json" conns), opened in $(printf '%.2f' "$(jget "$json" open_s)") s)"
   fi
   ROWS+=("| $name | $(printf '%.0f' "$rate") $unit | $(printf '%.3f' "$gbit") Gbit/s | $p50 µs | $p99 µs | $errs |")
 }

@@ -180,7 +180,9 @@ fn weighted_least_conn_levels_active_per_weight() {
     // With j active on B2, B2 is strictly lowest under both usual scores, active/weight and
     // (active+1)/weight, while j/3 < a/1, j/3 < b/2, (j+1)/3 < a+1 and (j+1)/3 < (b+1)/2.
     let must = (0..12)
-        .take_while(|&j| j < 3 * a && 2 * j < 3 * b && j + 1 < 3 * (a + 1) && 2 * (j + 1) < 3 * (b + 1))
+        .take_while(|&j| {
+            j < 3 * a && 2 * j < 3 * b && j + 1 < 3 * (a + 1) && 2 * (j + 1) < 3 * (b + 1)
+        })
         .count();
     assert!(must >= 3, "unexpected levels {kept:?}");
     let fresh: Vec<(String, TcpStream)> = (0..must).map(|_| hold(lb.addr)).collect();
@@ -291,6 +293,118 @@ fn five_tuple_hash_uses_every_backend() {
             b.id
         );
     }
+}
+
+const ALGORITHMS: [&str; 7] = [
+    "round_robin",
+    "weighted_round_robin",
+    "least_conn",
+    "weighted_least_conn",
+    "random_two",
+    "source_ip_hash",
+    "five_tuple_hash",
+];
+
+/// "weight 0 takes no new connections", whatever the algorithm.
+#[test]
+fn weight_zero_backend_gets_no_connections() {
+    let bs = id_backends(3);
+    for algo in ALGORITHMS {
+        let mut conf = Conf::new(algo, &[]);
+        conf.backends = vec![
+            format!("addr = \"{}\", weight = 1", bs[0].addr),
+            format!("addr = \"{}\", weight = 0", bs[1].addr),
+            format!("addr = \"{}\", weight = 1", bs[2].addr),
+        ];
+        let lb = L4lb::start(&conf);
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        // Many source IPs, so the hash algorithms see many keys too.
+        for x in 1..=30u8 {
+            *counts.entry(served_by(lb.addr, Some(lo(x)))).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts.get(&bs[1].id),
+            None,
+            "{algo}: the weight-0 backend got connections: {counts:?}"
+        );
+    }
+}
+
+/// "Backends ... at max_connections are skipped by every algorithm".
+#[test]
+fn full_backend_is_skipped_by_every_algorithm() {
+    let bs = id_backends(2);
+    for algo in ALGORITHMS {
+        let mut conf = Conf::new(algo, &[]);
+        conf.backends = vec![
+            format!("addr = \"{}\", max_connections = 2", bs[0].addr),
+            format!("addr = \"{}\"", bs[1].addr),
+        ];
+        let lb = L4lb::start(&conf);
+        let mut held = Vec::new();
+        for x in 1..=8u8 {
+            match attempt_keep(lb.addr, Some(lo(x))) {
+                (Outcome::Served(id), Some(s)) => held.push((id, s)),
+                _ => panic!("{algo}: connection {x} refused although B1 has room"),
+            }
+        }
+        let counts = count_ids(held.iter().map(|(id, _)| id));
+        assert!(
+            counts.get(&bs[0].id).copied().unwrap_or(0) <= 2,
+            "{algo}: B0 (max_connections = 2) holds more: {counts:?}"
+        );
+        assert!(
+            bs[0].active() <= 2,
+            "{algo}: B0 has {} connections open",
+            bs[0].active()
+        );
+        drop(held);
+        drop(lb);
+        settle(&bs, |_| 0);
+    }
+}
+
+/// A backup takes no connection while a primary is up, and takes over when none is.
+#[test]
+fn backup_is_used_only_without_primaries() {
+    let bs = id_backends(3);
+    let mut conf = Conf::new("round_robin", &[]);
+    conf.backends = vec![
+        format!("addr = \"{}\"", bs[0].addr),
+        format!("addr = \"{}\"", bs[1].addr),
+        format!("addr = \"{}\", backup = true", bs[2].addr),
+    ];
+    let lb = L4lb::start(&conf);
+    let counts = tally(lb.addr, 20, None);
+    assert_eq!(
+        counts.get(&bs[2].id),
+        None,
+        "the backup got connections while both primaries were up: {counts:?}"
+    );
+    drop(lb);
+
+    // Only primary is a closed port: once passive checks mark it down, the backup serves.
+    let dead = SocketAddr::new(localhost(), free_port(localhost()));
+    let mut conf = Conf::new("round_robin", &[]).extra("connect_retries = 2");
+    conf.backends = vec![
+        format!("addr = \"{dead}\""),
+        format!("addr = \"{}\", backup = true", bs[2].addr),
+    ];
+    let lb = L4lb::start(&conf);
+    for _ in 0..5 {
+        let _ = attempt(lb.addr, None); // lets the passive check see the failures
+    }
+    let mut served = 0;
+    for _ in 0..10 {
+        if let Outcome::Served(id) = attempt(lb.addr, None) {
+            assert_eq!(id, bs[2].id);
+            served += 1;
+        }
+    }
+    assert!(
+        served >= 8,
+        "with the only primary dead, the backup served {served} of 10 connections"
+    );
 }
 
 /// Sanity check of the harness itself: the id backend answers directly as documented.

@@ -24,7 +24,14 @@ fn valid_toml() -> String {
 }
 
 fn check(path: &Path) -> CliOutput {
-    run_cli(&[OsStr::new("--config"), path.as_os_str(), OsStr::new("--check")], CLI_TIMEOUT)
+    run_cli(
+        &[
+            OsStr::new("--config"),
+            path.as_os_str(),
+            OsStr::new("--check"),
+        ],
+        CLI_TIMEOUT,
+    )
 }
 
 fn run(path: &Path) -> CliOutput {
@@ -93,7 +100,12 @@ fn check_accepts_valid_config() {
         &[OsStr::new("-c"), path.as_os_str(), OsStr::new("--check")],
         CLI_TIMEOUT,
     );
-    assert_eq!(short.code(), Some(0), "-c FILE --check; stderr:\n{}", short.stderr);
+    assert_eq!(
+        short.code(),
+        Some(0),
+        "-c FILE --check; stderr:\n{}",
+        short.stderr
+    );
 }
 
 #[test]
@@ -147,7 +159,10 @@ fn invalid_configs_exit_2_with_key_path() {
         ),
         (
             "weight out of range",
-            good.replace("addr = \"127.0.0.1:10\"", "addr = \"127.0.0.1:10\", weight = 5000"),
+            good.replace(
+                "addr = \"127.0.0.1:10\"",
+                "addr = \"127.0.0.1:10\", weight = 5000",
+            ),
             "listener[0].backends[1].weight",
         ),
         (

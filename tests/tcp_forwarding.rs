@@ -145,7 +145,11 @@ fn half_close_client_first() {
         "backend reply {:?}, expected to start with {expected_head:?}",
         String::from_utf8_lossy(&reply[..reply.len().min(80)])
     );
-    assert_eq!(reply.len(), expected_head.len() + 200_000, "reply cut short");
+    assert_eq!(
+        reply.len(),
+        expected_head.len() + 200_000,
+        "reply cut short"
+    );
 }
 
 /// Backend sends, then shuts down its write side; the client reads the data and EOF, and can
@@ -286,7 +290,11 @@ fn thousand_concurrent_connections() {
         assert_eq!(&back, m, "connection #{i} got another connection's bytes");
     }
     // Every connection is still open, so every backend-side connection must be too.
-    assert_eq!(a.accepted() + b.accepted(), N, "backend connections accepted");
+    assert_eq!(
+        a.accepted() + b.accepted(),
+        N,
+        "backend connections accepted"
+    );
     assert_eq!(
         a.active() + b.active(),
         N,
@@ -348,8 +356,5 @@ fn more_workers_than_cores() {
         t.join().expect("client thread");
     }
     assert_eq!(a.accepted() + b.accepted(), 40 + 16 * 5);
-    assert!(
-        a.accepted() > 0 && b.accepted() > 0,
-        "both backends used"
-    );
+    assert!(a.accepted() > 0 && b.accepted() > 0, "both backends used");
 }

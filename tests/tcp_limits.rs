@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -29,7 +29,11 @@ fn max_conns_per_client_caps_one_ip_only() {
     let mut first = connect_from(c2, lb.addr).expect("connect #1");
     let mut second = connect_from(c2, lb.addr).expect("connect #2");
     for (i, s) in [&mut first, &mut second].into_iter().enumerate() {
-        assert_eq!(attempt_on(s), Outcome::Served("B0".into()), "connection #{i}");
+        assert_eq!(
+            attempt_on(s),
+            Outcome::Served("B0".into()),
+            "connection #{i}"
+        );
         echo_roundtrip(s, format!("held #{i}").as_bytes()).expect("held connection echoes");
     }
     let before = b.accepted();
@@ -112,10 +116,7 @@ fn allow_list_refuses_everyone_else() {
 
 #[test]
 fn deny_is_checked_before_allow() {
-    let (_b, lb) = single_id_backend(&[
-        "allow = [\"127.0.0.0/24\"]",
-        "deny = [\"127.0.0.12/32\"]",
-    ]);
+    let (_b, lb) = single_id_backend(&["allow = [\"127.0.0.0/24\"]", "deny = [\"127.0.0.12/32\"]"]);
     assert_eq!(attempt(lb.addr, Some(lo(12))), Outcome::Refused);
     assert_eq!(served_by(lb.addr, Some(lo(13))), "B0");
 }
@@ -194,4 +195,104 @@ fn no_live_backend_closes_client_promptly() {
             "connection #{i} with only a dead backend: {got:?}"
         );
     }
+}
+
+/// Hold `cap` connections, check the next is refused without reaching the backend, close one
+/// and check a slot frees up.
+fn check_cap(b: &Backend, lb: &L4lb, cap: usize, what: &str) {
+    let mut held: Vec<TcpStream> = (0..cap)
+        .map(|i| match attempt_keep(lb.addr, Some(lo(20 + i as u8))) {
+            (Outcome::Served(_), Some(s)) => s,
+            _ => panic!("{what}: connection #{i} of {cap} refused"),
+        })
+        .collect();
+    // A different client each time: only the listener's or global cap can refuse.
+    assert_eq!(
+        attempt(lb.addr, Some(lo(40))),
+        Outcome::Refused,
+        "{what}: connection over the cap of {cap} was served"
+    );
+    assert_eq!(
+        b.accepted(),
+        cap,
+        "{what}: the refused connection reached the backend"
+    );
+    let first = held.remove(0);
+    drop(first);
+    let served = wait_until(Duration::from_secs(5), || {
+        match attempt_keep(lb.addr, Some(lo(41))) {
+            (Outcome::Served(_), Some(s)) => {
+                held.push(s);
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(
+        served,
+        "{what}: still refused 5 s after one of {cap} connections closed"
+    );
+}
+
+#[test]
+fn listener_max_connections_refuses_over_cap() {
+    let (b, lb) = single_id_backend(&["max_connections = 3"]);
+    check_cap(&b, &lb, 3, "listener max_connections = 3");
+}
+
+#[test]
+fn runtime_max_connections_refuses_over_cap() {
+    let b = Backend::id("B0");
+    let lb = L4lb::start(&Conf::new("round_robin", &[b.addr]).runtime("max_connections = 2"));
+    check_cap(&b, &lb, 2, "runtime max_connections = 2");
+}
+
+/// `client_first_byte_timeout_ms`: a client that sends nothing is closed; one that talked
+/// is not, even when it then stays quiet longer than the timeout.
+#[test]
+fn first_byte_timeout_closes_silent_clients_only() {
+    let b = Backend::echo("e");
+    let lb = L4lb::start(
+        &Conf::new("round_robin", &[b.addr]).extra("client_first_byte_timeout_ms = 300"),
+    );
+    let mut talker = connect(lb.addr).expect("connect");
+    echo_roundtrip(&mut talker, b"hello").expect("echo");
+
+    let mut silent = connect(lb.addr).expect("connect");
+    let got = first_read(&mut silent, Duration::from_secs(5));
+    assert!(
+        matches!(got, FirstRead::Eof | FirstRead::Reset),
+        "a client silent for 5 s with a 300 ms first-byte timeout read {got:?}"
+    );
+    // The talker has now been quiet for longer than 300 ms too.
+    echo_roundtrip(&mut talker, b"still open").expect("a client that talked was closed");
+}
+
+/// `idle_timeout_s`: a connection with no bytes either way is closed; a busy one is not.
+#[test]
+fn idle_timeout_closes_quiet_connections_only() {
+    let b = Backend::echo("e");
+    let lb = L4lb::start(&Conf::new("round_robin", &[b.addr]).extra("idle_timeout_s = 1"));
+    let addr = lb.addr;
+    let busy = std::thread::spawn(move || {
+        let mut s = connect(addr).expect("connect");
+        let until = Instant::now() + Duration::from_millis(2500);
+        let mut i = 0;
+        while Instant::now() < until {
+            echo_roundtrip(&mut s, format!("tick {i}").as_bytes())
+                .unwrap_or_else(|e| panic!("busy connection broke at tick {i}: {e}"));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let mut quiet = connect(lb.addr).expect("connect");
+    echo_roundtrip(&mut quiet, b"once").expect("echo");
+    let t0 = Instant::now();
+    let got = first_read(&mut quiet, Duration::from_secs(6));
+    assert!(
+        matches!(got, FirstRead::Eof | FirstRead::Reset),
+        "an idle connection with idle_timeout_s = 1 read {got:?} after {:?}",
+        t0.elapsed()
+    );
+    busy.join().expect("busy client");
 }

@@ -160,6 +160,10 @@ impl Flow {
                     let r = (&*dst).write(&buf[self.buf_start..self.buf_end]);
                     if let Ok(n) = r {
                         self.buf_start += n;
+                        if self.buf_start < self.buf_end {
+                            dst_ready.writable = false;
+                            return Ok(false);
+                        }
                     }
                     r
                 }
@@ -231,7 +235,15 @@ impl Flow {
                     self.read_eof = true;
                     return Ok(());
                 }
-                Ok(n) => break n,
+                Ok(n) => {
+                    if n < io.scratch.len() {
+                        // A short read emptied the receive queue; epoll (edge-triggered)
+                        // reports the next arrival, so the read that would return EAGAIN
+                        // can be skipped.
+                        src_ready.readable = false;
+                    }
+                    break n;
+                }
                 Err(e) => match classify(&e) {
                     IoClass::WouldBlock => {
                         src_ready.readable = false;
@@ -251,7 +263,13 @@ impl Flow {
         while written < n && dst_ready.writable {
             match (&*dst).write(&io.scratch[written..n]) {
                 Ok(0) => return Err(Broken),
-                Ok(w) => written += w,
+                Ok(w) => {
+                    written += w;
+                    if written < n {
+                        // A short write filled the send buffer: wait for EPOLLOUT.
+                        dst_ready.writable = false;
+                    }
+                }
                 Err(e) => match classify(&e) {
                     IoClass::WouldBlock => dst_ready.writable = false,
                     IoClass::Retry => {}

@@ -86,6 +86,7 @@ pub struct Worker {
     io: IoResources,
     timers: TimerWheel,
     again: Vec<usize>,
+    again_spare: Vec<usize>,
     fired: Vec<TimerEntry>,
     now: u64,
     last_accept_warn: Option<u64>,
@@ -130,6 +131,7 @@ impl Worker {
             },
             timers: TimerWheel::new(now),
             again: Vec::new(),
+            again_spare: Vec::new(),
             fired: Vec::new(),
             now,
             last_accept_warn: None,
@@ -155,11 +157,14 @@ impl Worker {
             for event in events.iter() {
                 self.dispatch(event);
             }
-            let again = std::mem::take(&mut self.again);
+            // Swap in the spare list so that connections yielding again land in a new turn.
+            let mut again = std::mem::take(&mut self.again_spare);
+            std::mem::swap(&mut again, &mut self.again);
             for &key in &again {
                 self.drive(key);
             }
-            self.recycle_again(again);
+            again.clear();
+            self.again_spare = again;
             self.expire_timers();
             self.resume_listeners();
         }
@@ -167,14 +172,6 @@ impl Worker {
         let keys: Vec<usize> = self.conns.keys().collect();
         for key in keys {
             self.close(key, false);
-        }
-    }
-
-    fn recycle_again(&mut self, mut spent: Vec<usize>) {
-        // Keep the allocation: swap the (possibly refilled) list back in.
-        spent.clear();
-        if self.again.is_empty() {
-            self.again = spent;
         }
     }
 

@@ -123,6 +123,8 @@ pub struct Conf {
     pub backends: Vec<String>,
     /// Listen on `[::1]` instead of 127.0.0.1.
     pub ipv6: bool,
+    /// Extra `key = value` lines of `[runtime]`.
+    pub runtime_extra: Vec<String>,
 }
 
 impl Conf {
@@ -135,11 +137,9 @@ impl Conf {
             balance: balance.to_string(),
             connect_timeout_ms: 2000,
             listener_extra: Vec::new(),
-            backends: backends
-                .iter()
-                .map(|a| format!("addr = \"{a}\""))
-                .collect(),
+            backends: backends.iter().map(|a| format!("addr = \"{a}\"")).collect(),
             ipv6: false,
+            runtime_extra: Vec::new(),
         }
     }
 
@@ -179,6 +179,12 @@ impl Conf {
         self
     }
 
+    /// Add one `key = value` line to `[runtime]`.
+    pub fn runtime(mut self, line: &str) -> Conf {
+        self.runtime_extra.push(line.to_string());
+        self
+    }
+
     pub fn ipv6(mut self, on: bool) -> Conf {
         self.ipv6 = on;
         self
@@ -191,6 +197,9 @@ impl Conf {
         let _ = writeln!(s, "pin_cpus = {}", self.pin_cpus);
         let _ = writeln!(s, "splice = \"{}\"", self.splice);
         let _ = writeln!(s, "drain_timeout_s = 1");
+        for line in &self.runtime_extra {
+            let _ = writeln!(s, "{line}");
+        }
         let _ = writeln!(s);
         let _ = writeln!(s, "[[listener]]");
         let _ = writeln!(s, "name = \"t\"");
@@ -655,7 +664,27 @@ pub fn read_until_eof(s: &mut TcpStream, within: Duration) -> io::Result<Vec<u8>
             Ok(0) => return Ok(out),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no EOF within {within:?}; read {} bytes: {:?}",
+                        out.len(),
+                        String::from_utf8_lossy(&out[..out.len().min(64)])
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e} after {} bytes", out.len()),
+                ))
+            }
         }
     }
 }
@@ -668,7 +697,10 @@ pub fn read_exact_within(s: &mut TcpStream, n: usize, within: Duration) -> io::R
     while got < n {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "read_exact timeout"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "read_exact timeout",
+            ));
         }
         s.set_read_timeout(Some(left))?;
         match s.read(&mut out[got..]) {
@@ -748,7 +780,12 @@ pub fn first_read(s: &mut TcpStream, within: Duration) -> FirstRead {
             {
                 return FirstRead::Reset
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return FirstRead::TimedOut
             }
             Err(e) => return FirstRead::Error(e.to_string()),

@@ -77,7 +77,9 @@ pub fn run(mut ctx: Ctx) -> Stats {
     match Poll::new() {
         Ok(mut poll) => {
             open_phase(&mut ctx, &mut poll, &mut conns, &mut st, &h, bounds.open);
-            ctx.live.open_done.store(true, std::sync::atomic::Ordering::Relaxed);
+            ctx.live
+                .open_done
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             st.publish(&ctx.live);
             ctx.barrier.wait();
             hold_phase(&ctx, bounds.hold);
@@ -86,7 +88,9 @@ pub fn run(mut ctx: Ctx) -> Stats {
         Err(e) => {
             log::error!("worker {}: cannot create a poller: {e}", ctx.index);
             st.error(ErrKind::Other);
-            ctx.live.open_done.store(true, std::sync::atomic::Ordering::Relaxed);
+            ctx.live
+                .open_done
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             ctx.barrier.wait();
         }
     }
@@ -108,17 +112,19 @@ fn open_phase(
     let mut events = Events::with_capacity(1024);
     let mut next = 0usize;
     let mut inflight = 0usize;
+    let mut next_sweep = ctx.start;
     loop {
         let now = Instant::now();
         while inflight < cap && next < conns.len() && !ctx.stopped() {
             let c = &mut conns[next];
             let target = ctx.opts.target;
+            let t0 = Instant::now();
             match net::tcp_open(poll.registry(), Token(next), target, &mut ctx.sources, true) {
                 Ok(s) => {
                     c.stream = Some(s);
                     c.state = State::Connecting {
-                        t0: now,
-                        deadline: now + ctx.opts.connect_timeout,
+                        t0,
+                        deadline: t0 + ctx.opts.connect_timeout,
                     };
                     inflight += 1;
                 }
@@ -135,17 +141,20 @@ fn open_phase(
         if now >= end || ctx.stopped() {
             break;
         }
-        for c in conns.iter_mut() {
-            if let State::Connecting { deadline, .. } = c.state {
-                if now >= deadline {
-                    st.error(ErrKind::ConnectTimeout);
-                    c.stream = None;
-                    c.state = State::Done;
-                    inflight -= 1;
+        if now >= next_sweep {
+            for c in conns.iter_mut() {
+                if let State::Connecting { deadline, .. } = c.state {
+                    if now >= deadline {
+                        st.error(ErrKind::ConnectTimeout);
+                        c.stream = None;
+                        c.state = State::Done;
+                        inflight -= 1;
+                    }
                 }
             }
+            st.publish(&ctx.live);
+            next_sweep = now + TICK;
         }
-        st.publish(&ctx.live);
         if let Err(e) = poll.poll(&mut events, Some(TICK)) {
             if net::interrupted(&e) {
                 continue;
@@ -204,13 +213,7 @@ fn hold_phase(ctx: &Ctx, hold: Duration) {
     }
 }
 
-fn verify_phase(
-    ctx: &Ctx,
-    poll: &mut Poll,
-    conns: &mut [Conn],
-    st: &mut Stats,
-    limit: Duration,
-) {
+fn verify_phase(ctx: &Ctx, poll: &mut Poll, conns: &mut [Conn], st: &mut Stats, limit: Duration) {
     let size = ctx.opts.size;
     let payload = vec![b'h'; size];
     let mut buf = vec![0u8; size.clamp(4096, 256 * 1024)];

@@ -39,7 +39,12 @@ use crate::opts::{ClientArgs, Direction, ServeArgs};
 
 /// Load generator and demo backends for l4lb.
 #[derive(Debug, Parser)]
-#[command(name = "l4lb-loadgen", version, about, long_about = None)]
+#[command(
+    name = "l4lb-loadgen",
+    version,
+    about = "Load generator and demo backends for l4lb (netperf-style)",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

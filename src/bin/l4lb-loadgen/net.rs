@@ -77,7 +77,11 @@ pub fn tcp_connect(
     source: Option<IpAddr>,
     nodelay: bool,
 ) -> io::Result<TcpStream> {
-    let sock = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+    let sock = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     sock.set_nonblocking(true)?;
     if nodelay {
         sock.set_tcp_nodelay(true)?;
@@ -111,18 +115,23 @@ pub fn tcp_open(
     Ok(s)
 }
 
-/// Outcome of a read/write attempt that failed: wait for readiness, retry, or give up.
+/// The socket has nothing more for now: wait for the next readiness edge.
 pub fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// A signal interrupted the call: retry it at once.
 pub fn interrupted(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Interrupted
 }
 
 /// A connected (in the UDP sense: peer fixed, ICMP errors reported) non-blocking UDP socket.
 pub fn udp_connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
-    let sock = Socket::new(Domain::for_address(target), Type::DGRAM, Some(Protocol::UDP))?;
+    let sock = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     sock.set_nonblocking(true)?;
     if let Some(ip) = source {
         sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;

@@ -51,7 +51,13 @@ impl Summary {
         let duration_s = elapsed.as_secs_f64();
         let per_s = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
         let h = &st.hist;
-        let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
+        let q = |x: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(x)
+            }
+        };
         let latency_us = [
             q(0.50),
             q(0.90),
@@ -154,7 +160,12 @@ impl Summary {
         for k in ErrKind::ALL {
             let _ = write!(kinds, " {}={}", k.name(), self.errors[k.index()]);
         }
-        let _ = writeln!(s, "errors        {} ({})", self.error_total(), kinds.trim_start());
+        let _ = writeln!(
+            s,
+            "errors        {} ({})",
+            self.error_total(),
+            kinds.trim_start()
+        );
         let label = if self.hold.is_some() {
             "connect_us"
         } else {

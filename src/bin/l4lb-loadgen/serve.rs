@@ -176,7 +176,9 @@ pub fn run(args: ServeArgs) -> u8 {
         return 1;
     }
     // The main thread only keeps time; workers own all sockets.
-    let end = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let end = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
     while !stop.load(Ordering::SeqCst) {
         if end.is_some_and(|e| Instant::now() >= e) {
             stop.store(true, Ordering::SeqCst);
@@ -278,7 +280,10 @@ impl Worker {
         }
         let nt = self.tcp.len();
         for (u, (s, _)) in self.udp.iter_mut().enumerate() {
-            if let Err(e) = poll.registry().register(s, Token(nt + u), Interest::READABLE) {
+            if let Err(e) = poll
+                .registry()
+                .register(s, Token(nt + u), Interest::READABLE)
+            {
                 log::error!("serve worker {}: register udp socket: {e}", self.index);
             }
         }
@@ -360,7 +365,10 @@ impl Worker {
         for k in self.conns.keys() {
             self.conns.remove(k);
         }
-        log::debug!("serve worker {}: stopped, closed {open} connections", self.index);
+        log::debug!(
+            "serve worker {}: stopped, closed {open} connections",
+            self.index
+        );
     }
 
     /// Accepts until `WouldBlock` (or a resource error, retried on the next tick).
@@ -623,7 +631,9 @@ struct Head {
 
 /// Parses a request head (without the final CRLFCRLF). `None` when it is not HTTP/1.x.
 fn parse_head(head: &[u8]) -> Option<Head> {
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next()?;
     let version = request_line.rsplit(|&b| b == b' ').next()?;
     let http10 = match version {

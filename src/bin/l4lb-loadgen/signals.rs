@@ -20,7 +20,9 @@ pub fn install(stop: Arc<AtomicBool>) -> Receiver<Signal> {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     if let Err(e) = set.thread_block() {
-        log::warn!("cannot block SIGINT/SIGTERM ({e}); a signal will end the run without a summary");
+        log::warn!(
+            "cannot block SIGINT/SIGTERM ({e}); a signal will end the run without a summary"
+        );
         return rx;
     }
     let waited = set;

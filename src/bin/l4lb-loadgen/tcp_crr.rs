@@ -30,10 +30,23 @@ const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: l4lb-loadgen\r\nConnection
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Idle { retry_at: Instant },
-    Connecting { t0: Instant, deadline: Instant },
-    Sending { t0: Instant, deadline: Instant, sent: usize },
-    Receiving { t0: Instant, deadline: Instant, got: usize },
+    Idle {
+        retry_at: Instant,
+    },
+    Connecting {
+        t0: Instant,
+        deadline: Instant,
+    },
+    Sending {
+        t0: Instant,
+        deadline: Instant,
+        sent: usize,
+    },
+    Receiving {
+        t0: Instant,
+        deadline: Instant,
+        got: usize,
+    },
 }
 
 #[derive(Debug)]

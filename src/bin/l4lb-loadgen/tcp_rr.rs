@@ -164,9 +164,7 @@ fn drive(
             },
             State::Receiving { t0, got } => match s.read(buf) {
                 Ok(0) => return Err(ErrKind::ShortRead),
-                Ok(n) if got + n < payload.len() => {
-                    c.state = State::Receiving { t0, got: got + n }
-                }
+                Ok(n) if got + n < payload.len() => c.state = State::Receiving { t0, got: got + n },
                 Ok(n) if got + n > payload.len() => return Err(ErrKind::Other),
                 Ok(_) => {
                     let now = Instant::now();
