@@ -125,7 +125,12 @@ impl ClientTable {
     }
 
     /// `None` when `fp` is not in the bucket; otherwise the outcome of incrementing it.
-    fn try_increment(&self, bucket: &Bucket, fp: u64, limit: u64) -> Option<Result<usize, LimitError>> {
+    fn try_increment(
+        &self,
+        bucket: &Bucket,
+        fp: u64,
+        limit: u64,
+    ) -> Option<Result<usize, LimitError>> {
         'rescan: for _ in 0..MAX_CAS_RETRIES {
             for (i, slot) in bucket.slots.iter().enumerate() {
                 let v = slot.load(Ordering::Acquire);
@@ -155,7 +160,12 @@ impl ClientTable {
         }
         for (i, slot) in bucket.slots.iter().enumerate() {
             if slot
-                .compare_exchange(0, (fp << COUNT_BITS) | 1, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    0,
+                    (fp << COUNT_BITS) | 1,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 return Ok(i);

@@ -61,21 +61,43 @@ impl ListenerCounters {
     }
 }
 
-/// All counters of one worker.
+/// A listener's counters, one cache line per worker. Outlives a reload of the listener's
+/// settings (it is carried into the new `ListenerState`), so counters never go backwards.
 #[derive(Debug)]
-pub struct WorkerMetrics {
-    pub listeners: Vec<ListenerCounters>,
+pub struct ListenerMetrics {
+    per_worker: Box<[ListenerCounters]>,
 }
 
-impl WorkerMetrics {
-    pub fn new(listeners: usize) -> WorkerMetrics {
-        WorkerMetrics {
-            listeners: (0..listeners).map(|_| ListenerCounters::default()).collect(),
+impl ListenerMetrics {
+    pub fn new(workers: usize) -> ListenerMetrics {
+        ListenerMetrics {
+            per_worker: (0..workers.max(1))
+                .map(|_| ListenerCounters::default())
+                .collect(),
         }
     }
-}
 
-/// Sum of one counter over workers.
-pub fn sum<F: Fn(&WorkerMetrics) -> u64>(workers: &[std::sync::Arc<WorkerMetrics>], f: F) -> u64 {
-    workers.iter().map(|w| f(w)).sum()
+    /// The counters worker `id` writes.
+    #[inline]
+    pub fn worker(&self, id: usize) -> &ListenerCounters {
+        &self.per_worker[id % self.per_worker.len()]
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.per_worker
+            .iter()
+            .map(|c| c.accepted.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.per_worker.iter().map(|c| c.rejected(reason)).sum()
+    }
+
+    pub fn connect_failures(&self) -> u64 {
+        self.per_worker
+            .iter()
+            .map(|c| c.connect_failures.load(Ordering::Relaxed))
+            .sum()
+    }
 }

@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::balancer::Pool;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientTable, RateTable};
+use crate::metrics::ListenerMetrics;
 
 /// One listener as every worker sees it.
 #[derive(Debug)]
@@ -28,14 +29,23 @@ pub struct ListenerState {
     pub clients: Option<ClientTable>,
     /// Present when `conn_rate_per_client > 0`.
     pub rates: Option<RateTable>,
+    pub counters: Arc<ListenerMetrics>,
 }
 
 impl ListenerState {
-    pub fn new(config: ListenerConfig, global_max: u64) -> ListenerState {
+    pub fn new(config: ListenerConfig, global_max: u64, workers: usize) -> ListenerState {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b.addr, b.name.clone(), b.weight, b.max_connections, b.backup)))
+            .map(|b| {
+                Arc::new(Backend::new(
+                    b.addr,
+                    b.name.clone(),
+                    b.weight,
+                    b.max_connections,
+                    b.backup,
+                ))
+            })
             .collect();
         let pool = Pool::new(config.balance, backends);
         // A client table must be able to hold every client that can be connected at once.
@@ -46,13 +56,15 @@ impl ListenerState {
             (l, g) => l.min(g),
         } as usize;
         let clients = (config.max_conns_per_client > 0).then(|| ClientTable::new(capacity));
-        let rates = (config.conn_rate_per_client > 0).then(|| RateTable::new(capacity, config.conn_rate_per_client));
+        let rates = (config.conn_rate_per_client > 0)
+            .then(|| RateTable::new(capacity, config.conn_rate_per_client));
         ListenerState {
             config,
             pool: ArcSwap::from_pointee(pool),
             active: AtomicU64::new(0),
             clients,
             rates,
+            counters: Arc::new(ListenerMetrics::new(workers)),
         }
     }
 
@@ -83,12 +95,18 @@ pub struct SharedState {
 }
 
 impl SharedState {
-    pub fn new(config: &Config) -> SharedState {
+    pub fn new(config: &Config, workers: usize) -> SharedState {
         SharedState {
             listeners: config
                 .listeners
                 .iter()
-                .map(|l| Arc::new(ListenerState::new(l.clone(), config.runtime.max_connections)))
+                .map(|l| {
+                    Arc::new(ListenerState::new(
+                        l.clone(),
+                        config.runtime.max_connections,
+                        workers,
+                    ))
+                })
                 .collect(),
             active: AtomicU64::new(0),
             max_connections: config.runtime.max_connections,
@@ -117,6 +135,8 @@ pub fn try_take(counter: &AtomicU64, max: u64) -> bool {
         return true;
     }
     counter
-        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| (v < max).then_some(v + 1))
+        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| {
+            (v < max).then_some(v + 1)
+        })
         .is_ok()
 }

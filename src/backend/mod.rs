@@ -63,7 +63,13 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr, name: String, weight: u32, max_connections: u32, backup: bool) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        name: String,
+        weight: u32,
+        max_connections: u32,
+        backup: bool,
+    ) -> Self {
         Backend {
             addr,
             name,

@@ -30,7 +30,8 @@ fn to_io(e: Errno) -> io::Error {
 
 impl Pipe {
     pub fn new() -> io::Result<Pipe> {
-        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(to_io)?;
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(to_io)?;
         Ok(Pipe {
             read,
             write,

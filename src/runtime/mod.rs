@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use mio::{Poll, Waker};
 
 use crate::config::{Config, Protocol};
-use crate::metrics::WorkerMetrics;
 use crate::net::listener::bind_tcp_reuseport;
 use crate::state::SharedState;
 use crate::worker::{Worker, WorkerSetup, WAKER_TOKEN};
@@ -45,7 +44,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
 #[derive(Debug)]
 pub struct Running {
     pub shared: Arc<SharedState>,
-    pub metrics: Vec<Arc<WorkerMetrics>>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -74,7 +72,7 @@ pub fn start(config: &Config) -> Result<Running, RuntimeError> {
         }
     }
     let placement = cpus::placement(&config.runtime);
-    let shared = Arc::new(SharedState::new(config));
+    let shared = Arc::new(SharedState::new(config, placement.workers));
 
     let mut setups = Vec::with_capacity(placement.workers);
     for id in 0..placement.workers {
@@ -93,7 +91,6 @@ pub fn start(config: &Config) -> Result<Running, RuntimeError> {
             poll,
             listeners: sockets,
             shared: shared.clone(),
-            metrics: Arc::new(WorkerMetrics::new(config.listeners.len())),
         });
     }
     for l in &config.listeners {
@@ -108,12 +105,11 @@ pub fn start(config: &Config) -> Result<Running, RuntimeError> {
     }
 
     let mut wakers = Vec::with_capacity(setups.len());
-    let mut metrics = Vec::with_capacity(setups.len());
     let mut workers = Vec::with_capacity(setups.len());
     for setup in setups {
-        let waker = Waker::new(setup.poll.registry(), WAKER_TOKEN).map_err(io_err("cannot create a waker"))?;
+        let waker = Waker::new(setup.poll.registry(), WAKER_TOKEN)
+            .map_err(io_err("cannot create a waker"))?;
         wakers.push(Arc::new(waker));
-        metrics.push(setup.metrics.clone());
         workers.push(Worker::new(setup).map_err(io_err("cannot register a listener"))?);
     }
     let mut threads = Vec::with_capacity(workers.len());
@@ -139,7 +135,6 @@ pub fn start(config: &Config) -> Result<Running, RuntimeError> {
     );
     Ok(Running {
         shared,
-        metrics,
         wakers,
         threads,
     })
@@ -158,7 +153,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 return Ok(());
             }
             signals::Signal::Reload => {
-                log::warn!("SIGHUP received: reload is not implemented yet; keeping the current config");
+                log::warn!(
+                    "SIGHUP received: reload is not implemented yet; keeping the current config"
+                );
             }
         }
     }

@@ -23,7 +23,8 @@ pub fn block_and_listen() -> io::Result<Signals> {
     set.add(NixSignal::SIGTERM);
     set.add(NixSignal::SIGINT);
     set.add(NixSignal::SIGHUP);
-    set.thread_block().map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    set.thread_block()
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     Ok(Signals { set })
 }
 

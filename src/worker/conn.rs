@@ -133,12 +133,20 @@ impl Conn {
             return Drive::Reset;
         };
         let before = self.c2b.bytes + self.b2c.bytes;
-        let up = self
-            .c2b
-            .pump(&self.client, &mut self.client_ready, backend, &mut self.backend_ready, io);
-        let down = self
-            .b2c
-            .pump(backend, &mut self.backend_ready, &self.client, &mut self.client_ready, io);
+        let up = self.c2b.pump(
+            &self.client,
+            &mut self.client_ready,
+            backend,
+            &mut self.backend_ready,
+            io,
+        );
+        let down = self.b2c.pump(
+            backend,
+            &mut self.backend_ready,
+            &self.client,
+            &mut self.client_ready,
+            io,
+        );
         if self.c2b.bytes + self.b2c.bytes != before {
             self.last_active = now_ms;
         }

@@ -152,7 +152,11 @@ impl Flow {
     }
 
     /// Write what is pending. `Ok(false)` when `dst` would block.
-    fn write_pending(&mut self, dst: &TcpStream, dst_ready: &mut Readiness) -> Result<bool, Broken> {
+    fn write_pending(
+        &mut self,
+        dst: &TcpStream,
+        dst_ready: &mut Readiness,
+    ) -> Result<bool, Broken> {
         loop {
             let result = match (&mut self.pipe, &self.buf) {
                 (Some(pipe), _) => pipe.drain_to(dst),
@@ -184,7 +188,12 @@ impl Flow {
         }
     }
 
-    fn splice_in(&mut self, src: &TcpStream, src_ready: &mut Readiness, io: &mut IoResources) -> Result<(), Broken> {
+    fn splice_in(
+        &mut self,
+        src: &TcpStream,
+        src_ready: &mut Readiness,
+        io: &mut IoResources,
+    ) -> Result<(), Broken> {
         let pipe = match &mut self.pipe {
             Some(p) => p,
             None => match io.pipes.get() {

@@ -21,7 +21,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::balancer::{Algorithm, FlowKey, Selector};
-use crate::metrics::{RejectReason, WorkerMetrics};
+use crate::metrics::RejectReason;
 use crate::net::io::{is_accept_resource_error, is_accept_transient_error};
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{try_take, ListenerState, SharedState};
@@ -61,7 +61,6 @@ pub struct WorkerSetup {
     /// Index-aligned with `shared.listeners`; `None` for listeners this worker does not serve.
     pub listeners: Vec<Option<TcpListener>>,
     pub shared: Arc<SharedState>,
-    pub metrics: Arc<WorkerMetrics>,
 }
 
 #[derive(Debug)]
@@ -80,7 +79,6 @@ pub struct Worker {
     id: usize,
     poll: Poll,
     shared: Arc<SharedState>,
-    metrics: Arc<WorkerMetrics>,
     listeners: Vec<WorkerListener>,
     conns: Slab<Conn>,
     io: IoResources,
@@ -99,14 +97,14 @@ impl Worker {
             poll,
             listeners,
             shared,
-            metrics,
         } = setup;
         let mut wls = Vec::with_capacity(listeners.len());
         for (i, socket) in listeners.into_iter().enumerate() {
             let state = shared.listeners[i].clone();
             let mut socket = socket;
             if let Some(s) = &mut socket {
-                poll.registry().register(s, listener_token(i), Interest::READABLE)?;
+                poll.registry()
+                    .register(s, listener_token(i), Interest::READABLE)?;
             }
             let bind = state.config.bind;
             wls.push(WorkerListener {
@@ -136,7 +134,6 @@ impl Worker {
             now,
             last_accept_warn: None,
             shared,
-            metrics,
         })
     }
 
@@ -168,7 +165,11 @@ impl Worker {
             self.expire_timers();
             self.resume_listeners();
         }
-        log::debug!("worker {} stopping with {} connections", self.id, self.conns.len());
+        log::debug!(
+            "worker {} stopping with {} connections",
+            self.id,
+            self.conns.len()
+        );
         let keys: Vec<usize> = self.conns.keys().collect();
         for key in keys {
             self.close(key, false);
@@ -266,7 +267,11 @@ impl Worker {
                     let quiet = self.last_accept_warn.is_some_and(|t| self.now < t + 1000);
                     if !quiet {
                         self.last_accept_warn = Some(self.now);
-                        let kind = if is_accept_resource_error(&e) { "resource" } else { "unexpected" };
+                        let kind = if is_accept_resource_error(&e) {
+                            "resource"
+                        } else {
+                            "unexpected"
+                        };
                         log::warn!(
                             "worker {}: listener {}: accept failed ({kind}): {e}; pausing {ACCEPT_BACKOFF_MS} ms",
                             self.id,
@@ -281,7 +286,10 @@ impl Worker {
 
     fn resume_listeners(&mut self) {
         for li in 0..self.listeners.len() {
-            if self.listeners[li].paused_until.is_some_and(|t| self.now >= t) {
+            if self.listeners[li]
+                .paused_until
+                .is_some_and(|t| self.now >= t)
+            {
                 self.listeners[li].paused_until = None;
                 // Edge-triggered: connections that queued meanwhile raise no new event.
                 self.accept(li);
@@ -292,7 +300,7 @@ impl Worker {
     /// Admission control for one accepted connection, then the first connect.
     fn admit(&mut self, li: usize, stream: TcpStream, peer: SocketAddr) {
         let state = self.listeners[li].state.clone();
-        let counters = &self.metrics.listeners[li];
+        let counters = state.counters.worker(self.id);
         let ip = peer.ip();
         if !state.acl_allows(ip) {
             counters.reject(RejectReason::Acl);
@@ -351,18 +359,31 @@ impl Worker {
         if !self.connect(key) {
             let reason_no_backend = self.conns.get(key).is_some_and(|c| c.tried_len == 0);
             if reason_no_backend {
-                self.metrics.listeners[li].reject(RejectReason::NoBackend);
+                self.listeners[li]
+                    .state
+                    .counters
+                    .worker(self.id)
+                    .reject(RejectReason::NoBackend);
             } else {
-                self.metrics.listeners[li]
+                self.listeners[li]
+                    .state
+                    .counters
+                    .worker(self.id)
                     .connect_failures
                     .fetch_add(1, Ordering::Relaxed);
             }
             self.close(key, true);
             return;
         }
-        self.metrics.listeners[li].accepted.fetch_add(1, Ordering::Relaxed);
+        self.listeners[li]
+            .state
+            .counters
+            .worker(self.id)
+            .accepted
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(conn) = self.conns.get(key) {
-            self.timers.insert(conn.connect_deadline, TimerEntry { key, generation });
+            self.timers
+                .insert(conn.connect_deadline, TimerEntry { key, generation });
         }
     }
 
@@ -410,7 +431,8 @@ impl Worker {
                     conn.backend_index = index;
                     conn.backend_ready = Default::default();
                     conn.connecting = true;
-                    conn.connect_deadline = self.now + wl.state.config.connect_timeout.as_millis() as u64;
+                    conn.connect_deadline =
+                        self.now + wl.state.config.connect_timeout.as_millis() as u64;
                     return true;
                 }
                 Err(_) => {
@@ -438,7 +460,10 @@ impl Worker {
         conn.record_failed(index);
         let li = conn.listener;
         if !self.connect(key) {
-            self.metrics.listeners[li]
+            self.listeners[li]
+                .state
+                .counters
+                .worker(self.id)
                 .connect_failures
                 .fetch_add(1, Ordering::Relaxed);
             self.close(key, true);
@@ -461,7 +486,11 @@ impl Worker {
             let deadline = if conn.connecting {
                 conn.connect_deadline
             } else {
-                let idle = self.listeners[conn.listener].state.config.idle_timeout.as_millis() as u64;
+                let idle = self.listeners[conn.listener]
+                    .state
+                    .config
+                    .idle_timeout
+                    .as_millis() as u64;
                 conn.last_active + idle
             };
             if self.now < deadline {
@@ -497,8 +526,10 @@ impl Worker {
         conn.b2c.release(&mut self.io);
         if let Some(b) = conn.backend_ref.take() {
             b.active.fetch_sub(1, Ordering::Relaxed);
-            b.bytes_to_backend.fetch_add(conn.c2b.bytes, Ordering::Relaxed);
-            b.bytes_to_client.fetch_add(conn.b2c.bytes, Ordering::Relaxed);
+            b.bytes_to_backend
+                .fetch_add(conn.c2b.bytes, Ordering::Relaxed);
+            b.bytes_to_client
+                .fetch_add(conn.b2c.bytes, Ordering::Relaxed);
         }
         let state = &self.listeners[conn.listener].state;
         state.active.fetch_sub(1, Ordering::Relaxed);

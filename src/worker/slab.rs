@@ -69,7 +69,11 @@ impl<T> Slab<T> {
 
     /// Keys of all present entries (control path: shutdown).
     pub fn keys(&self) -> impl Iterator<Item = usize> + '_ {
-        self.entries.iter().enumerate().filter(|(_, e)| e.is_some()).map(|(k, _)| k)
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_some())
+            .map(|(k, _)| k)
     }
 }
 
