@@ -339,6 +339,16 @@ start_candidate() {
   { addr = \"127.0.0.1:$B2\" },"
       RUST_LOG=warn "${PROXY_PIN[@]}" "$L4LB_BIN" --config "$TMP/l4lb.toml" >"$TMP/l4lb.log" 2>&1 &
       CAND_PID=$!
+      PIDS+=("$CAND_PID")
+      if ! wait_port "${TCP_T##*:}" "$CAND_PID" && grep -qi udp "$TMP/l4lb.log"; then
+        # A build without UDP support: measure TCP, report udp-rr as n/a.
+        log "l4lb rejects the UDP listener ($(head -n 1 "$TMP/l4lb.log")); retrying TCP only"
+        stop_pid "$CAND_PID"
+        sed -i '/^# --- udp listener/,$d' "$TMP/l4lb.toml"
+        UDP_T=""
+        RUST_LOG=warn "${PROXY_PIN[@]}" "$L4LB_BIN" --config "$TMP/l4lb.toml" >"$TMP/l4lb.log" 2>&1 &
+        CAND_PID=$!
+      fi
       ;;
     haproxy)
       TCP_T=127.0.0.1:$HAPROXY_TCP

@@ -1,9 +1,12 @@
-//! State shared by every worker and the control threads: per-listener backend pools, active
-//! connection counts, per-client tables, and the process-wide connection count.
+//! State shared by every worker and the control threads: the current listener set, each
+//! listener's backend pool, active connection counts, per-client tables, and process-wide
+//! counters.
 //!
-//! Read on the hot path without locks: the pool is an `ArcSwap` snapshot, counts are atomics.
-//! Written on the control path (startup now; health checks, reload and the admin API later)
-//! by storing a new pool or flipping backend atomics.
+//! Read on the hot path without locks: pools and the listener set are `ArcSwap` snapshots,
+//! counts are atomics. Written on the control path (health checker, reload, admin API) by
+//! flipping backend atomics and publishing rebuilt pools. Invariant: what must survive a
+//! reload (active counts, client tables, counters, backends that keep their address) lives
+//! behind `Arc`s that a reconfigured `ListenerState` shares with its predecessor.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,59 +15,117 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::Backend;
+use crate::backend::{AdminState, Backend};
 use crate::balancer::Pool;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientTable, RateTable};
 use crate::metrics::ListenerMetrics;
 
-/// One listener as every worker sees it.
+/// One listener as every worker sees it. Immutable but for atomics; a reload that changes its
+/// settings publishes a new `ListenerState` built with [`ListenerState::reconfigured`].
 #[derive(Debug)]
 pub struct ListenerState {
     pub config: ListenerConfig,
     pub pool: ArcSwap<Pool>,
-    /// Connections open through this listener, across workers (exact: enforces the cap).
-    pub active: AtomicU64,
+    /// Connections (TCP) open through this listener, across workers (exact: enforces the cap).
+    pub active: Arc<AtomicU64>,
+    /// UDP sessions open through this listener.
+    pub udp_sessions: Arc<AtomicU64>,
     /// Present when `max_conns_per_client > 0`.
-    pub clients: Option<ClientTable>,
+    pub clients: Option<Arc<ClientTable>>,
     /// Present when `conn_rate_per_client > 0`.
-    pub rates: Option<RateTable>,
+    pub rates: Option<Arc<RateTable>>,
     pub counters: Arc<ListenerMetrics>,
+    /// Set by a worker that marked a backend down (passive check): the health thread then
+    /// republishes the pool, which the data path must not do itself (O(table) rebuild).
+    pub pool_dirty: AtomicBool,
+}
+
+fn table_capacity(config: &ListenerConfig, global_max: u64) -> usize {
+    // A client table must be able to hold every client that can be connected at once.
+    (match (config.max_connections, global_max) {
+        (0, 0) => 1 << 20,
+        (0, g) => g,
+        (l, 0) => l,
+        (l, g) => l.min(g),
+    }) as usize
+}
+
+fn new_backend(b: &crate::config::BackendConfig) -> Arc<Backend> {
+    Arc::new(Backend::new(
+        b.addr,
+        b.name.clone(),
+        b.weight,
+        b.max_connections,
+        b.backup,
+    ))
 }
 
 impl ListenerState {
     pub fn new(config: ListenerConfig, global_max: u64, workers: usize) -> ListenerState {
+        let backends: Vec<Arc<Backend>> = config.backends.iter().map(new_backend).collect();
+        let pool = Pool::new(config.balance, backends);
+        let capacity = table_capacity(&config, global_max);
+        let clients =
+            (config.max_conns_per_client > 0).then(|| Arc::new(ClientTable::new(capacity)));
+        let rates = (config.conn_rate_per_client > 0)
+            .then(|| Arc::new(RateTable::new(capacity, config.conn_rate_per_client)));
+        ListenerState {
+            config,
+            pool: ArcSwap::from_pointee(pool),
+            active: Arc::new(AtomicU64::new(0)),
+            udp_sessions: Arc::new(AtomicU64::new(0)),
+            clients,
+            rates,
+            counters: Arc::new(ListenerMetrics::new(workers)),
+            pool_dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// The same listener with new settings: counts, counters and per-client tables carry over;
+    /// backends whose `addr` (as written) and resolved address are unchanged keep their
+    /// counters and state and take the new weight and cap.
+    pub fn reconfigured(&self, config: ListenerConfig, global_max: u64) -> ListenerState {
+        let old_pool = self.pool.load();
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .map(|b| {
-                Arc::new(Backend::new(
-                    b.addr,
-                    b.name.clone(),
-                    b.weight,
-                    b.max_connections,
-                    b.backup,
-                ))
+                match old_pool
+                    .backends()
+                    .iter()
+                    .find(|o| o.name == b.name && o.addr == b.addr && o.backup == b.backup)
+                {
+                    Some(old) => {
+                        old.set_weight(b.weight);
+                        old.set_max_connections(b.max_connections);
+                        old.clone()
+                    }
+                    None => new_backend(b),
+                }
             })
             .collect();
         let pool = Pool::new(config.balance, backends);
-        // A client table must be able to hold every client that can be connected at once.
-        let capacity = match (config.max_connections, global_max) {
-            (0, 0) => 1 << 20,
-            (0, g) => g,
-            (l, 0) => l,
-            (l, g) => l.min(g),
-        } as usize;
-        let clients = (config.max_conns_per_client > 0).then(|| ClientTable::new(capacity));
-        let rates = (config.conn_rate_per_client > 0)
-            .then(|| RateTable::new(capacity, config.conn_rate_per_client));
+        let capacity = table_capacity(&config, global_max);
+        let clients = match (&self.clients, config.max_conns_per_client > 0) {
+            (_, false) => None,
+            (Some(t), true) => Some(t.clone()),
+            (None, true) => Some(Arc::new(ClientTable::new(capacity))),
+        };
+        let rates = match (&self.rates, config.conn_rate_per_client) {
+            (_, 0) => None,
+            (Some(r), rate) if rate == self.config.conn_rate_per_client => Some(r.clone()),
+            (_, rate) => Some(Arc::new(RateTable::new(capacity, rate))),
+        };
         ListenerState {
             config,
             pool: ArcSwap::from_pointee(pool),
-            active: AtomicU64::new(0),
+            active: self.active.clone(),
+            udp_sessions: self.udp_sessions.clone(),
             clients,
             rates,
-            counters: Arc::new(ListenerMetrics::new(workers)),
+            counters: self.counters.clone(),
+            pool_dirty: AtomicBool::new(false),
         }
     }
 
@@ -79,40 +140,74 @@ impl ListenerState {
         }
         self.config.allow.is_empty() || self.config.allow.iter().any(|n| n.contains(&ip))
     }
+
+    /// Publish a pool rebuilt from the backends' current state (after a health or admin
+    /// change), so the Maglev tables stop pointing at backends that left.
+    pub fn republish_pool(&self) {
+        self.pool.rcu(|p| p.rebuilt());
+    }
+
+    pub fn find_backend(&self, name: &str) -> Option<Arc<Backend>> {
+        self.pool
+            .load()
+            .backends()
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
+    }
 }
 
 /// Everything shared across the process.
 #[derive(Debug)]
 pub struct SharedState {
-    pub listeners: Vec<Arc<ListenerState>>,
+    /// The current listener set, in config order (what /status and /metrics show).
+    pub listeners: ArcSwap<Vec<Arc<ListenerState>>>,
     /// Connections open across all listeners (exact: enforces `runtime.max_connections`).
     pub active: AtomicU64,
-    /// 0 = unlimited.
-    pub max_connections: u64,
+    /// 0 = unlimited. Applied live on reload.
+    pub max_connections: AtomicU64,
     pub splice: SpliceMode,
+    pub workers: usize,
     pub started: Instant,
+    /// Set on SIGTERM/SIGINT: stop accepting, finish what is open.
+    pub draining: AtomicBool,
+    /// Set when the process must stop now (drain over, or a second signal).
     pub shutdown: AtomicBool,
+    pub reloads_ok: AtomicU64,
+    pub reloads_error: AtomicU64,
+}
+
+/// The admin API's error for a state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    NoListener,
+    NoBackend,
 }
 
 impl SharedState {
     pub fn new(config: &Config, workers: usize) -> SharedState {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                Arc::new(ListenerState::new(
+                    l.clone(),
+                    config.runtime.max_connections,
+                    workers,
+                ))
+            })
+            .collect();
         SharedState {
-            listeners: config
-                .listeners
-                .iter()
-                .map(|l| {
-                    Arc::new(ListenerState::new(
-                        l.clone(),
-                        config.runtime.max_connections,
-                        workers,
-                    ))
-                })
-                .collect(),
+            listeners: ArcSwap::from_pointee(listeners),
             active: AtomicU64::new(0),
-            max_connections: config.runtime.max_connections,
+            max_connections: AtomicU64::new(config.runtime.max_connections),
             splice: config.runtime.splice,
+            workers,
             started: Instant::now(),
+            draining: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            reloads_ok: AtomicU64::new(0),
+            reloads_error: AtomicU64::new(0),
         }
     }
 
@@ -124,6 +219,34 @@ impl SharedState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn listener(&self, name: &str) -> Option<Arc<ListenerState>> {
+        self.listeners
+            .load()
+            .iter()
+            .find(|l| l.config.name == name)
+            .cloned()
+    }
+
+    /// Operator action from the admin API: enable, drain or disable one backend, then publish
+    /// the listener's rebuilt pool.
+    pub fn set_backend_admin(
+        &self,
+        listener: &str,
+        backend: &str,
+        state: AdminState,
+    ) -> Result<(), LookupError> {
+        let l = self.listener(listener).ok_or(LookupError::NoListener)?;
+        let b = l.find_backend(backend).ok_or(LookupError::NoBackend)?;
+        b.set_admin(state);
+        l.republish_pool();
+        log::info!("listener {listener}: backend {backend} set to {state:?} by the admin API");
+        Ok(())
     }
 }
 

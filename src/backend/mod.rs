@@ -6,9 +6,16 @@
 //! decremented exactly once when that connection ends (see `ActiveGuard`-style callers).
 //! Pools are immutable once published; state and weight change in place through atomics, so
 //! every worker sees a change on its next pick.
+//!
+//! A backend's state has two independent sources: health (active checks and passive connect
+//! failures: up or down) and the operator (admin API: enabled, drain or disabled). The state
+//! every algorithm sees combines them: disabled, else drain, else the health. So a health
+//! check never undoes an operator's drain, and enabling a backend that is down keeps it down.
+
+pub mod health;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Administrative/health state of a backend. Only `Up` takes new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,16 +27,26 @@ pub enum BackendState {
     Disabled = 3,
 }
 
-impl BackendState {
-    fn from_u8(v: u8) -> BackendState {
+/// The operator's say over a backend (admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    Enabled = 0,
+    Drain = 1,
+    Disabled = 2,
+}
+
+impl AdminState {
+    fn from_u8(v: u8) -> AdminState {
         match v {
-            0 => BackendState::Up,
-            1 => BackendState::Down,
-            2 => BackendState::Drain,
-            _ => BackendState::Disabled,
+            0 => AdminState::Enabled,
+            1 => AdminState::Drain,
+            _ => AdminState::Disabled,
         }
     }
+}
 
+impl BackendState {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendState::Up => "up",
@@ -49,10 +66,17 @@ pub struct Backend {
     pub name: String,
     /// Used only when no primary backend is available.
     pub backup: bool,
-    /// 0 = unlimited.
-    pub max_connections: u32,
+    /// 0 = unlimited. Atomic so that a reload can change it without losing the counters.
+    max_connections: AtomicU32,
     weight: AtomicU32,
-    state: AtomicU8,
+    healthy: AtomicBool,
+    admin: AtomicU8,
+    /// Consecutive failed connects (data path) or checks (health thread); reset on success.
+    pub consecutive_failures: AtomicU32,
+    /// Consecutive successful checks while down (health thread only).
+    pub consecutive_successes: AtomicU32,
+    /// Coarse ms clock (runtime start) of the last time this backend went down.
+    pub down_since_ms: AtomicU64,
     /// Connections currently open (connecting or established) to this backend.
     pub active: AtomicU32,
     /// Connections ever sent to this backend.
@@ -74,15 +98,28 @@ impl Backend {
             addr,
             name,
             backup,
-            max_connections,
+            max_connections: AtomicU32::new(max_connections),
             weight: AtomicU32::new(weight),
-            state: AtomicU8::new(BackendState::Up as u8),
+            healthy: AtomicBool::new(true),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            consecutive_failures: AtomicU32::new(0),
+            consecutive_successes: AtomicU32::new(0),
+            down_since_ms: AtomicU64::new(0),
             active: AtomicU32::new(0),
             total: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
         }
+    }
+
+    #[inline]
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_connections(&self, max: u32) {
+        self.max_connections.store(max, Ordering::Relaxed)
     }
 
     #[inline]
@@ -94,13 +131,49 @@ impl Backend {
         self.weight.store(w, Ordering::Relaxed)
     }
 
+    /// The state every algorithm honours: the operator's choice first, then health.
     #[inline]
     pub fn state(&self) -> BackendState {
-        BackendState::from_u8(self.state.load(Ordering::Relaxed))
+        match self.admin.load(Ordering::Relaxed) {
+            a if a == AdminState::Disabled as u8 => BackendState::Disabled,
+            a if a == AdminState::Drain as u8 => BackendState::Drain,
+            _ if self.healthy.load(Ordering::Relaxed) => BackendState::Up,
+            _ => BackendState::Down,
+        }
     }
 
+    /// Shorthand for tests and tools: `Up`/`Down` set health (and enable), `Drain`/`Disabled`
+    /// set the operator state.
     pub fn set_state(&self, s: BackendState) {
-        self.state.store(s as u8, Ordering::Relaxed)
+        match s {
+            BackendState::Up => {
+                self.set_admin(AdminState::Enabled);
+                self.set_healthy(true);
+            }
+            BackendState::Down => {
+                self.set_healthy(false);
+            }
+            BackendState::Drain => self.set_admin(AdminState::Drain),
+            BackendState::Disabled => self.set_admin(AdminState::Disabled),
+        }
+    }
+
+    #[inline]
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Returns whether health changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::AcqRel) != healthy
+    }
+
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    pub fn set_admin(&self, a: AdminState) {
+        self.admin.store(a as u8, Ordering::Relaxed)
     }
 
     #[inline]
@@ -112,8 +185,9 @@ impl Backend {
     /// its own `max_connections`.
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.state() == BackendState::Up
-            && self.weight() > 0
-            && (self.max_connections == 0 || self.active() < self.max_connections)
+        self.state() == BackendState::Up && self.weight() > 0 && {
+            let max = self.max_connections();
+            max == 0 || self.active() < max
+        }
     }
 }

@@ -23,8 +23,8 @@ pub(super) fn pick(
     if n == 0 {
         return None;
     }
-    let start = *cursor % n;
-    *cursor = start + 1;
+    let start = if *cursor < n { *cursor } else { *cursor % n };
+    *cursor = if start + 1 == n { 0 } else { start + 1 };
     let mut best: Option<(usize, u32)> = None;
     let mut pos = start;
     for _ in 0..n {

@@ -127,7 +127,7 @@ pub struct Pool {
     classes: [Box<[usize]>; 2],
     /// Per backend: fixed hash of its name, its identity in rendezvous draws.
     seeds: Box<[u64]>,
-    /// Prime Maglev table size (also kept for non-hash pools so `rebuilt` can switch nothing).
+    /// Prime Maglev table size (unused by the non-hash algorithms).
     maglev_size: usize,
     /// Per class; `Some` only for the hash algorithms.
     tables: Option<[ClassTable; 2]>,
@@ -262,20 +262,13 @@ impl Pool {
         };
         // Availability at rebuild time ignores max_connections: being full is transient and
         // handled per pick by probing, not by moving slots.
-        let available: Vec<u32> = self
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let member = b.backup == (class == Class::Backup);
-                if member && b.state() == BackendState::Up {
-                    debug_assert!(members.contains(&i));
-                    b.weight()
-                } else {
-                    0
-                }
-            })
-            .collect();
+        let mut available = vec![0u32; self.backends.len()];
+        for &i in members.iter() {
+            let b = &self.backends[i];
+            if b.state() == BackendState::Up {
+                available[i] = b.weight();
+            }
+        }
         let lookup = match maglev::reassign(&base.table, &self.seeds, &available) {
             Some(t) => t.into(),
             None => Arc::clone(&base.table),

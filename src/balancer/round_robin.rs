@@ -23,7 +23,8 @@ pub(super) fn pick(
     if n == 0 {
         return None;
     }
-    let mut pos = *cursor % n;
+    // The cursor is kept below n; `%` only after the class shrank or for the initial seed.
+    let mut pos = if *cursor < n { *cursor } else { *cursor % n };
     for _ in 0..n {
         let i = members[pos];
         pos += 1;

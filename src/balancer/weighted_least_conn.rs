@@ -25,8 +25,8 @@ pub(super) fn pick(
     if n == 0 {
         return None;
     }
-    let start = *cursor % n;
-    *cursor = start + 1;
+    let start = if *cursor < n { *cursor } else { *cursor % n };
+    *cursor = if start + 1 == n { 0 } else { start + 1 };
     // (index, active + 1, weight)
     let mut best: Option<(usize, u64, u64)> = None;
     let mut pos = start;

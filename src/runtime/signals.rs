@@ -1,10 +1,13 @@
-//! Signals, handled synchronously on the main thread: they are blocked in every thread (the
-//! workers inherit the mask) and collected with sigwait, so no handler runs in async-signal
-//! context and no worker is interrupted.
+//! Signals, handled synchronously on the main thread: SIGTERM, SIGINT and SIGHUP are blocked
+//! in every thread (threads inherit the mask, so block before spawning any) and read from a
+//! non-blocking signalfd that the control loop polls. No handler runs in async-signal context
+//! and no worker is ever interrupted.
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use nix::sys::signal::{SigSet, Signal as NixSignal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -14,27 +17,44 @@ pub enum Signal {
 
 #[derive(Debug)]
 pub struct Signals {
-    set: SigSet,
+    fd: SignalFd,
 }
 
-/// Block SIGTERM, SIGINT and SIGHUP in the calling thread (call before spawning threads).
+fn to_io(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Block the signals in the calling thread and open a signalfd for them.
 pub fn block_and_listen() -> io::Result<Signals> {
     let mut set = SigSet::empty();
     set.add(NixSignal::SIGTERM);
     set.add(NixSignal::SIGINT);
     set.add(NixSignal::SIGHUP);
-    set.thread_block()
-        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-    Ok(Signals { set })
+    set.thread_block().map_err(to_io)?;
+    let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(to_io)?;
+    Ok(Signals { fd })
 }
 
 impl Signals {
-    pub fn wait(&self) -> Signal {
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_fd().as_raw_fd()
+    }
+
+    /// The next pending signal, if any.
+    pub fn next(&self) -> Option<Signal> {
         loop {
-            match self.set.wait() {
-                Ok(NixSignal::SIGHUP) => return Signal::Reload,
-                Ok(_) => return Signal::Terminate,
-                Err(_) => continue,
+            match self.fd.read_signal() {
+                Ok(Some(info)) => {
+                    return Some(if info.ssi_signo == NixSignal::SIGHUP as u32 {
+                        Signal::Reload
+                    } else {
+                        Signal::Terminate
+                    })
+                }
+                Ok(None) => return None,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return None,
             }
         }
     }

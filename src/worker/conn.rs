@@ -16,7 +16,7 @@ use mio::net::TcpStream;
 
 use crate::backend::Backend;
 use crate::config::SpliceMode;
-use crate::limits::ClientSlot;
+use crate::limits::{ClientSlot, ClientTable};
 
 use super::flow::{Broken, Flow, IoResources, Pump, Readiness};
 
@@ -45,7 +45,9 @@ pub struct Conn {
     pub b2c: Flow,
     /// Coarse ms clock of the last byte moved (idle timeout).
     pub last_active: u64,
-    pub client_slot: Option<ClientSlot>,
+    /// The per-client table this connection counts in (shared with the listener; kept here
+    /// so a reload that drops or replaces the table still releases the right one).
+    pub client_slot: Option<(Arc<ClientTable>, ClientSlot)>,
 }
 
 /// What the worker must do with a connection after driving it.

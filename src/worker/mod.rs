@@ -17,9 +17,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::backend::Backend;
 use crate::balancer::{Algorithm, FlowKey, Selector};
 use crate::metrics::RejectReason;
 use crate::net::io::{is_accept_resource_error, is_accept_transient_error};
@@ -58,14 +60,28 @@ fn conn_token(key: usize, backend_side: bool) -> Token {
 pub struct WorkerSetup {
     pub id: usize,
     pub poll: Poll,
-    /// Index-aligned with `shared.listeners`; `None` for listeners this worker does not serve.
-    pub listeners: Vec<Option<TcpListener>>,
+    /// Each listener with this worker's own socket for it (`None`: not served here).
+    pub listeners: Vec<(Arc<ListenerState>, Option<TcpListener>)>,
     pub shared: Arc<SharedState>,
+    pub commands: Receiver<WorkerCommand>,
+}
+
+/// Changes the control thread asks a worker to make (followed by a wake-up).
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// A new listener, with this worker's socket for it.
+    AddListener(Arc<ListenerState>, Option<TcpListener>),
+    /// New settings or backends for the listener of the same name; its socket is kept.
+    ReplaceListener(Arc<ListenerState>),
+    /// Stop accepting on this listener; its connections finish normally.
+    RemoveListener(String),
 }
 
 #[derive(Debug)]
 struct WorkerListener {
     socket: Option<TcpListener>,
+    /// Removed by a reload: kept only so that its open connections can finish.
+    retired: bool,
     state: Arc<ListenerState>,
     selector: Selector,
     paused_until: Option<u64>,
@@ -80,6 +96,7 @@ pub struct Worker {
     poll: Poll,
     shared: Arc<SharedState>,
     listeners: Vec<WorkerListener>,
+    commands: Receiver<WorkerCommand>,
     conns: Slab<Conn>,
     io: IoResources,
     timers: TimerWheel,
@@ -97,29 +114,14 @@ impl Worker {
             poll,
             listeners,
             shared,
+            commands,
         } = setup;
-        let mut wls = Vec::with_capacity(listeners.len());
-        for (i, socket) in listeners.into_iter().enumerate() {
-            let state = shared.listeners[i].clone();
-            let mut socket = socket;
-            if let Some(s) = &mut socket {
-                poll.registry()
-                    .register(s, listener_token(i), Interest::READABLE)?;
-            }
-            let bind = state.config.bind;
-            wls.push(WorkerListener {
-                socket,
-                selector: Selector::new(id as u64),
-                paused_until: None,
-                local: (!bind.ip().is_unspecified()).then_some(bind),
-                state,
-            });
-        }
         let now = shared.now_ms();
-        Ok(Worker {
+        let mut worker = Worker {
             id,
             poll,
-            listeners: wls,
+            listeners: Vec::with_capacity(listeners.len()),
+            commands,
             conns: Slab::with_capacity(1024),
             io: IoResources {
                 scratch: vec![0u8; COPY_BUFFER].into_boxed_slice(),
@@ -134,14 +136,91 @@ impl Worker {
             now,
             last_accept_warn: None,
             shared,
-        })
+        };
+        for (state, socket) in listeners {
+            worker.add_listener(state, socket)?;
+        }
+        Ok(worker)
+    }
+
+    fn add_listener(
+        &mut self,
+        state: Arc<ListenerState>,
+        mut socket: Option<TcpListener>,
+    ) -> io::Result<()> {
+        let index = self.listeners.len();
+        if let Some(s) = &mut socket {
+            self.poll
+                .registry()
+                .register(s, listener_token(index), Interest::READABLE)?;
+        }
+        let bind = state.config.bind;
+        self.listeners.push(WorkerListener {
+            socket,
+            retired: false,
+            selector: Selector::new(self.id as u64),
+            paused_until: None,
+            local: (!bind.ip().is_unspecified()).then_some(bind),
+            state,
+        });
+        Ok(())
+    }
+
+    fn apply_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                WorkerCommand::AddListener(state, socket) => {
+                    let name = state.config.name.clone();
+                    if let Err(e) = self.add_listener(state, socket) {
+                        log::error!("worker {}: cannot add listener {name}: {e}", self.id);
+                    }
+                }
+                WorkerCommand::ReplaceListener(state) => {
+                    if let Some(l) = self
+                        .listeners
+                        .iter_mut()
+                        .find(|l| !l.retired && l.state.config.name == state.config.name)
+                    {
+                        l.state = state;
+                    }
+                }
+                WorkerCommand::RemoveListener(name) => {
+                    for l in self
+                        .listeners
+                        .iter_mut()
+                        .filter(|l| !l.retired && l.state.config.name == name)
+                    {
+                        l.retired = true;
+                        l.paused_until = None;
+                        // Dropping the socket closes it and takes it out of the epoll set.
+                        l.socket = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Close every listening socket: new connections are refused by the kernel from now on.
+    fn stop_accepting(&mut self) {
+        for l in &mut self.listeners {
+            l.socket = None;
+            l.paused_until = None;
+        }
     }
 
     /// Run until the process shuts down.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         log::debug!("worker {} running", self.id);
+        let mut accepting = true;
         while !self.shared.is_shutting_down() {
+            if accepting && self.shared.is_draining() {
+                accepting = false;
+                self.stop_accepting();
+            }
+            if !accepting && self.conns.is_empty() {
+                break;
+            }
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -193,6 +272,7 @@ impl Worker {
     fn dispatch(&mut self, event: &mio::event::Event) {
         let token = event.token();
         if token == WAKER_TOKEN {
+            self.apply_commands();
             return;
         }
         if token.0 >= usize::MAX - self.listeners.len() {
@@ -228,6 +308,12 @@ impl Worker {
                     return;
                 }
                 ConnectState::Connected => {
+                    if let Some(b) = &conn.backend_ref {
+                        // Only write the shared line when there is something to reset.
+                        if b.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                            b.consecutive_failures.store(0, Ordering::Relaxed);
+                        }
+                    }
                     conn.connecting = false;
                     conn.last_active = self.now;
                 }
@@ -306,7 +392,10 @@ impl Worker {
             counters.reject(RejectReason::Acl);
             return reset(stream);
         }
-        if !try_take(&self.shared.active, self.shared.max_connections) {
+        if !try_take(
+            &self.shared.active,
+            self.shared.max_connections.load(Ordering::Relaxed),
+        ) {
             counters.reject(RejectReason::GlobalLimit);
             return reset(stream);
         }
@@ -328,7 +417,7 @@ impl Worker {
         }
         let client_slot = match &state.clients {
             Some(table) => match table.acquire(ip, state.config.max_conns_per_client) {
-                Ok(slot) => Some(slot),
+                Ok(slot) => Some((table.clone(), slot)),
                 Err(_) => {
                     undo_counts(&self.shared);
                     counters.reject(RejectReason::ClientLimit);
@@ -347,7 +436,7 @@ impl Worker {
         ) {
             log::warn!("worker {}: cannot register a client socket: {e}", self.id);
             undo_counts(&self.shared);
-            if let (Some(slot), Some(table)) = (client_slot, &state.clients) {
+            if let Some((table, slot)) = client_slot {
                 table.release(slot);
             }
             return reset(stream);
@@ -437,7 +526,7 @@ impl Worker {
                 }
                 Err(_) => {
                     backend.active.fetch_sub(1, Ordering::Relaxed);
-                    backend.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    passive_failure(&backend, &wl.state, self.now);
                     conn.record_failed(index);
                 }
             }
@@ -454,7 +543,7 @@ impl Worker {
         conn.backend = None;
         if let Some(b) = conn.backend_ref.take() {
             b.active.fetch_sub(1, Ordering::Relaxed);
-            b.connect_errors.fetch_add(1, Ordering::Relaxed);
+            passive_failure(&b, &self.listeners[conn.listener].state, self.now);
         }
         let index = conn.backend_index;
         conn.record_failed(index);
@@ -534,10 +623,36 @@ impl Worker {
         let state = &self.listeners[conn.listener].state;
         state.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        if let (Some(slot), Some(table)) = (conn.client_slot, &state.clients) {
+        if let Some((table, slot)) = conn.client_slot.take() {
             table.release(slot);
         }
         // Dropping the sockets closes them, which also removes them from the epoll set.
+    }
+}
+
+/// Failures in a row that mark a backend down when the listener has no `health_check` (and
+/// so no `fall` of its own): HAProxy's default `fall` is 3 as well.
+const DEFAULT_PASSIVE_FALL: u32 = 3;
+
+/// A refused or timed-out connect: count it, and mark the backend down once `fall` of them
+/// happened in a row. The pool is republished by the health thread (`pool_dirty`), never here.
+fn passive_failure(backend: &Backend, listener: &ListenerState, now_ms: u64) {
+    backend.connect_errors.fetch_add(1, Ordering::Relaxed);
+    let failures = backend.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+    let fall = listener
+        .config
+        .health_check
+        .as_ref()
+        .map_or(DEFAULT_PASSIVE_FALL, |h| h.fall);
+    if failures >= fall && backend.set_healthy(false) {
+        backend.down_since_ms.store(now_ms, Ordering::Relaxed);
+        backend.consecutive_successes.store(0, Ordering::Relaxed);
+        listener.pool_dirty.store(true, Ordering::Release);
+        log::info!(
+            "listener {}: backend {} is DOWN ({failures} failed connects in a row)",
+            listener.config.name,
+            backend.name
+        );
     }
 }
 
