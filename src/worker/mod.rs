@@ -168,6 +168,7 @@ impl Worker {
 
     fn apply_commands(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
+            log::debug!("worker {}: {command:?}", self.id);
             match command {
                 WorkerCommand::AddListener(state, socket) => {
                     let name = state.config.name.clone();
