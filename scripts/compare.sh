@@ -208,7 +208,7 @@ tree_pids() {
   local root=$1 f line pid rest ppid i p
   local -A parent=()
   for f in /proc/[0-9]*/stat; do
-    read -r line <"$f" 2>/dev/null || continue
+    read -r line 2>/dev/null <"$f" || continue
     pid=${line%% *}
     rest=${line##*) }
     read -r _ ppid _ <<<"$rest"
@@ -233,7 +233,7 @@ cpu_ticks() {
   local total=0 p line rest
   [[ -n $1 ]] || { echo 0; return; }
   for p in $(tree_pids "$1"); do
-    read -r line <"/proc/$p/stat" 2>/dev/null || continue
+    read -r line 2>/dev/null <"/proc/$p/stat" || continue
     rest=${line##*) }
     read -ra f <<<"$rest"
     total=$((total + f[11] + f[12]))
@@ -317,6 +317,7 @@ render() {
 CAND_PID=""
 TCP_T=""
 UDP_T=""
+RSS_BASE=0
 
 # start_candidate NAME: starts it pinned to the proxy CPUs; sets CAND_PID, TCP_T and UDP_T.
 start_candidate() {
@@ -449,10 +450,11 @@ cell() {
   fi
 }
 
-# hold_cell CANDIDATE: HOLD_CONNS idle connections; RSS sampled while they are held.
+# hold_cell CANDIDATE: HOLD_CONNS idle connections; RSS sampled while they are held and
+# compared with RSS_BASE, the candidate's RSS right after it started (allocators keep freed
+# memory, so a baseline taken after earlier runs would hide the connections' cost).
 hold_cell() {
-  local cand=$1 key="$1|hold" rss0 rss1 c0 c1 lpid n json opened
-  rss0=$(rss_kb "$CAND_PID")
+  local cand=$1 key="$1|hold" rss0=$RSS_BASE rss1 c0 c1 lpid n json opened
   c0=$(cpu_ticks "$CAND_PID")
   "${CLIENT_PIN[@]}" "$LOADGEN_BIN" hold --target "$TCP_T" --conns "$HOLD_CONNS" \
     --hold "$HOLD_S" --timeout-ms 5000 --open-timeout 20 --threads "$CLIENT_THREADS" \
@@ -514,6 +516,8 @@ for cand in "${WANT[@]}"; do
     SKIP[$cand]="did not start"
     continue
   fi
+  sleep 0.2
+  RSS_BASE=$(rss_kb "$CAND_PID")
   for ((r = 1; r <= REPEAT; r++)); do
     for wl in "${WORKLOADS[@]}"; do
       log "$cand: $wl (run $r/$REPEAT)"
@@ -545,7 +549,8 @@ echo "Median of $REPEAT run(s), ${DURATION} s each; hold: $HOLD_CONNS connection
 echo "tcp-stream: 4 connections through echo backends, Gbit/s sent plus received by the client."
 echo "CPU: utime+stime of the proxy's processes (threads included). /GB: per GB the client sent"
 echo "plus received. /1k conn: CPU ms per 1,000 connections (crr: one per transaction; hold: opening)."
-echo "RSS/conn: proxy RSS growth while the connections are held, divided by their number."
+echo "RSS/conn: proxy RSS while the connections are held minus its RSS just after start, per"
+echo "connection (user-space memory only; kernel socket buffers are not in RSS)."
 echo
 echo "| workload | candidate | rate | p99 µs | vs HAProxy | CPU s/GB | CPU ms/1k conn | RSS/conn | errors |"
 echo "|---|---|---|---|---|---|---|---|---|"

@@ -40,6 +40,28 @@ impl RejectReason {
     }
 }
 
+/// Why a UDP datagram was dropped by a worker. (A datagram refused because it would open a
+/// session that a cap, rate, ACL or the lack of a backend forbids counts in `rejected`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// The kernel reported it truncated (`MSG_TRUNC`): never forwarded in part.
+    Truncated = 0,
+    /// The send to the backend or the reply to the client failed (socket buffer full,
+    /// unreachable peer, ...).
+    SendFailed = 1,
+}
+
+impl UdpDrop {
+    pub const ALL: [UdpDrop; 2] = [UdpDrop::Truncated, UdpDrop::SendFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpDrop::Truncated => "truncated",
+            UdpDrop::SendFailed => "send_failed",
+        }
+    }
+}
+
 /// One worker's counters for one listener.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -48,6 +70,8 @@ pub struct ListenerCounters {
     pub rejected: [AtomicU64; 6],
     /// Connections closed because a backend connect failed on every try.
     pub connect_failures: AtomicU64,
+    /// UDP datagrams dropped, by [`UdpDrop`] reason.
+    pub udp_dropped: [AtomicU64; 2],
 }
 
 impl ListenerCounters {
@@ -58,6 +82,11 @@ impl ListenerCounters {
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn udp_drop(&self, reason: UdpDrop, n: u64) {
+        self.udp_dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -92,6 +121,13 @@ impl ListenerMetrics {
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.per_worker.iter().map(|c| c.rejected(reason)).sum()
+    }
+
+    pub fn udp_dropped(&self, reason: UdpDrop) -> u64 {
+        self.per_worker
+            .iter()
+            .map(|c| c.udp_dropped[reason as usize].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn connect_failures(&self) -> u64 {

@@ -174,20 +174,56 @@ fn half_close_backend_first() {
     );
     let lb = L4lb::start(&Conf::new("round_robin", &[backend.addr]));
 
-    let mut s = connect(lb.addr).expect("connect");
-    let first = read_until_eof(&mut s, IO_TIMEOUT).expect("backend data, then EOF");
-    assert_eq!(first, b"hello from backend");
+    // A few rounds: whether the FIN arrives with the data or after it is up to timing.
+    for round in 0..5u64 {
+        let mut s = connect(lb.addr).expect("connect");
+        let first = read_until_eof(&mut s, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("round {round}: backend data, then EOF: {e}"));
+        assert_eq!(first, b"hello from backend", "round {round}");
 
-    let mut late = vec![0u8; 100_000];
-    XorShift::new(9).fill(&mut late);
-    s.write_all(&late)
-        .expect("client can still send after the backend's EOF");
-    s.shutdown(Shutdown::Write).expect("half-close");
-    let got = got_rx
-        .recv_timeout(IO_TIMEOUT)
-        .expect("backend never saw the client's EOF");
-    assert_eq!(got.len(), late.len(), "backend got a different amount");
-    assert!(got == late, "backend got different bytes");
+        let mut late = vec![0u8; 100_000];
+        XorShift::new(9 + round).fill(&mut late);
+        s.write_all(&late)
+            .expect("client can still send after the backend's EOF");
+        s.shutdown(Shutdown::Write).expect("half-close");
+        let got = got_rx
+            .recv_timeout(IO_TIMEOUT)
+            .expect("backend never saw the client's EOF");
+        assert_eq!(
+            got.len(),
+            late.len(),
+            "round {round}: backend got a different amount"
+        );
+        assert!(got == late, "round {round}: backend got different bytes");
+    }
+}
+
+/// The most common close of all (an HTTP/1.0-style server): a short reply and a FIN right
+/// behind it, often in the same wake-up of the balancer. The client must get the reply and
+/// the EOF, in every splice mode, every time.
+#[test]
+fn short_reply_then_close_reaches_client() {
+    const CONNS: usize = 30;
+    let backend = Backend::spawn(
+        localhost(),
+        "bye",
+        Arc::new(|mut s: TcpStream| {
+            let _ = s.write_all(b"bye\n");
+            let _ = s.shutdown(Shutdown::Write);
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }),
+    );
+    for mode in ["auto", "always", "never"] {
+        let lb = L4lb::start(&Conf::new("round_robin", &[backend.addr]).splice(mode));
+        for i in 0..CONNS {
+            let mut s = connect(lb.addr).expect("connect");
+            let got = read_until_eof(&mut s, Duration::from_secs(5)).unwrap_or_else(|e| {
+                panic!("splice={mode}, connection #{i}: reply then EOF expected: {e}")
+            });
+            assert_eq!(got, b"bye\n", "splice={mode}, connection #{i}");
+        }
+    }
 }
 
 /// A backend reset (SO_LINGER 0) reaches the client promptly as a reset or an EOF.

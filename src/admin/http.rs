@@ -74,7 +74,10 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let mut body_len: Option<usize> = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Error(Response::error(400, "chunked request bodies are not supported"));
+            return Parsed::Error(Response::error(
+                400,
+                "chunked request bodies are not supported",
+            ));
         }
         if h.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(h.value)
@@ -236,7 +239,10 @@ mod tests {
     #[test]
     fn waits_for_the_whole_head_and_body() {
         assert!(matches!(parse_request(b""), Parsed::Incomplete));
-        assert!(matches!(parse_request(b"GET /status HTTP/1.1\r\nHost"), Parsed::Incomplete));
+        assert!(matches!(
+            parse_request(b"GET /status HTTP/1.1\r\nHost"),
+            Parsed::Incomplete
+        ));
         let head = b"POST /x HTTP/1.1\r\nContent-Length: 4\r\n\r\n";
         assert!(matches!(parse_request(head), Parsed::Incomplete));
         let mut full = head.to_vec();
@@ -246,12 +252,20 @@ mod tests {
 
     #[test]
     fn malformed_requests_get_4xx() {
-        assert_eq!(status_of(parse_request(b"\x00\x01\x02garbage\r\n\r\n")), 400);
+        assert_eq!(
+            status_of(parse_request(b"\x00\x01\x02garbage\r\n\r\n")),
+            400
+        );
         assert_eq!(status_of(parse_request(b"GET /x HTTP/9.9\r\n\r\n")), 400);
-        assert_eq!(status_of(parse_request(b"GET http://a/x HTTP/1.1\r\n\r\n")), 400);
+        assert_eq!(
+            status_of(parse_request(b"GET http://a/x HTTP/1.1\r\n\r\n")),
+            400
+        );
         assert_eq!(status_of(parse_request(b"GET * HTTP/1.1\r\n\r\n")), 400);
         assert_eq!(
-            status_of(parse_request(b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n")),
+            status_of(parse_request(
+                b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n"
+            )),
             400
         );
         assert_eq!(
@@ -261,11 +275,15 @@ mod tests {
             400
         );
         assert_eq!(
-            status_of(parse_request(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")),
+            status_of(parse_request(
+                b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )),
             400
         );
         assert_eq!(
-            status_of(parse_request(b"POST /x HTTP/1.1\r\nContent-Length: 70000\r\n\r\n")),
+            status_of(parse_request(
+                b"POST /x HTTP/1.1\r\nContent-Length: 70000\r\n\r\n"
+            )),
             413
         );
         assert_eq!(
@@ -303,9 +321,18 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("%5B%3A%3A1%5D%3A80").as_deref(), Some("[::1]:80"));
-        assert_eq!(percent_decode("%5b%3a%3a1%5d%3a80").as_deref(), Some("[::1]:80"));
-        assert_eq!(percent_decode("10.0.0.1:80").as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(
+            percent_decode("%5B%3A%3A1%5D%3A80").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(
+            percent_decode("%5b%3a%3a1%5d%3a80").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(
+            percent_decode("10.0.0.1:80").as_deref(),
+            Some("10.0.0.1:80")
+        );
         assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
         assert_eq!(percent_decode("%2F").as_deref(), Some("/"));
         assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
@@ -326,8 +353,11 @@ mod tests {
         assert!(text.ends_with("\r\n\r\n{}"));
         let head = String::from_utf8(r.serialize(true)).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 2\r\n"));
-        let m = String::from_utf8(Response::method_not_allowed("GET, HEAD").serialize(false))
-            .unwrap();
-        assert!(m.starts_with("HTTP/1.1 405 ") && m.contains("Allow: GET, HEAD\r\n"), "{m}");
+        let m =
+            String::from_utf8(Response::method_not_allowed("GET, HEAD").serialize(false)).unwrap();
+        assert!(
+            m.starts_with("HTTP/1.1 405 ") && m.contains("Allow: GET, HEAD\r\n"),
+            "{m}"
+        );
     }
 }

@@ -77,13 +77,19 @@ pub struct Backend {
     pub consecutive_successes: AtomicU32,
     /// Coarse ms clock (runtime start) of the last time this backend went down.
     pub down_since_ms: AtomicU64,
-    /// Connections currently open (connecting or established) to this backend.
+    /// Connections currently open (connecting or established) to this backend; for a UDP
+    /// listener, its open sessions.
     pub active: AtomicU32,
     /// Connections ever sent to this backend.
     pub total: AtomicU64,
     pub connect_errors: AtomicU64,
     pub bytes_to_backend: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// UDP datagrams forwarded to this backend / from it to clients. Like the byte counters,
+    /// written by a worker per session (at expiry, close and about every 10 s while it
+    /// lives), never per datagram.
+    pub datagrams_to_backend: AtomicU64,
+    pub datagrams_to_client: AtomicU64,
 }
 
 impl Backend {
@@ -110,6 +116,8 @@ impl Backend {
             connect_errors: AtomicU64::new(0),
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
+            datagrams_to_backend: AtomicU64::new(0),
+            datagrams_to_client: AtomicU64::new(0),
         }
     }
 

@@ -1,6 +1,8 @@
-//! Sockets and kernel plumbing: REUSEPORT listeners, splice pipes, and the classification of
-//! I/O errors into what the event loop does about them.
+//! Sockets and kernel plumbing: REUSEPORT listeners (TCP and UDP), splice pipes, recvmmsg/
+//! sendmmsg batches, and the classification of I/O errors into what the event loop does about
+//! them.
 
 pub mod io;
 pub mod listener;
 pub mod pipe;
+pub mod udp;

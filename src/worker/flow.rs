@@ -33,6 +33,9 @@ const SPLICE_EXIT_BYTES: usize = 4096;
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN (or an error) was reported: a read will return 0 or fail, and no further
+    /// edge will announce it, so a short read must not clear `readable`.
+    pub read_closed: bool,
 }
 
 /// Per-worker resources a direction borrows while it pumps.
@@ -245,10 +248,10 @@ impl Flow {
                     return Ok(());
                 }
                 Ok(n) => {
-                    if n < io.scratch.len() {
+                    if n < io.scratch.len() && !src_ready.read_closed {
                         // A short read emptied the receive queue; epoll (edge-triggered)
                         // reports the next arrival, so the read that would return EAGAIN
-                        // can be skipped.
+                        // can be skipped. Not after a FIN was announced: its edge is spent.
                         src_ready.readable = false;
                     }
                     break n;

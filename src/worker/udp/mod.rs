@@ -1,0 +1,105 @@
+//! UDP load balancing inside a worker: sessions keyed by client address, each with its own
+//! socket connected to the backend its first datagram picked, registered in this worker's
+//! `Poll`; replies leave through the listener's socket, so the client sees the address it
+//! sent to.
+//!
+//! Hot path. Split in two: [`session`] is the sans-io core (admission, the session table,
+//! idle expiry, counters; time is a parameter, sockets a type parameter) and `shell` drives it
+//! with real sockets: recvmmsg on the listener socket, one send (or sendmmsg for a run of
+//! datagrams of one client) per session socket, recvmmsg on a readable session socket
+//! straight into the reply batch, and one sendmmsg on the listener socket for the replies of
+//! every session that answered in the same loop turn.
+//!
+//! The kernel steers each client address to one worker's SO_REUSEPORT socket (hash of the
+//! 4-tuple), so a client's session lives in exactly one worker and the table needs no lock.
+//!
+//! Invariants: a session token is [`UDP_TOKEN_BIT`] | slab key (TCP tokens stay below it,
+//! listener tokens and the waker sit at the top of the range and are checked first); the reply
+//! batch holds datagrams of one listener only (it is flushed before another listener's reply
+//! is added); every datagram taken from a socket is forwarded whole or counted as dropped.
+
+pub mod session;
+mod shell;
+
+use mio::net::UdpSocket;
+use mio::Token;
+
+use crate::net::udp::{Batch, BATCH};
+use session::SessionTable;
+
+/// Bit that marks a UDP session token. TCP connection tokens are `2 * key + side`, far below;
+/// listener tokens and the waker are `usize::MAX - small` and are matched before this bit.
+pub const UDP_TOKEN_BIT: usize = 1 << (usize::BITS - 2);
+/// Batches a listener socket may take per loop turn before yielding to other sockets (8 x 32
+/// datagrams): keeps one flooded listener from starving the sessions of the same worker.
+const LISTENER_BATCHES_PER_TURN: usize = 8;
+/// recvmmsg calls per session socket per loop turn (each up to the free reply slots).
+const SESSION_READS_PER_TURN: usize = 4;
+/// Slot marker: the datagram in this inbound slot goes nowhere (dropped or refused).
+const NO_SESSION: usize = usize::MAX;
+
+#[inline]
+pub fn session_token(key: usize) -> Token {
+    debug_assert!(key < UDP_TOKEN_BIT);
+    Token(UDP_TOKEN_BIT | key)
+}
+
+/// The session key of a UDP session token (call after the listener and waker tokens were
+/// ruled out).
+#[inline]
+pub fn session_key(token: Token) -> Option<usize> {
+    (token.0 & UDP_TOKEN_BIT != 0).then_some(token.0 & !UDP_TOKEN_BIT)
+}
+
+/// Work left over from a turn because a socket used up its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    Listener(usize),
+    Session { key: usize, generation: u32 },
+}
+
+/// A worker's UDP state: its sessions and the two preallocated batches.
+#[derive(Debug)]
+pub struct UdpPlane {
+    sessions: SessionTable<UdpSocket>,
+    /// Datagrams from clients, received on a listener socket.
+    inbound: Batch,
+    /// Per inbound slot: the session it goes to, or [`NO_SESSION`].
+    routes: [usize; BATCH],
+    /// Replies from backends waiting for one sendmmsg on `out_listener`'s socket.
+    outbound: Batch,
+    out_len: usize,
+    out_listener: usize,
+    again: Vec<Again>,
+    again_spare: Vec<Again>,
+}
+
+impl UdpPlane {
+    pub fn new(now_ms: u64) -> UdpPlane {
+        UdpPlane {
+            sessions: SessionTable::new(now_ms),
+            inbound: Batch::new(),
+            routes: [NO_SESSION; BATCH],
+            outbound: Batch::new(),
+            out_len: 0,
+            out_listener: 0,
+            again: Vec::new(),
+            again_spare: Vec::new(),
+        }
+    }
+
+    /// Sessions open in this worker.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether some socket still has datagrams from the last turn (poll must not sleep).
+    pub fn has_work(&self) -> bool {
+        !self.again.is_empty()
+    }
+
+    /// Milliseconds until the session wheel's next tick; `None` without sessions.
+    pub fn timeout_ms(&self, now_ms: u64) -> Option<u64> {
+        self.sessions.timeout_ms(now_ms)
+    }
+}

@@ -1,0 +1,517 @@
+//! The sans-io core of UDP balancing: admission of a new session, the session table of one
+//! worker, idle expiry and the per-session counters. No socket is touched here: the socket
+//! type is a parameter (`S`; `()` in the tests) and time is passed in as a coarse ms clock, so
+//! every rule below is unit-tested without the network.
+//!
+//! Hot path. Per datagram the shell does one [`SessionTable::find`] (a hash lookup) and bumps a
+//! session's plain counters and `last_active`; nothing shared is written and nothing is
+//! allocated. The shared atomics (caps, backend counters) are written once when a session
+//! opens, once when it closes, and when its timer comes round (about every 10 s, see
+//! `worker::timer`) to flush the datagram and byte counts.
+//!
+//! Invariants:
+//! - a session in the table holds exactly one unit of the global count (`SharedState::active`),
+//!   one of its listener's `udp_sessions`, one of its backend's `active`, and (when the
+//!   listener caps clients) one slot of the client table; [`Session::release`] gives all of
+//!   them back, and a session leaves the table only through [`SessionTable::remove`] or
+//!   expiry, whose caller releases it;
+//! - one table entry per (listener, client address), so a client's datagrams always reach the
+//!   same backend while its session lives;
+//! - one timer entry per session; activity never touches the wheel (lazy re-arm).
+//!
+//! The lookup map hashes client addresses with std's randomly keyed SipHash on purpose: it
+//! decides nothing that must be reproducible (selection uses `balancer::hash`), and its keys
+//! (source addresses and ports) are chosen by whoever sends datagrams, so a fixed public key
+//! would let a sender aim collisions at one bucket.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::limits::{ClientSlot, ClientTable};
+use crate::metrics::RejectReason;
+use crate::state::{try_take, ListenerState, SharedState};
+use crate::worker::slab::Slab;
+use crate::worker::timer::{TimerEntry, TimerWheel};
+
+/// Sessions the table is sized for up front; it grows past this only as caps allow (each
+/// session also holds a socket, so the process's descriptor limit bounds it as well).
+const INITIAL_SESSIONS: usize = 1024;
+
+/// Datagrams and bytes a session moved since its last flush into the backend's atomics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStats {
+    pub datagrams_to_backend: u64,
+    pub bytes_to_backend: u64,
+    pub datagrams_to_client: u64,
+    pub bytes_to_client: u64,
+}
+
+impl SessionStats {
+    /// Add the counts to `backend` and start again from zero (skips the shared writes when
+    /// there is nothing to add).
+    pub fn flush(&mut self, backend: &Backend) {
+        if *self == SessionStats::default() {
+            return;
+        }
+        for (counter, v) in [
+            (&backend.datagrams_to_backend, self.datagrams_to_backend),
+            (&backend.bytes_to_backend, self.bytes_to_backend),
+            (&backend.datagrams_to_client, self.datagrams_to_client),
+            (&backend.bytes_to_client, self.bytes_to_client),
+        ] {
+            if v != 0 {
+                counter.fetch_add(v, Ordering::Relaxed);
+            }
+        }
+        *self = SessionStats::default();
+    }
+}
+
+/// What an admitted session counts against, from admission until [`Session::release`].
+#[derive(Debug)]
+pub struct Admission {
+    /// The listener's session gauge (shared with every reconfigured `ListenerState`).
+    udp_sessions: Arc<AtomicU64>,
+    client_slot: Option<(Arc<ClientTable>, ClientSlot)>,
+}
+
+impl Admission {
+    /// Give back what admission took (the session never opened).
+    pub fn undo(self, shared: &SharedState) {
+        shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.udp_sessions.fetch_sub(1, Ordering::Relaxed);
+        if let Some((table, slot)) = self.client_slot {
+            table.release(slot);
+        }
+    }
+}
+
+/// Admission control for a datagram from a client without a session, in the order TCP uses:
+/// ACL (deny, then allow), global cap, listener cap (`max_connections` counts sessions),
+/// per-client rate (new sessions per second), per-client cap (concurrent sessions).
+pub fn admit(
+    state: &ListenerState,
+    shared: &SharedState,
+    ip: IpAddr,
+    now_ms: u64,
+) -> Result<Admission, RejectReason> {
+    if !state.acl_allows(ip) {
+        return Err(RejectReason::Acl);
+    }
+    if !try_take(
+        &shared.active,
+        shared.max_connections.load(Ordering::Relaxed),
+    ) {
+        return Err(RejectReason::GlobalLimit);
+    }
+    if !try_take(&state.udp_sessions, state.config.max_connections) {
+        shared.active.fetch_sub(1, Ordering::Relaxed);
+        return Err(RejectReason::ListenerLimit);
+    }
+    let undo_counts = || {
+        shared.active.fetch_sub(1, Ordering::Relaxed);
+        state.udp_sessions.fetch_sub(1, Ordering::Relaxed);
+    };
+    if let Some(rates) = &state.rates {
+        if !rates.try_acquire(ip, now_ms) {
+            undo_counts();
+            return Err(RejectReason::ClientRate);
+        }
+    }
+    let client_slot = match &state.clients {
+        Some(table) => match table.acquire(ip, state.config.max_conns_per_client) {
+            Ok(slot) => Some((table.clone(), slot)),
+            Err(_) => {
+                undo_counts();
+                return Err(RejectReason::ClientLimit);
+            }
+        },
+        None => None,
+    };
+    Ok(Admission {
+        udp_sessions: state.udp_sessions.clone(),
+        client_slot,
+    })
+}
+
+/// One client's flow through one listener of this worker.
+#[derive(Debug)]
+pub struct Session<S> {
+    pub listener: usize,
+    /// Set by [`SessionTable::insert`]; tells a stale timer entry from a reused key.
+    pub generation: u32,
+    pub client: SocketAddr,
+    /// The local address the client sent to, when the listener is bound to a wildcard (replies
+    /// must leave from it); `None` for a listener bound to one address.
+    pub local: Option<IpAddr>,
+    /// The socket connected to the backend.
+    pub socket: S,
+    /// The backend this session counts against (its `active` was incremented).
+    pub backend: Arc<Backend>,
+    /// Coarse ms clock of the last datagram either way.
+    pub last_active: u64,
+    pub stats: SessionStats,
+    /// The backend has answered at least once (its passive-failure streak was reset).
+    pub answered: bool,
+    admission: Admission,
+}
+
+impl<S> Session<S> {
+    /// A session on `backend`, whose `active` and `total` this increments.
+    pub fn new(
+        listener: usize,
+        client: SocketAddr,
+        local: Option<IpAddr>,
+        socket: S,
+        backend: Arc<Backend>,
+        admission: Admission,
+        now_ms: u64,
+    ) -> Session<S> {
+        backend.active.fetch_add(1, Ordering::Relaxed);
+        backend.total.fetch_add(1, Ordering::Relaxed);
+        Session {
+            listener,
+            generation: 0,
+            client,
+            local,
+            socket,
+            backend,
+            last_active: now_ms,
+            stats: SessionStats::default(),
+            answered: false,
+            admission,
+        }
+    }
+
+    /// A datagram of `bytes` went from the client to the backend.
+    #[inline]
+    pub fn to_backend(&mut self, bytes: usize, now_ms: u64) {
+        self.stats.datagrams_to_backend += 1;
+        self.stats.bytes_to_backend += bytes as u64;
+        self.last_active = now_ms;
+    }
+
+    /// A datagram of `bytes` came back from the backend.
+    #[inline]
+    pub fn to_client(&mut self, bytes: usize, now_ms: u64) {
+        self.stats.datagrams_to_client += 1;
+        self.stats.bytes_to_client += bytes as u64;
+        self.last_active = now_ms;
+    }
+
+    /// Flush the counters and give back every count the session holds. Returns the socket so
+    /// the caller decides when it closes (dropping it closes it).
+    pub fn release(mut self, shared: &SharedState) -> S {
+        self.stats.flush(&self.backend);
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        self.admission.undo(shared);
+        self.socket
+    }
+}
+
+/// What the expiry of one timer entry decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Traffic since the entry was armed: re-armed for `last_active + idle`.
+    Rearmed(u64),
+    /// Idle for `idle` ms: the session left the table.
+    Expired,
+}
+
+/// The idle deadline of a session that was last active at `last_active`.
+#[inline]
+pub fn idle_deadline(last_active: u64, idle_ms: u64) -> u64 {
+    last_active.saturating_add(idle_ms)
+}
+
+/// The sessions of one worker: a slab (keys are mio tokens), an index by (listener, client
+/// address), and a timer wheel for idle expiry.
+#[derive(Debug)]
+pub struct SessionTable<S> {
+    slab: Slab<Session<S>>,
+    index: HashMap<(usize, SocketAddr), usize>,
+    wheel: TimerWheel,
+    fired: Vec<TimerEntry>,
+}
+
+impl<S> SessionTable<S> {
+    pub fn new(now_ms: u64) -> SessionTable<S> {
+        SessionTable {
+            slab: Slab::with_capacity(INITIAL_SESSIONS),
+            index: HashMap::with_capacity(INITIAL_SESSIONS),
+            wheel: TimerWheel::new(now_ms),
+            fired: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// The session of `client` on `listener`, if any.
+    #[inline]
+    pub fn find(&self, listener: usize, client: SocketAddr) -> Option<usize> {
+        self.index.get(&(listener, client)).copied()
+    }
+
+    #[inline]
+    pub fn get(&self, key: usize) -> Option<&Session<S>> {
+        self.slab.get(key)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Session<S>> {
+        self.slab.get_mut(key)
+    }
+
+    /// Add a session that expires `idle_ms` after its last datagram; returns its key.
+    pub fn insert(&mut self, mut session: Session<S>, idle_ms: u64) -> usize {
+        debug_assert!(self.find(session.listener, session.client).is_none());
+        let (key, generation) = self.slab.reserve_key();
+        session.generation = generation;
+        let deadline = idle_deadline(session.last_active, idle_ms);
+        let id = (session.listener, session.client);
+        let inserted = self.slab.insert(session);
+        debug_assert_eq!(inserted, key);
+        self.index.insert(id, key);
+        self.wheel.insert(deadline, TimerEntry { key, generation });
+        key
+    }
+
+    /// Take a session out (its timer entry goes stale and is skipped when it fires). The
+    /// caller must [`Session::release`] it.
+    pub fn remove(&mut self, key: usize) -> Option<Session<S>> {
+        let session = self.slab.remove(key)?;
+        self.index.remove(&(session.listener, session.client));
+        Some(session)
+    }
+
+    /// Keys of every session (control path: drain, listener removal).
+    pub fn keys(&self) -> Vec<usize> {
+        self.slab.keys().collect()
+    }
+
+    /// Milliseconds until the wheel's next tick; `None` when no session is armed.
+    pub fn timeout_ms(&self, now_ms: u64) -> Option<u64> {
+        self.wheel.timeout_ms(now_ms)
+    }
+
+    /// Fire the timer entries due at `now_ms`. A session idle for `idle_ms(listener)` is
+    /// removed and handed to `expired` (which must release it); one with traffic since is
+    /// re-armed, and its counters are flushed to its backend on the way (so the shared
+    /// counters lag the data path by at most about a wheel revolution). O(entries due).
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        idle_ms: impl Fn(usize) -> u64,
+        mut expired: impl FnMut(Session<S>),
+    ) {
+        if self.wheel.is_empty() {
+            return;
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.expire(now_ms, |e| fired.push(e));
+        for entry in fired.drain(..) {
+            match self.check(entry, now_ms, &idle_ms) {
+                Some(Expiry::Expired) => {
+                    if let Some(s) = self.remove(entry.key) {
+                        expired(s);
+                    }
+                }
+                Some(Expiry::Rearmed(deadline)) => self.wheel.insert(deadline, entry),
+                None => {}
+            }
+        }
+        self.fired = fired;
+    }
+
+    /// The decision for one fired entry; `None` for a stale one (session gone or key reused).
+    fn check(
+        &mut self,
+        entry: TimerEntry,
+        now_ms: u64,
+        idle_ms: &impl Fn(usize) -> u64,
+    ) -> Option<Expiry> {
+        let s = self.slab.get_mut(entry.key)?;
+        if s.generation != entry.generation {
+            return None;
+        }
+        let deadline = idle_deadline(s.last_active, idle_ms(s.listener));
+        if now_ms >= deadline {
+            return Some(Expiry::Expired);
+        }
+        s.stats.flush(&s.backend);
+        Some(Expiry::Rearmed(deadline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn setup(extra: &str) -> (Arc<ListenerState>, Arc<SharedState>) {
+        let text = format!(
+            "[runtime]\nworkers = 1\nmax_connections = 10\n\n[[listener]]\nname = \"u\"\n\
+             protocol = \"udp\"\nbind = \"127.0.0.1:5353\"\nidle_timeout_s = 1\n{extra}\n\
+             backends = [{{ addr = \"127.0.0.1:9\" }}]\n"
+        );
+        let config = Config::parse(&text, Path::new("t.toml")).expect("config");
+        let shared = Arc::new(SharedState::new(&config, 1));
+        let state = shared.listeners.load()[0].clone();
+        (state, shared)
+    }
+
+    fn client(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn open(
+        table: &mut SessionTable<()>,
+        state: &ListenerState,
+        shared: &SharedState,
+        port: u16,
+        now: u64,
+    ) -> Result<usize, RejectReason> {
+        let c = client(port);
+        let adm = admit(state, shared, c.ip(), now)?;
+        let backend = state.pool.load().backends()[0].clone();
+        let s = Session::new(0, c, None, (), backend, adm, now);
+        Ok(table.insert(s, state.config.idle_timeout.as_millis() as u64))
+    }
+
+    #[test]
+    fn finds_sessions_by_listener_and_client() {
+        let (state, shared) = setup("");
+        let mut t = SessionTable::new(0);
+        let k = open(&mut t, &state, &shared, 1000, 0).unwrap();
+        assert_eq!(t.find(0, client(1000)), Some(k));
+        assert_eq!(t.find(0, client(1001)), None);
+        assert_eq!(t.find(1, client(1000)), None);
+        assert_eq!(state.udp_sessions.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.active.load(Ordering::Relaxed), 1);
+        let b = state.pool.load().backends()[0].clone();
+        assert_eq!((b.active(), b.total.load(Ordering::Relaxed)), (1, 1));
+        t.remove(k).unwrap().release(&shared);
+        assert_eq!(t.find(0, client(1000)), None);
+        assert_eq!(state.udp_sessions.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.active.load(Ordering::Relaxed), 0);
+        assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn expires_after_idle_and_rearms_on_traffic() {
+        let (state, shared) = setup("");
+        let mut t = SessionTable::new(0);
+        let k = open(&mut t, &state, &shared, 1000, 0).unwrap();
+        let idle = |_: usize| 1000;
+        let mut gone = Vec::new();
+        // Traffic at 600 ms pushes the deadline to 1,600 ms without touching the wheel.
+        t.get_mut(k).unwrap().to_backend(10, 600);
+        t.expire(1000, idle, |s| gone.push(s));
+        assert!(gone.is_empty());
+        let b = state.pool.load().backends()[0].clone();
+        // The re-arm flushed the counters of the session so far.
+        assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), 1);
+        assert_eq!(b.bytes_to_backend.load(Ordering::Relaxed), 10);
+        t.get_mut(k).unwrap().to_client(7, 1100);
+        t.expire(2000, idle, |s| gone.push(s));
+        assert!(gone.is_empty(), "last traffic at 1,100 ms: due at 2,100 ms");
+        t.expire(2100, idle, |s| gone.push(s));
+        assert_eq!(gone.len(), 1);
+        assert!(t.is_empty() && t.find(0, client(1000)).is_none());
+        for s in gone {
+            s.release(&shared);
+        }
+        assert_eq!(b.datagrams_to_client.load(Ordering::Relaxed), 1);
+        assert_eq!(b.bytes_to_client.load(Ordering::Relaxed), 7);
+        assert_eq!(state.udp_sessions.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn stale_timer_entries_are_skipped() {
+        let (state, shared) = setup("");
+        let mut t = SessionTable::new(0);
+        let k = open(&mut t, &state, &shared, 1000, 0).unwrap();
+        t.remove(k).unwrap().release(&shared);
+        // Same key, new generation, opened later: the old entry must not expire it.
+        let k2 = open(&mut t, &state, &shared, 1001, 900).unwrap();
+        assert_eq!(k, k2);
+        let mut gone = 0;
+        t.expire(1000, |_| 1000, |s| {
+            gone += 1;
+            s.release(&shared);
+        });
+        assert_eq!(gone, 0);
+        assert_eq!(t.len(), 1);
+        t.expire(1900, |_| 1000, |s| {
+            gone += 1;
+            s.release(&shared);
+        });
+        assert_eq!(gone, 1);
+    }
+
+    #[test]
+    fn per_client_cap_counts_sessions_of_an_ip() {
+        let (state, shared) = setup("max_conns_per_client = 2");
+        let mut t = SessionTable::new(0);
+        open(&mut t, &state, &shared, 1000, 0).unwrap();
+        open(&mut t, &state, &shared, 1001, 0).unwrap();
+        assert_eq!(
+            open(&mut t, &state, &shared, 1002, 0),
+            Err(RejectReason::ClientLimit)
+        );
+        // The refusal gave back the global and listener counts it had taken.
+        assert_eq!(state.udp_sessions.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.active.load(Ordering::Relaxed), 2);
+        // Another IP is served.
+        let other = SocketAddr::from(([127, 0, 0, 2], 1000));
+        assert!(admit(&state, &shared, other.ip(), 0).is_ok());
+    }
+
+    #[test]
+    fn listener_and_global_caps_and_rate_and_acl() {
+        let (state, shared) = setup("max_connections = 1");
+        let mut t = SessionTable::new(0);
+        open(&mut t, &state, &shared, 1000, 0).unwrap();
+        assert_eq!(
+            open(&mut t, &state, &shared, 1001, 0),
+            Err(RejectReason::ListenerLimit)
+        );
+        assert_eq!(shared.active.load(Ordering::Relaxed), 1);
+
+        let (state, shared) = setup("");
+        shared.max_connections.store(1, Ordering::Relaxed);
+        let mut t = SessionTable::new(0);
+        open(&mut t, &state, &shared, 1000, 0).unwrap();
+        assert_eq!(
+            open(&mut t, &state, &shared, 1001, 0),
+            Err(RejectReason::GlobalLimit)
+        );
+
+        let (state, shared) = setup("conn_rate_per_client = 2");
+        let mut t = SessionTable::new(0);
+        open(&mut t, &state, &shared, 1000, 0).unwrap();
+        open(&mut t, &state, &shared, 1001, 0).unwrap();
+        assert_eq!(
+            open(&mut t, &state, &shared, 1002, 0),
+            Err(RejectReason::ClientRate)
+        );
+        assert!(open(&mut t, &state, &shared, 1003, 1000).is_ok());
+
+        let (state, shared) = setup("deny = [\"127.0.0.0/8\"]");
+        assert_eq!(
+            admit(&state, &shared, client(1).ip(), 0).map(|_| ()),
+            Err(RejectReason::Acl)
+        );
+        assert_eq!(shared.active.load(Ordering::Relaxed), 0);
+    }
+}
