@@ -9,6 +9,15 @@
 //! Without active checks, a passively downed backend is probed with a plain TCP connect every
 //! [`PASSIVE_RETRY_MS`] and comes back on the first success.
 //!
+//! UDP listeners are checked over UDP, from a socket connected to the backend: the probe sends
+//! `send` (an empty datagram when `send` is not set). With `expect`, it succeeds when a reply
+//! datagram containing `expect` arrives within `timeout_ms`, and fails on a reply without it,
+//! on ICMP port unreachable (ECONNREFUSED) or on the timeout. Without `expect`, UDP has no
+//! handshake to wait for, so the probe succeeds on any reply or when `timeout_ms` passes
+//! without an ICMP error (the "open|filtered" of a port scan): it detects a closed port or an
+//! unreachable host, not a hung service. Set `send`/`expect` to detect that too. A passively
+//! downed UDP backend is re-probed that way as well.
+//!
 //! Invariants: at most one probe in flight per backend; every probe ends (success, failure or
 //! timeout) and is accounted exactly once; backends are tracked by identity (`Arc` pointer),
 //! so a reload that keeps a backend keeps its check state.
@@ -20,11 +29,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::backend::Backend;
 use crate::config::{HealthCheckConfig, Protocol};
+use crate::net::udp::connect_udp;
 use crate::state::{ListenerState, SharedState};
 
 /// Back-off before a passively downed backend (no active checks configured) is probed again.
@@ -40,13 +50,47 @@ enum Phase {
     Connecting,
     Sending(usize),
     Reading(Vec<u8>),
+    /// UDP: the datagram is sent; waiting for a reply (or an ICMP error, or the deadline).
+    AwaitingDatagram,
+}
+
+#[derive(Debug)]
+enum ProbeSocket {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
 }
 
 #[derive(Debug)]
 struct Probe {
-    stream: TcpStream,
+    stream: ProbeSocket,
     deadline: u64,
     phase: Phase,
+}
+
+impl Probe {
+    fn deregister(&mut self, poll: &Poll) {
+        let _ = match &mut self.stream {
+            ProbeSocket::Tcp(s) => poll.registry().deregister(s),
+            ProbeSocket::Udp(s) => poll.registry().deregister(s),
+        };
+    }
+
+    /// What reaching the deadline means: a failure, except for a UDP probe without `expect`,
+    /// where silence (no ICMP error) is the success.
+    fn on_deadline(&self, hc: Option<&HealthCheckConfig>) -> Outcome {
+        let expect = hc.and_then(|h| h.expect.as_ref());
+        match (&self.stream, expect) {
+            (ProbeSocket::Udp(_), None) => Outcome::Success,
+            _ => Outcome::Failure("timed out".into()),
+        }
+    }
+}
+
+/// Open a UDP probe: a socket connected to `addr` that has sent `payload`.
+fn start_udp_probe(addr: std::net::SocketAddr, payload: &[u8]) -> io::Result<UdpSocket> {
+    let socket = connect_udp(addr)?;
+    socket.send(payload)?;
+    Ok(socket)
 }
 
 #[derive(Debug)]
@@ -125,9 +169,6 @@ impl Checker {
         }
         let listeners = self.shared.listeners.load();
         for l in listeners.iter() {
-            if l.config.protocol != Protocol::Tcp {
-                continue;
-            }
             if l.pool_dirty.swap(false, Ordering::AcqRel) {
                 l.republish_pool();
             }
@@ -144,11 +185,11 @@ impl Checker {
                 t.listener = l.clone();
             }
         }
-        let registry = self.poll.registry();
+        let poll = &self.poll;
         self.targets.retain(|_, t| {
             if !t.seen {
                 if let Some(mut p) = t.probe.take() {
-                    let _ = registry.deregister(&mut p.stream);
+                    p.deregister(poll);
                 }
             }
             t.seen
@@ -183,18 +224,37 @@ impl Checker {
                 }
             };
             t.next_due = now + interval;
-            match TcpStream::connect(t.backend.addr) {
-                Ok(mut stream) => {
-                    match self.poll.registry().register(
-                        &mut stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+            let started = match t.listener.config.protocol {
+                Protocol::Tcp => TcpStream::connect(t.backend.addr)
+                    .map(|s| (ProbeSocket::Tcp(s), Phase::Connecting)),
+                Protocol::Udp => {
+                    let payload = check_config(&t.listener)
+                        .and_then(|h| h.send.as_deref())
+                        .unwrap_or_default();
+                    start_udp_probe(t.backend.addr, payload)
+                        .map(|s| (ProbeSocket::Udp(s), Phase::AwaitingDatagram))
+                }
+            };
+            match started {
+                Ok((mut stream, phase)) => {
+                    let registered = match &mut stream {
+                        ProbeSocket::Tcp(s) => self.poll.registry().register(
+                            s,
+                            Token(key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        ),
+                        ProbeSocket::Udp(s) => {
+                            self.poll
+                                .registry()
+                                .register(s, Token(key), Interest::READABLE)
+                        }
+                    };
+                    match registered {
                         Ok(()) => {
                             t.probe = Some(Probe {
                                 stream,
                                 deadline: now + timeout,
-                                phase: Phase::Connecting,
+                                phase,
                             })
                         }
                         Err(e) => record(
@@ -237,15 +297,11 @@ impl Checker {
 
     fn expire(&mut self, now: u64) {
         for t in self.targets.values_mut() {
-            if t.probe.as_ref().is_some_and(|p| now >= p.deadline) {
-                finish(
-                    &self.poll,
-                    &self.shared,
-                    t,
-                    Outcome::Failure("timed out".into()),
-                    now,
-                );
-            }
+            let outcome = match &t.probe {
+                Some(p) if now >= p.deadline => p.on_deadline(check_config(&t.listener)),
+                _ => continue,
+            };
+            finish(&self.poll, &self.shared, t, outcome, now);
         }
     }
 }
@@ -256,14 +312,14 @@ fn finish(poll: &Poll, shared: &SharedState, t: &mut Target, outcome: Outcome, _
         Outcome::Success => true,
         Outcome::Failure(why) => {
             if let Some(mut p) = t.probe.take() {
-                let _ = poll.registry().deregister(&mut p.stream);
+                p.deregister(poll);
             }
             record(shared, t, false, &why);
             return;
         }
     };
     if let Some(mut p) = t.probe.take() {
-        let _ = poll.registry().deregister(&mut p.stream);
+        p.deregister(poll);
     }
     record(shared, t, ok, "");
 }
@@ -272,14 +328,20 @@ fn finish(poll: &Poll, shared: &SharedState, t: &mut Target, outcome: Outcome, _
 fn step(probe: &mut Probe, hc: Option<&HealthCheckConfig>) -> Outcome {
     let send = hc.and_then(|h| h.send.as_deref());
     let expect = hc.and_then(|h| h.expect.as_deref());
+    let stream = match &mut probe.stream {
+        ProbeSocket::Tcp(s) => s,
+        ProbeSocket::Udp(s) => return step_udp(s, expect),
+    };
     loop {
         match &mut probe.phase {
+            // Only UDP probes wait for a datagram, and they are driven by `step_udp`.
+            Phase::AwaitingDatagram => return Outcome::Pending,
             Phase::Connecting => {
-                match probe.stream.take_error() {
+                match stream.take_error() {
                     Ok(Some(e)) | Err(e) => return Outcome::Failure(format!("connect: {e}")),
                     Ok(None) => {}
                 }
-                match probe.stream.peer_addr() {
+                match stream.peer_addr() {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return Outcome::Pending,
                     Err(e) => return Outcome::Failure(format!("connect: {e}")),
@@ -293,7 +355,7 @@ fn step(probe: &mut Probe, hc: Option<&HealthCheckConfig>) -> Outcome {
             Phase::Sending(sent) => {
                 let payload = send.unwrap_or_default();
                 while *sent < payload.len() {
-                    match probe.stream.write(&payload[*sent..]) {
+                    match stream.write(&payload[*sent..]) {
                         Ok(n) => *sent += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Pending,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -309,7 +371,7 @@ fn step(probe: &mut Probe, hc: Option<&HealthCheckConfig>) -> Outcome {
                 let expect = expect.unwrap_or_default();
                 let mut chunk = [0u8; 4096];
                 loop {
-                    match probe.stream.read(&mut chunk) {
+                    match stream.read(&mut chunk) {
                         Ok(0) => {
                             return Outcome::Failure(format!(
                                 "closed before sending the expected {:?}",
@@ -333,6 +395,28 @@ fn step(probe: &mut Probe, hc: Option<&HealthCheckConfig>) -> Outcome {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A UDP probe's socket is readable: a reply (containing `expect`, when set) is a success,
+/// ICMP port unreachable (ECONNREFUSED) a failure.
+fn step_udp(socket: &UdpSocket, expect: Option<&[u8]>) -> Outcome {
+    // Control path, once per probe: a buffer for the largest datagram.
+    let mut buf = vec![0u8; crate::net::udp::SLOT_SIZE];
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                return match expect {
+                    Some(e) if memchr::memmem::find(&buf[..n], e).is_none() => {
+                        Outcome::Failure("reply does not contain the expected bytes".into())
+                    }
+                    _ => Outcome::Success,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Pending,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Outcome::Failure(format!("udp: {e}")),
         }
     }
 }

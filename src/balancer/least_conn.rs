@@ -37,7 +37,7 @@ pub(super) fn pick(
             continue;
         }
         let active = backends[i].active();
-        if best.map_or(true, |(_, a)| active < a) {
+        if best.is_none_or(|(_, a)| active < a) {
             best = Some((i, active));
             if active == 0 {
                 break; // nothing beats an idle backend

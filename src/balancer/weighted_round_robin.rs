@@ -35,7 +35,7 @@ pub(super) fn pick(
         *c += w;
         total += w;
         // Strictly greater: ties go to the earlier backend, as in nginx.
-        if best.map_or(true, |(_, bc)| *c > bc) {
+        if best.is_none_or(|(_, bc)| *c > bc) {
             best = Some((i, *c));
         }
     }

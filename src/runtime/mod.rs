@@ -21,8 +21,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::net::listener::bind_tcp_reuseport;
+use crate::net::udp::bind_udp_reuseport;
 use crate::state::SharedState;
-use crate::worker::{Worker, WorkerCommand, WorkerSetup, WAKER_TOKEN};
+use crate::worker::{ListenerSocket, Worker, WorkerCommand, WorkerSetup, WAKER_TOKEN};
 
 /// A failure that stops the process with exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +34,8 @@ pub enum RuntimeError {
         addr: SocketAddr,
         source: io::Error,
     },
-    #[error("listener {listener}: protocol udp is not supported by this build yet")]
-    UdpUnsupported { listener: String },
+    #[error("admin: cannot bind {addr}: {source}")]
+    AdminBind { addr: SocketAddr, source: io::Error },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -68,19 +69,15 @@ pub struct Running {
     workers: Vec<WorkerHandle>,
 }
 
-/// Bind one socket per worker for a listener.
-fn bind_listener(
-    l: &ListenerConfig,
-    workers: usize,
-) -> Result<Vec<mio::net::TcpListener>, RuntimeError> {
-    if l.protocol == Protocol::Udp {
-        return Err(RuntimeError::UdpUnsupported {
-            listener: l.name.clone(),
-        });
-    }
+/// Bind one socket per worker for a listener (TCP or UDP, each with SO_REUSEPORT).
+fn bind_listener(l: &ListenerConfig, workers: usize) -> Result<Vec<ListenerSocket>, RuntimeError> {
     (0..workers)
         .map(|_| {
-            bind_tcp_reuseport(l.bind).map_err(|source| RuntimeError::Bind {
+            match l.protocol {
+                Protocol::Tcp => bind_tcp_reuseport(l.bind).map(ListenerSocket::Tcp),
+                Protocol::Udp => bind_udp_reuseport(l.bind).map(ListenerSocket::Udp),
+            }
+            .map_err(|source| RuntimeError::Bind {
                 listener: l.name.clone(),
                 addr: l.bind,
                 source,
@@ -114,6 +111,14 @@ impl Running {
                 per_worker[w].push((state.clone(), Some(socket)));
             }
             log_listener(l);
+        }
+
+        if let Some(admin) = &config.admin {
+            crate::admin::spawn(admin.bind, shared.clone()).map_err(|source| RuntimeError::AdminBind {
+                addr: admin.bind,
+                source,
+            })?;
+            log::info!("admin API on http://{}", admin.bind);
         }
 
         let mut workers = Vec::with_capacity(placement.workers);

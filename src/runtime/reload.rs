@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use crate::config::{Config, ListenerConfig};
 use crate::state::ListenerState;
-use crate::worker::WorkerCommand;
+use crate::worker::{ListenerSocket, WorkerCommand};
 
 use super::{bind_listener, log_listener, Running};
 
 /// What a listener becomes in the new config.
 enum Change {
-    Add(Arc<ListenerState>, Vec<mio::net::TcpListener>),
+    Add(Arc<ListenerState>, Vec<ListenerSocket>),
     Replace(Arc<ListenerState>),
     Keep(Arc<ListenerState>),
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use crate::backend::Backend;
-use crate::config::SpliceMode;
+use crate::config::{ListenerConfig, SpliceMode};
 use crate::limits::{ClientSlot, ClientTable};
 
 use super::flow::{Broken, Flow, IoResources, Pump, Readiness};
@@ -45,6 +45,8 @@ pub struct Conn {
     pub b2c: Flow,
     /// Coarse ms clock of the last byte moved (idle timeout).
     pub last_active: u64,
+    /// Coarse ms clock of the accept (client_first_byte_timeout_ms).
+    pub accepted_at: u64,
     /// The per-client table this connection counts in (shared with the listener; kept here
     /// so a reload that drops or replaces the table still releases the right one).
     pub client_slot: Option<(Arc<ClientTable>, ClientSlot)>,
@@ -97,6 +99,7 @@ impl Conn {
             c2b: Flow::new(splice),
             b2c: Flow::new(splice),
             last_active: now_ms,
+            accepted_at: now_ms,
             client_slot: None,
         }
     }
@@ -110,6 +113,24 @@ impl Conn {
             self.tried[self.tried_len] = index;
             self.tried_len += 1;
         }
+    }
+
+    /// The next moment something must happen to this connection if nothing else does: the
+    /// connect timeout, the first-byte timeout of a client that has sent nothing, or the idle
+    /// timeout.
+    pub fn deadline(&self, config: &ListenerConfig) -> u64 {
+        let first_byte = match config.client_first_byte_timeout {
+            // Bytes waiting in the kernel while the backend connect is in flight count as sent.
+            Some(t) if self.c2b.bytes == 0 && !self.client_ready.readable => {
+                self.accepted_at + t.as_millis() as u64
+            }
+            _ => u64::MAX,
+        };
+        if self.connecting {
+            return self.connect_deadline.min(first_byte);
+        }
+        let idle = self.last_active + config.idle_timeout.as_millis() as u64;
+        idle.min(first_byte)
     }
 
     /// After a writable or error event on a connecting backend socket.

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod flow;
 pub mod slab;
 pub mod timer;
+pub mod udp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::backend::Backend;
@@ -54,6 +55,14 @@ fn conn_token(key: usize, backend_side: bool) -> Token {
     Token(key * 2 + backend_side as usize)
 }
 
+/// A worker's own socket for a listener: a TCP listening socket, or a UDP socket whose
+/// datagrams open and feed sessions (`udp`).
+#[derive(Debug)]
+pub enum ListenerSocket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
 /// Everything a worker thread starts with, prepared by the runtime on the main thread (so
 /// bind errors surface before any thread runs).
 #[derive(Debug)]
@@ -61,7 +70,7 @@ pub struct WorkerSetup {
     pub id: usize,
     pub poll: Poll,
     /// Each listener with this worker's own socket for it (`None`: not served here).
-    pub listeners: Vec<(Arc<ListenerState>, Option<TcpListener>)>,
+    pub listeners: Vec<(Arc<ListenerState>, Option<ListenerSocket>)>,
     pub shared: Arc<SharedState>,
     pub commands: Receiver<WorkerCommand>,
 }
@@ -70,7 +79,7 @@ pub struct WorkerSetup {
 #[derive(Debug)]
 pub enum WorkerCommand {
     /// A new listener, with this worker's socket for it.
-    AddListener(Arc<ListenerState>, Option<TcpListener>),
+    AddListener(Arc<ListenerState>, Option<ListenerSocket>),
     /// New settings or backends for the listener of the same name; its socket is kept.
     ReplaceListener(Arc<ListenerState>),
     /// Stop accepting on this listener; its connections finish normally.
@@ -79,7 +88,7 @@ pub enum WorkerCommand {
 
 #[derive(Debug)]
 struct WorkerListener {
-    socket: Option<TcpListener>,
+    socket: Option<ListenerSocket>,
     /// Removed by a reload: kept only so that its open connections can finish.
     retired: bool,
     state: Arc<ListenerState>,
@@ -100,6 +109,7 @@ pub struct Worker {
     conns: Slab<Conn>,
     io: IoResources,
     timers: TimerWheel,
+    udp: udp::UdpPlane,
     again: Vec<usize>,
     again_spare: Vec<usize>,
     fired: Vec<TimerEntry>,
@@ -130,6 +140,7 @@ impl Worker {
                 splice: shared.splice,
             },
             timers: TimerWheel::new(now),
+            udp: udp::UdpPlane::new(now),
             again: Vec::new(),
             again_spare: Vec::new(),
             fired: Vec::new(),
@@ -146,13 +157,18 @@ impl Worker {
     fn add_listener(
         &mut self,
         state: Arc<ListenerState>,
-        mut socket: Option<TcpListener>,
+        mut socket: Option<ListenerSocket>,
     ) -> io::Result<()> {
         let index = self.listeners.len();
-        if let Some(s) = &mut socket {
-            self.poll
-                .registry()
-                .register(s, listener_token(index), Interest::READABLE)?;
+        let registry = self.poll.registry();
+        match &mut socket {
+            Some(ListenerSocket::Tcp(s)) => {
+                registry.register(s, listener_token(index), Interest::READABLE)?
+            }
+            Some(ListenerSocket::Udp(s)) => {
+                registry.register(s, listener_token(index), Interest::READABLE)?
+            }
+            None => {}
         }
         let bind = state.config.bind;
         self.listeners.push(WorkerListener {
@@ -186,15 +202,18 @@ impl Worker {
                     }
                 }
                 WorkerCommand::RemoveListener(name) => {
-                    for l in self
-                        .listeners
-                        .iter_mut()
-                        .filter(|l| !l.retired && l.state.config.name == name)
-                    {
+                    for li in 0..self.listeners.len() {
+                        let l = &mut self.listeners[li];
+                        if l.retired || l.state.config.name != name {
+                            continue;
+                        }
                         l.retired = true;
                         l.paused_until = None;
                         // Dropping the socket closes it and takes it out of the epoll set.
-                        l.socket = None;
+                        // UDP sessions cannot answer without it: they close now.
+                        if matches!(l.socket.take(), Some(ListenerSocket::Udp(_))) {
+                            self.udp_close_sessions(Some(li));
+                        }
                     }
                 }
             }
@@ -202,11 +221,14 @@ impl Worker {
     }
 
     /// Close every listening socket: new connections are refused by the kernel from now on.
+    /// UDP sessions are dropped at once: they have no connection to finish, and replies could
+    /// no longer leave through the closed listener sockets.
     fn stop_accepting(&mut self) {
         for l in &mut self.listeners {
             l.socket = None;
             l.paused_until = None;
         }
+        self.udp_close_sessions(None);
     }
 
     /// Run until the process shuts down.
@@ -242,7 +264,11 @@ impl Worker {
             }
             again.clear();
             self.again_spare = again;
+            self.udp_drive_again();
+            // Replies of every session that answered this turn: one sendmmsg per 32.
+            self.udp_flush();
             self.expire_timers();
+            self.udp_expire();
             self.resume_listeners();
         }
         log::debug!(
@@ -254,13 +280,17 @@ impl Worker {
         for key in keys {
             self.close(key, false);
         }
+        self.udp_close_sessions(None);
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.udp.has_work() {
             return Some(Duration::ZERO);
         }
         let mut ms = self.timers.timeout_ms(self.now);
+        if let Some(udp) = self.udp.timeout_ms(self.now) {
+            ms = Some(ms.map_or(udp, |m| m.min(udp)));
+        }
         for l in &self.listeners {
             if let Some(until) = l.paused_until {
                 let wait = until.saturating_sub(self.now);
@@ -278,9 +308,15 @@ impl Worker {
         }
         if token.0 >= usize::MAX - self.listeners.len() {
             let li = usize::MAX - 1 - token.0;
-            if self.listeners[li].paused_until.is_none() {
-                self.accept(li);
+            match self.listeners[li].socket {
+                Some(ListenerSocket::Udp(_)) => self.udp_listener_readable(li),
+                _ if self.listeners[li].paused_until.is_none() => self.accept(li),
+                _ => {}
             }
+            return;
+        }
+        if let Some(key) = udp::session_key(token) {
+            self.udp_session_event(key);
             return;
         }
         let key = token.0 / 2;
@@ -341,7 +377,7 @@ impl Worker {
 
     fn accept(&mut self, li: usize) {
         loop {
-            let Some(socket) = &self.listeners[li].socket else {
+            let Some(ListenerSocket::Tcp(socket)) = &self.listeners[li].socket else {
                 return;
             };
             match socket.accept() {
@@ -574,28 +610,22 @@ impl Worker {
             if conn.generation != entry.generation {
                 continue;
             }
-            let deadline = if conn.connecting {
-                conn.connect_deadline
-            } else {
-                let idle = self.listeners[conn.listener]
-                    .state
-                    .config
-                    .idle_timeout
-                    .as_millis() as u64;
-                conn.last_active + idle
-            };
+            let config = &self.listeners[conn.listener].state.config;
+            let deadline = conn.deadline(config);
             if self.now < deadline {
                 self.timers.insert(deadline, entry);
                 continue;
             }
-            if conn.connecting {
+            if conn.connecting && self.now >= conn.connect_deadline {
                 self.connect_failed(entry.key);
                 if let Some(conn) = self.conns.get(entry.key) {
                     if conn.generation == entry.generation {
-                        self.timers.insert(conn.connect_deadline, entry);
+                        let config = &self.listeners[conn.listener].state.config;
+                        self.timers.insert(conn.deadline(config), entry);
                     }
                 }
             } else {
+                // Idle, or silent past client_first_byte_timeout_ms.
                 self.close(entry.key, false);
             }
         }

@@ -1,0 +1,432 @@
+//! The socket shell of UDP balancing: the worker's event handlers for a readable listener
+//! socket and a readable session socket, the reply flush, expiry and teardown. Every decision
+//! is the sans-io core's ([`super::session`]); this file only moves datagrams and classifies
+//! errors.
+//!
+//! Hot path. Errors never leave these functions: `WouldBlock` ends a read loop, `Interrupted`
+//! retries, ECONNREFUSED/unreachable on a session socket is a passive failure of its backend
+//! and closes that session, and anything else drops the datagram(s) concerned with a counter.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+
+use mio::Interest;
+
+use crate::balancer::FlowKey;
+use crate::metrics::{RejectReason, UdpDrop};
+use crate::net::io::{classify, is_accept_resource_error, IoClass};
+use crate::net::udp::{connect_udp, is_unreachable, BATCH};
+use crate::worker::conn::MAX_ATTEMPTS;
+use crate::worker::{passive_failure, ListenerSocket, Worker};
+
+use super::session::{admit, Session};
+use super::{session_token, Again, LISTENER_BATCHES_PER_TURN, NO_SESSION, SESSION_READS_PER_TURN};
+
+/// The IP protocol number of UDP, for `FlowKey`.
+const IPPROTO_UDP: u8 = 17;
+
+impl Worker {
+    fn udp_idle_ms(&self, li: usize) -> u64 {
+        self.listeners[li].state.config.idle_timeout.as_millis() as u64
+    }
+
+    /// A UDP listener socket is readable: take its datagrams in batches and forward each to
+    /// its client's session, opening sessions for new clients that are admitted.
+    pub(in crate::worker) fn udp_listener_readable(&mut self, li: usize) {
+        for _ in 0..LISTENER_BATCHES_PER_TURN {
+            let pktinfo = self.listeners[li].local.is_none();
+            let Some(ListenerSocket::Udp(socket)) = &self.listeners[li].socket else {
+                return;
+            };
+            let n = match self.udp.inbound.recv(socket, 0, BATCH, true, pktinfo) {
+                Ok(n) => n,
+                Err(e) => match classify(&e) {
+                    IoClass::WouldBlock => return,
+                    IoClass::Retry => continue,
+                    _ => {
+                        // An unconnected socket reports no ICMP errors; this is local trouble
+                        // (memory). The next datagram raises a new edge.
+                        log::debug!("worker {}: udp listener recv: {e}", self.id);
+                        return;
+                    }
+                },
+            };
+            self.udp_route(li, n);
+            if n < BATCH {
+                // A short batch emptied the queue: the next datagram raises a new edge.
+                return;
+            }
+        }
+        self.udp.again.push(Again::Listener(li));
+    }
+
+    /// Forward the `n` datagrams in the inbound batch, received on listener `li`.
+    fn udp_route(&mut self, li: usize, n: usize) {
+        let mut last: Option<(SocketAddr, usize)> = None;
+        for i in 0..n {
+            self.udp.routes[i] = NO_SESSION;
+            if self.udp.inbound.truncated(i) {
+                self.listeners[li]
+                    .state
+                    .counters
+                    .worker(self.id)
+                    .udp_drop(UdpDrop::Truncated, 1);
+                continue;
+            }
+            let Some(from) = self.udp.inbound.remote(i) else {
+                continue;
+            };
+            let key = match last {
+                // Bursts of one client are common: skip the hash lookup.
+                Some((addr, key)) if addr == from => Some(key),
+                _ => match self.udp.sessions.find(li, from) {
+                    Some(key) => Some(key),
+                    None => self.udp_open(li, from, self.udp.inbound.local(i)),
+                },
+            };
+            if let Some(key) = key {
+                self.udp.routes[i] = key;
+                last = Some((from, key));
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            let key = self.udp.routes[i];
+            let mut j = i + 1;
+            while j < n && self.udp.routes[j] == key {
+                j += 1;
+            }
+            if key != NO_SESSION {
+                self.udp_send_run(li, key, i, j);
+            }
+            i = j;
+        }
+    }
+
+    /// Send inbound slots `start..end` (all of one session) to its backend: one sendmmsg.
+    fn udp_send_run(&mut self, li: usize, key: usize, start: usize, end: usize) {
+        let now = self.now;
+        let mut dropped = 0u64;
+        let mut refused = false;
+        {
+            let udp = &mut self.udp;
+            let Some(s) = udp.sessions.get_mut(key) else {
+                return;
+            };
+            let mut at = start;
+            while at < end {
+                match udp.inbound.send(&s.socket, at, end, false) {
+                    Ok(k) if k > 0 => {
+                        for m in at..at + k {
+                            s.to_backend(udp.inbound.len_of(m), now);
+                        }
+                        at += k;
+                    }
+                    Ok(_) => {
+                        dropped += (end - at) as u64;
+                        break;
+                    }
+                    Err(e) if is_unreachable(&e) => {
+                        // An ICMP error from an earlier datagram, reported now.
+                        refused = true;
+                        dropped += (end - at) as u64;
+                        break;
+                    }
+                    Err(e) => match classify(&e) {
+                        IoClass::Retry => {}
+                        IoClass::WouldBlock => {
+                            // Socket buffer full: UDP drops rather than queue.
+                            dropped += (end - at) as u64;
+                            break;
+                        }
+                        _ => {
+                            dropped += 1;
+                            at += 1;
+                        }
+                    },
+                }
+            }
+        }
+        if dropped > 0 {
+            self.listeners[li]
+                .state
+                .counters
+                .worker(self.id)
+                .udp_drop(UdpDrop::SendFailed, dropped);
+        }
+        if refused {
+            self.udp_backend_refused(key);
+        }
+    }
+
+    /// Admission, backend pick and socket for a client without a session. `None` when
+    /// refused (counted by reason) or when no backend socket could be opened.
+    fn udp_open(&mut self, li: usize, client: SocketAddr, local: Option<IpAddr>) -> Option<usize> {
+        let now = self.now;
+        let idle_ms = self.udp_idle_ms(li);
+        let wl = &mut self.listeners[li];
+        let state = wl.state.clone();
+        let counters = state.counters.worker(self.id);
+        let admission = match admit(&state, &self.shared, client.ip(), now) {
+            Ok(a) => a,
+            Err(reason) => {
+                counters.reject(reason);
+                return None;
+            }
+        };
+        // Replies of a wildcard listener leave from the address the client sent to.
+        let reply_from = if wl.local.is_none() { local } else { None };
+        let flow_key = FlowKey {
+            client,
+            local: match (wl.local, local) {
+                (Some(addr), _) => addr,
+                (None, Some(ip)) => SocketAddr::new(ip, state.config.bind.port()),
+                (None, None) => state.config.bind,
+            },
+            protocol: IPPROTO_UDP,
+        };
+        let pool = state.pool.load();
+        let retries = (state.config.connect_retries as usize).min(MAX_ATTEMPTS - 1);
+        let mut tried = [0usize; MAX_ATTEMPTS];
+        let mut tried_len = 0;
+        while tried_len <= retries {
+            let Some(index) = wl.selector.pick(&pool, &flow_key, &tried[..tried_len]) else {
+                break;
+            };
+            let backend = pool.backends()[index].clone();
+            match connect_udp(backend.addr) {
+                Ok(socket) => {
+                    let session =
+                        Session::new(li, client, reply_from, socket, backend, admission, now);
+                    let key = self.udp.sessions.insert(session, idle_ms);
+                    let registered = match self.udp.sessions.get_mut(key) {
+                        Some(s) => self.poll.registry().register(
+                            &mut s.socket,
+                            session_token(key),
+                            Interest::READABLE,
+                        ),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = registered {
+                        log::warn!("worker {}: cannot register a UDP session: {e}", self.id);
+                        if let Some(s) = self.udp.sessions.remove(key) {
+                            drop(s.release(&self.shared));
+                        }
+                        counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    return Some(key);
+                }
+                Err(e) => {
+                    // Out of descriptors or memory is our trouble, not the backend's.
+                    if !is_accept_resource_error(&e) {
+                        passive_failure(&backend, &state, now);
+                    }
+                    tried[tried_len] = index;
+                    tried_len += 1;
+                }
+            }
+        }
+        admission.undo(&self.shared);
+        if tried_len == 0 {
+            counters.reject(RejectReason::NoBackend);
+        } else {
+            counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// A session socket is readable (or reports an error): receive the backend's datagrams
+    /// straight into the reply batch, addressed to the session's client.
+    pub(in crate::worker) fn udp_session_event(&mut self, key: usize) {
+        for _ in 0..SESSION_READS_PER_TURN {
+            if self.udp.out_len == BATCH {
+                self.udp_flush();
+            }
+            let Some(listener) = self.udp.sessions.get(key).map(|s| s.listener) else {
+                return;
+            };
+            if self.udp.out_len > 0 && self.udp.out_listener != listener {
+                self.udp_flush();
+            }
+            let now = self.now;
+            let udp = &mut self.udp;
+            let Some(s) = udp.sessions.get_mut(key) else {
+                return;
+            };
+            let start = udp.out_len;
+            let n = match udp.outbound.recv(&s.socket, start, BATCH, false, false) {
+                Ok(n) => n,
+                Err(e) if is_unreachable(&e) => {
+                    self.udp_backend_refused(key);
+                    return;
+                }
+                Err(e) => match classify(&e) {
+                    IoClass::WouldBlock => return,
+                    IoClass::Retry => continue,
+                    _ => {
+                        log::debug!("worker {}: udp session recv: {e}", self.id);
+                        self.udp_close(key);
+                        return;
+                    }
+                },
+            };
+            let mut kept = start;
+            let mut truncated = 0;
+            for m in start..start + n {
+                if udp.outbound.truncated(m) {
+                    truncated += 1;
+                    continue;
+                }
+                udp.outbound.move_slot(m, kept);
+                udp.outbound.address(kept, s.client, s.local);
+                s.to_client(udp.outbound.len_of(kept), now);
+                kept += 1;
+            }
+            udp.out_len = kept;
+            udp.out_listener = s.listener;
+            if !s.answered && kept > start {
+                s.answered = true;
+                // Only write the shared line when there is something to reset.
+                if s.backend.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    s.backend.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+            }
+            if truncated > 0 {
+                self.listeners[listener]
+                    .state
+                    .counters
+                    .worker(self.id)
+                    .udp_drop(UdpDrop::Truncated, truncated);
+            }
+            if start + n < BATCH {
+                // Short read: the socket's queue is empty.
+                return;
+            }
+        }
+        if let Some(s) = self.udp.sessions.get(key) {
+            let generation = s.generation;
+            self.udp.again.push(Again::Session { key, generation });
+        }
+    }
+
+    /// Send the batched replies on their listener's socket: one sendmmsg for up to 32 replies
+    /// of any sessions. Called when the batch is full, before a reply of another listener,
+    /// and once per loop turn after every event was handled.
+    pub(in crate::worker) fn udp_flush(&mut self) {
+        let n = std::mem::take(&mut self.udp.out_len);
+        if n == 0 {
+            return;
+        }
+        let li = self.udp.out_listener;
+        let mut dropped = 0u64;
+        match &self.listeners[li].socket {
+            Some(ListenerSocket::Udp(socket)) => {
+                let mut at = 0;
+                while at < n {
+                    match self.udp.outbound.send(socket, at, n, true) {
+                        Ok(k) if k > 0 => at += k,
+                        Ok(_) => {
+                            dropped += (n - at) as u64;
+                            break;
+                        }
+                        Err(e) => match classify(&e) {
+                            IoClass::Retry => {}
+                            IoClass::WouldBlock => {
+                                dropped += (n - at) as u64;
+                                break;
+                            }
+                            _ => {
+                                // This reply only (e.g. a client address the route refuses).
+                                dropped += 1;
+                                at += 1;
+                            }
+                        },
+                    }
+                }
+            }
+            _ => dropped = n as u64,
+        }
+        if dropped > 0 {
+            self.listeners[li]
+                .state
+                .counters
+                .worker(self.id)
+                .udp_drop(UdpDrop::SendFailed, dropped);
+        }
+    }
+
+    /// The backend answered a session with ICMP port (or host) unreachable: a passive failure
+    /// of that backend, as a refused TCP connect is; the session closes, and the client's next
+    /// datagram opens a new one on a backend picked afresh.
+    fn udp_backend_refused(&mut self, key: usize) {
+        let Some(s) = self.udp.sessions.remove(key) else {
+            return;
+        };
+        passive_failure(&s.backend, &self.listeners[s.listener].state, self.now);
+        drop(s.release(&self.shared));
+    }
+
+    fn udp_close(&mut self, key: usize) {
+        if let Some(s) = self.udp.sessions.remove(key) {
+            // Dropping the socket closes it, which also takes it out of the epoll set.
+            drop(s.release(&self.shared));
+        }
+    }
+
+    /// Drive the sockets that used up their budget in the previous turn.
+    pub(in crate::worker) fn udp_drive_again(&mut self) {
+        if self.udp.again.is_empty() {
+            return;
+        }
+        let mut again = std::mem::take(&mut self.udp.again_spare);
+        std::mem::swap(&mut again, &mut self.udp.again);
+        for &work in &again {
+            match work {
+                Again::Listener(li) => self.udp_listener_readable(li),
+                Again::Session { key, generation } => {
+                    if self
+                        .udp
+                        .sessions
+                        .get(key)
+                        .is_some_and(|s| s.generation == generation)
+                    {
+                        self.udp_session_event(key);
+                    }
+                }
+            }
+        }
+        again.clear();
+        self.udp.again_spare = again;
+    }
+
+    /// Close the sessions that were idle for their listener's `idle_timeout_s`.
+    pub(in crate::worker) fn udp_expire(&mut self) {
+        let listeners = &self.listeners;
+        let shared = &self.shared;
+        self.udp.sessions.expire(
+            self.now,
+            |li| listeners[li].state.config.idle_timeout.as_millis() as u64,
+            |s| drop(s.release(shared)),
+        );
+    }
+
+    /// Close the sessions of listener `li` (`None`: of every listener) and forget its pending
+    /// replies: without its socket, nothing can be answered. Control path (reload, drain).
+    pub(in crate::worker) fn udp_close_sessions(&mut self, li: Option<usize>) {
+        if li.is_none_or(|li| self.udp.out_listener == li) {
+            self.udp.out_len = 0;
+        }
+        for key in self.udp.sessions.keys() {
+            if li.is_none_or(|li| self.udp.sessions.get(key).is_some_and(|s| s.listener == li)) {
+                self.udp_close(key);
+            }
+        }
+        self.udp.again.retain(|w| match (w, li) {
+            (_, None) => false,
+            (Again::Listener(l), Some(li)) => *l != li,
+            (Again::Session { .. }, Some(_)) => true,
+        });
+    }
+}
