@@ -35,8 +35,8 @@ use http::{parse_request, Parsed, Response, MAX_REQUEST};
 /// Concurrent admin connections. Scrapers and operators open one or two at a time; 64 leaves
 /// room for a burst of scripts while bounding memory to 64 x 64 KiB of request buffers.
 pub const MAX_CONNS: usize = 64;
-/// From accept to a complete request. Real clients send a request in one packet; 2 s covers a
-/// slow human typing into `nc` only partly, and a silent client is gone in 2 s.
+/// From accept to a complete request. Real clients send a request in one packet, so 2 s is
+/// ample on any network; a silent or trickling client loses its slot after 2 s.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// From a complete request to the last byte written and the client's close. A scrape of a
 /// large table (~1 MB for thousands of backends) takes a reader milliseconds; 5 s is slack.
@@ -53,7 +53,7 @@ const READ_CHUNK: usize = 4096;
 /// `shared.is_shutting_down()`.
 pub fn spawn(bind: SocketAddr, shared: Arc<SharedState>) -> io::Result<JoinHandle<()>> {
     let server = Server::bind(bind, shared)?;
-    log::info!("admin API listening on http://{}", server.local_addr);
+    log::debug!("admin API bound to {}", server.local_addr);
     std::thread::Builder::new()
         .name("l4lb-admin".to_string())
         .spawn(move || server.run())

@@ -368,7 +368,8 @@ fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_in fits in (and is less aligned than) sockaddr_storage; every
             // field is written below from a zeroed value.
-            let sin = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             // SAFETY: all-zero is a valid sockaddr_in.
             *sin = unsafe { mem::zeroed() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -396,6 +397,8 @@ fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen
 ///
 /// # Safety
 /// `h.msg_control`/`h.msg_controllen` must describe a readable buffer the kernel filled.
+// `msg_controllen` is a size_t on glibc but a socklen_t on musl: the cast is for the latter.
+#[allow(clippy::unnecessary_cast)]
 unsafe fn pktinfo_of(h: &libc::msghdr) -> Option<IpAddr> {
     if h.msg_control.is_null() || (h.msg_controllen as usize) < mem::size_of::<libc::cmsghdr>() {
         return None;
@@ -412,8 +415,7 @@ unsafe fn pktinfo_of(h: &libc::msghdr) -> Option<IpAddr> {
                 ))));
             }
             if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
-                let info =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>());
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>());
                 return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
             }
             c = libc::CMSG_NXTHDR(h, c);

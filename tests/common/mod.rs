@@ -968,6 +968,168 @@ impl StreamHash {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Lifecycle helpers: configs `Conf` does not write, signals, the exit, a backend on a given port
+// ---------------------------------------------------------------------------------------------
+
+impl L4lb {
+    /// Like `start`, with the rendered config passed through `edit` first: for what `Conf` does
+    /// not write (another `drain_timeout_s`, more listeners). `edit` gets the text and the bind.
+    pub fn start_edited(conf: &Conf, edit: impl Fn(String, SocketAddr) -> String) -> L4lb {
+        const ATTEMPTS: usize = 5;
+        let ip = if conf.ipv6 {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            localhost()
+        };
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let addr = SocketAddr::new(ip, free_port(ip));
+            let text = edit(conf.render(addr), addr);
+            let dir = TempDir::new("lb");
+            let config_path = dir.write("l4lb.toml", &text);
+            let mut child = Command::new(l4lb_bin())
+                .arg("--config")
+                .arg(&config_path)
+                .env("RUST_LOG", "info")
+                .env_remove("RUST_BACKTRACE")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn l4lb");
+            let stderr = child.stderr.take().map(drain_in_thread);
+            let mut lb = L4lb {
+                child: Some(child),
+                stderr,
+                addr,
+                config_path,
+                _dir: dir,
+            };
+            let listening = wait_until(STARTUP_TIMEOUT, || match lb.child.as_mut() {
+                Some(c) => matches!(c.try_wait(), Ok(Some(_))) || is_listening(c.id(), addr),
+                None => true,
+            });
+            if let Some((status, err)) = lb.wait_exit(Duration::ZERO) {
+                assert_eq!(
+                    status.code(),
+                    Some(1),
+                    "l4lb exited during startup with {status}\nconfig:\n{text}\nstderr:\n{err}"
+                );
+                // Most likely someone took the port between our probe and l4lb's bind.
+                last = format!("exit {status}: {err}");
+                continue;
+            }
+            assert!(
+                listening,
+                "l4lb did not listen on {addr} within {STARTUP_TIMEOUT:?}\nconfig:\n{text}\nstderr:\n{}",
+                lb.stop()
+            );
+            return lb;
+        }
+        panic!("l4lb failed to start {ATTEMPTS} times; last: {last}");
+    }
+
+    /// The balancer's process id, while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Send `sig` to the balancer (panics if it was already reaped).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.pid().expect("l4lb already exited");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .unwrap_or_else(|e| panic!("kill({pid}, {sig}): {e}"));
+    }
+
+    /// Wait up to `within` for the balancer to exit on its own. If it did, reap it (so that
+    /// Drop does not take it for a crash) and return its status and stderr.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<(ExitStatus, String)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.child.as_mut()?.try_wait().ok().flatten();
+            if let Some(status) = status {
+                self.child = None;
+                return Some((status, self.take_stderr()));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Backend {
+    /// Like `spawn`, on a given address (e.g. a restarted backend's old port; std's listener
+    /// sets SO_REUSEADDR, so connections in TIME_WAIT do not block the bind).
+    pub fn spawn_at(addr: SocketAddr, id: &str, handler: Handler) -> io::Result<Backend> {
+        let listener = TcpListener::bind(addr)?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, active, stop) = (accepted.clone(), active.clone(), stop.clone());
+            thread::Builder::new()
+                .name(format!("backend-{id}"))
+                .spawn(move || accept_loop(listener, handler, accepted, active, stop))?
+        };
+        Ok(Backend {
+            addr,
+            id: id.to_string(),
+            accepted,
+            active,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// An `id` backend (see `id`) on a given address.
+    pub fn id_at(addr: SocketAddr, id: &str) -> io::Result<Backend> {
+        let greeting = format!("{id}\n").into_bytes();
+        Backend::spawn_at(addr, id, Arc::new(move |s| echo_conn(s, &greeting)))
+    }
+}
+
+/// `GET /metrics` from the admin API at `admin`; the body (the server closes after one).
+pub fn scrape(admin: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())?;
+    let out = read_until_eof(&mut s, IO_TIMEOUT)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(io::Error::other(format!("bad /metrics response: {text:?}"))),
+    }
+}
+
+/// The value of sample `name` with exactly `labels` (any order) in Prometheus text `text`.
+/// Label values are compared as written (no escapes: addresses and names only).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, mut got) = match series.split_once('{') {
+                Some((n, rest)) => {
+                    let inner = rest.strip_suffix('}')?;
+                    let got: Vec<String> = inner
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| format!("{}\"", p.trim_end_matches('"')))
+                        .collect();
+                    (n, got)
+                }
+                None => (series, Vec::new()),
+            };
+            got.sort();
+            (n == name && got == want).then(|| value.parse().ok())?
+        })
+}
+
 #[cfg(test)]
 mod selftest {
     use super::*;

@@ -446,16 +446,24 @@ mod tests {
         let k2 = open(&mut t, &state, &shared, 1001, 900).unwrap();
         assert_eq!(k, k2);
         let mut gone = 0;
-        t.expire(1000, |_| 1000, |s| {
-            gone += 1;
-            s.release(&shared);
-        });
+        t.expire(
+            1000,
+            |_| 1000,
+            |s| {
+                gone += 1;
+                s.release(&shared);
+            },
+        );
         assert_eq!(gone, 0);
         assert_eq!(t.len(), 1);
-        t.expire(1900, |_| 1000, |s| {
-            gone += 1;
-            s.release(&shared);
-        });
+        t.expire(
+            1900,
+            |_| 1000,
+            |s| {
+                gone += 1;
+                s.release(&shared);
+            },
+        );
         assert_eq!(gone, 1);
     }
 

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Syscalls per forwarded request: runs l4lb (1 worker) under `strace -c -f` in front of one
+# echo backend, drives a fixed-length tcp-rr (request/response on persistent connections) and
+# a tcp-stream load through it for each splice mode, and prints syscalls per transaction and
+# per MiB. strace slows the proxy down; the counts per request are what matter, not the rate.
+#
+# Usage: scripts/syscalls.sh [--duration S] [--size BYTES]
+# Needs strace (apt-get install strace) and a release build (make build).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=3
+SIZE=64
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    *) echo "syscalls: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+L4LB=${L4LB_BIN:-target/release/l4lb}
+LOADGEN=${LOADGEN_BIN:-target/release/l4lb-loadgen}
+command -v strace >/dev/null || { echo "syscalls: strace is not installed" >&2; exit 1; }
+if [ ! -x "$L4LB" ] || [ ! -x "$LOADGEN" ]; then echo "syscalls: build first (make build)" >&2; exit 1; fi
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+BACKEND=127.0.0.1:24901
+FRONT=127.0.0.1:24900
+"$LOADGEN" serve --tcp "$BACKEND" --mode echo >"$WORK/serve.log" 2>&1 &
+PIDS+=($!)
+sleep 0.3
+
+# total syscalls from a `strace -c` summary
+total_calls() { awk '/^100.00/ {print $4} /total$/ {print $(NF-2)}' "$1" | tail -1; }
+
+printf '| splice | workload | transactions | syscalls | syscalls per transaction | top calls |\n'
+printf '|---|---|---|---|---|---|\n'
+for mode in never always auto; do
+  for workload in tcp-rr tcp-stream; do
+    cat >"$WORK/l4lb.toml" <<CONF
+[runtime]
+workers = 1
+pin_cpus = false
+splice = "$mode"
+[[listener]]
+name = "s"
+bind = "$FRONT"
+backends = [ { addr = "$BACKEND" } ]
+CONF
+    strace -c -f -o "$WORK/strace.txt" "$L4LB" --config "$WORK/l4lb.toml" 2>"$WORK/l4lb.log" &
+    spid=$!
+    PIDS+=("$spid")
+    for _ in $(seq 1 50); do
+      "$LOADGEN" tcp-rr --target "$FRONT" --conns 1 --duration 0.1 --quiet >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    # Start counting from here: the warm-up connection above is a negligible part of the total.
+    if [ "$workload" = tcp-rr ]; then
+      json=$("$LOADGEN" tcp-rr --target "$FRONT" --conns 8 --size "$SIZE" --duration "$DURATION" --json --quiet 2>/dev/null | tail -1)
+    else
+      json=$("$LOADGEN" tcp-stream --target "$FRONT" --direction both --conns 2 --size 65536 --duration "$DURATION" --json --quiet 2>/dev/null | tail -1)
+    fi
+    # Stop l4lb itself (strace then prints its summary and exits).
+    lpid=$(pgrep -P "$spid" | head -1 || true)
+    [ -n "$lpid" ] && kill -TERM "$lpid" 2>/dev/null
+    wait "$spid" 2>/dev/null || true
+    tx=$(printf '%s' "$json" | sed -n 's/.*"transactions":\([0-9]*\).*/\1/p')
+    calls=$(total_calls "$WORK/strace.txt")
+    top=$(awk 'NR>2 && $1 ~ /^[0-9.]+$/ && NF>=5 {print $NF"="$4}' "$WORK/strace.txt" | head -5 | tr '\n' ' ')
+    per=$(awk -v c="$calls" -v t="$tx" 'BEGIN { if (t > 0) printf "%.2f", c / t; else print "n/a" }')
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$mode" "$workload" "${tx:-0}" "${calls:-0}" "$per" "$top"
+  done
+done
+echo
+echo "tcp-rr: $SIZE-byte request and response per transaction; tcp-stream: one 64 KiB chunk per transaction, both directions."

@@ -1,0 +1,295 @@
+//! UDP balancing through the real binary over loopback: sessions, loss and duplicates under
+//! many clients, the algorithms' spread, idle expiry, passive and active health, per-client
+//! caps, and the largest datagram.
+
+mod common;
+mod common_udp;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{lo, localhost};
+use common_udp::{
+    ask, ask_until_answered, client, closed_port, Mode, UdpBackend, UdpConf, UdpLb, REPLY_TIMEOUT,
+    SILENCE,
+};
+
+const CLIENTS: usize = 64;
+const DATAGRAMS: u32 = 1_000;
+/// Datagrams each client keeps in flight: paces the load (64 x 8 = 512 at most, well inside
+/// every socket buffer on the path) so that loopback loses nothing.
+const WINDOW: u32 = 8;
+
+/// The backend id of a `Mode::Tagged` reply.
+fn tag(reply: &[u8]) -> u8 {
+    reply[0]
+}
+
+#[test]
+fn sixty_four_clients_get_every_reply_once() {
+    let backends: Vec<UdpBackend> = (0..4).map(|_| UdpBackend::spawn(Mode::Echo)).collect();
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let lb = UdpLb::start(&UdpConf::new("round_robin", &addrs));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let target = lb.addr;
+            thread::spawn(move || {
+                // 127.0.0.1 .. 127.0.0.16, four source ports each.
+                let s = client(lo(1 + (c % 16) as u8), target);
+                s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+                let mut seen = vec![false; DATAGRAMS as usize];
+                let mut next = 0u32;
+                let mut got = 0u32;
+                let mut msg = [0u8; 64];
+                let mut buf = [0u8; 128];
+                while got < DATAGRAMS {
+                    while next < DATAGRAMS && next - got < WINDOW {
+                        msg[..4].copy_from_slice(&(c as u32).to_be_bytes());
+                        msg[4..8].copy_from_slice(&next.to_be_bytes());
+                        s.send(&msg).unwrap();
+                        next += 1;
+                    }
+                    let n = s
+                        .recv(&mut buf)
+                        .unwrap_or_else(|e| panic!("client {c}: reply {got} lost: {e}"));
+                    assert_eq!(n, 64, "client {c}: reply size");
+                    let from = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                    let seq = u32::from_be_bytes(buf[4..8].try_into().unwrap());
+                    assert_eq!(from, c as u32, "client {c} got another client's reply");
+                    assert!(seq < DATAGRAMS, "client {c}: bad sequence {seq}");
+                    assert!(!seen[seq as usize], "client {c}: duplicate reply {seq}");
+                    seen[seq as usize] = true;
+                    got += 1;
+                }
+                assert!(seen.iter().all(|&x| x));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let total: usize = backends.iter().map(|b| b.received()).sum();
+    assert_eq!(total, CLIENTS * DATAGRAMS as usize, "datagrams at backends");
+    // Sessions are spread over every backend (64 sessions, round robin).
+    assert!(backends.iter().all(|b| b.received() >= DATAGRAMS as usize));
+    eprintln!(
+        "{} round trips in {:?}",
+        CLIENTS * DATAGRAMS as usize,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn round_robin_spreads_sessions_evenly() {
+    let backends: Vec<UdpBackend> = (0..3).map(|i| UdpBackend::spawn(Mode::Tagged(i))).collect();
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    // One worker: one selector, so round robin is exact.
+    let lb = UdpLb::start(&UdpConf::new("round_robin", &addrs).workers(1));
+    let mut per_backend = [0usize; 3];
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let s = client(localhost(), lb.addr);
+        let r = ask_until_answered(&s, b"hello").unwrap_or_else(|| panic!("client {i}"));
+        per_backend[tag(&r) as usize] += 1;
+        // Later datagrams of a session stay on its backend.
+        let again = ask_until_answered(&s, b"again").expect("second datagram");
+        assert_eq!(tag(&again), tag(&r));
+        clients.push(s);
+    }
+    assert_eq!(per_backend, [10, 10, 10]);
+}
+
+#[test]
+fn source_ip_hash_keeps_each_client_ip_on_one_backend() {
+    let backends: Vec<UdpBackend> = (0..3).map(|i| UdpBackend::spawn(Mode::Tagged(i))).collect();
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let lb = UdpLb::start(&UdpConf::new("source_ip_hash", &addrs));
+    let mut chosen: HashMap<IpAddr, u8> = HashMap::new();
+    for ip in 1..=12u8 {
+        for port_try in 0..3 {
+            let s = client(lo(ip), lb.addr);
+            let r = ask_until_answered(&s, b"x").expect("reply");
+            let b = *chosen.entry(lo(ip)).or_insert(tag(&r));
+            assert_eq!(b, tag(&r), "127.0.0.{ip} (source port #{port_try}) moved");
+        }
+    }
+    let mut used: Vec<u8> = chosen.values().copied().collect();
+    used.sort_unstable();
+    used.dedup();
+    assert!(
+        used.len() >= 2,
+        "12 client IPs all hashed to one backend: {chosen:?}"
+    );
+}
+
+#[test]
+fn session_expires_after_idle_timeout() {
+    let backends: Vec<UdpBackend> = (0..2).map(|i| UdpBackend::spawn(Mode::Tagged(i))).collect();
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    // max_connections = 1: a second session is possible only once the first is gone, which
+    // shows that the exact session count (l4lb_udp_sessions_active) went back to 0.
+    let conf = UdpConf::new("round_robin", &addrs)
+        .workers(1)
+        .idle(1)
+        .extra("max_connections = 1")
+        .admin();
+    let lb = UdpLb::start(&conf);
+    const GAUGE: &str = "l4lb_udp_sessions_active{listener=\"u\"}";
+    assert_eq!(lb.metric(GAUGE), 0.0);
+    let a = client(localhost(), lb.addr);
+    let first = ask_until_answered(&a, b"a1").expect("a served");
+    assert_eq!(lb.metric(GAUGE), 1.0);
+    let b = client(localhost(), lb.addr);
+    assert_eq!(ask(&b, b"b1", SILENCE), None, "listener cap: b refused");
+    // Traffic keeps a session alive past its timeout...
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(400));
+        assert_eq!(
+            ask(&a, b"keep", REPLY_TIMEOUT).map(|r| tag(&r)),
+            Some(tag(&first))
+        );
+    }
+    // ...and 1 s of silence ends it.
+    thread::sleep(Duration::from_millis(1300));
+    let r = ask(&b, b"b2", REPLY_TIMEOUT).expect("b served after a's session expired");
+    // A new session is picked afresh: round robin moved on to the other backend.
+    assert_ne!(tag(&r), tag(&first));
+    thread::sleep(Duration::from_millis(1300));
+    let r = ask(&a, b"a2", REPLY_TIMEOUT).expect("a served after b's session expired");
+    assert_eq!(tag(&r), tag(&first));
+    assert_eq!(lb.metric(GAUGE), 1.0);
+    assert!(
+        common::wait_until(Duration::from_secs(3), || lb.metric(GAUGE) == 0.0),
+        "the session gauge did not go back to 0"
+    );
+    let refused = "l4lb_connections_rejected_total{listener=\"u\",reason=\"listener_limit\"}";
+    assert!(lb.metric(refused) >= 1.0);
+}
+
+#[test]
+fn closed_backend_port_is_marked_down_and_avoided() {
+    let live = UdpBackend::spawn(Mode::Tagged(1));
+    let dead = closed_port();
+    let lb = UdpLb::start(&UdpConf::new("round_robin", &[dead, live.addr]).workers(1));
+    // Each session on the dead backend ends with ICMP port unreachable: a passive failure.
+    // Three in a row (the default fall) mark it down.
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let s = client(localhost(), lb.addr);
+        let r = ask_until_answered(&s, b"x").unwrap_or_else(|| panic!("client {i}"));
+        assert_eq!(tag(&r), 1);
+        clients.push(s);
+    }
+    // Now every new session is answered at once: the dead backend is skipped.
+    for i in 0..10 {
+        let s = client(localhost(), lb.addr);
+        let r = ask(&s, b"y", REPLY_TIMEOUT).unwrap_or_else(|| panic!("new client {i}"));
+        assert_eq!(tag(&r), 1);
+    }
+}
+
+#[test]
+fn active_udp_check_marks_a_silent_backend_down() {
+    let good = UdpBackend::spawn(Mode::Pong);
+    let silent = UdpBackend::spawn(Mode::Silent);
+    let conf = UdpConf::new("round_robin", &[silent.addr, good.addr])
+        .workers(1)
+        .health("interval_ms = 100")
+        .health("timeout_ms = 100")
+        .health("rise = 1")
+        .health("fall = 1")
+        .health("send = \"ping\"")
+        .health("expect = \"pong\"");
+    let lb = UdpLb::start(&conf);
+    // The first check of the silent backend times out within ~200 ms.
+    assert!(common::wait_until(Duration::from_secs(3), || silent
+        .received()
+        >= 2));
+    thread::sleep(Duration::from_millis(100));
+    for i in 0..6 {
+        let s = client(localhost(), lb.addr);
+        let r = ask(&s, b"data", REPLY_TIMEOUT).unwrap_or_else(|| panic!("client {i}"));
+        assert_eq!(r, b"data");
+    }
+    // Probes reached the good backend too.
+    assert!(good.received() > 6);
+}
+
+#[test]
+fn per_client_cap_refuses_the_extra_session_only() {
+    let backend = UdpBackend::spawn(Mode::Echo);
+    let conf = UdpConf::new("round_robin", &[backend.addr]).extra("max_conns_per_client = 2");
+    let lb = UdpLb::start(&conf);
+    let a1 = client(lo(5), lb.addr);
+    let a2 = client(lo(5), lb.addr);
+    let a3 = client(lo(5), lb.addr);
+    assert_eq!(ask(&a1, b"1", REPLY_TIMEOUT).as_deref(), Some(&b"1"[..]));
+    assert_eq!(ask(&a2, b"2", REPLY_TIMEOUT).as_deref(), Some(&b"2"[..]));
+    assert_eq!(ask(&a3, b"3", SILENCE), None, "third session of 127.0.0.5");
+    let b = client(lo(6), lb.addr);
+    assert_eq!(ask(&b, b"4", REPLY_TIMEOUT).as_deref(), Some(&b"4"[..]));
+    // The two admitted sessions still work.
+    assert_eq!(ask(&a1, b"5", REPLY_TIMEOUT).as_deref(), Some(&b"5"[..]));
+    assert_eq!(backend.received(), 4);
+}
+
+#[test]
+fn largest_datagram_round_trips_intact() {
+    let backend = UdpBackend::spawn(Mode::Echo);
+    let lb = UdpLb::start(&UdpConf::new("round_robin", &[backend.addr]));
+    let s = client(localhost(), lb.addr);
+    let mut rng = common::XorShift::new(7);
+    let mut msg = vec![0u8; 65_507];
+    rng.fill(&mut msg);
+    let r = ask(&s, &msg, REPLY_TIMEOUT).expect("reply");
+    assert_eq!(r.len(), msg.len());
+    assert!(r == msg, "payload changed");
+}
+
+#[test]
+fn reload_replaces_adds_and_removes_udp_listeners() {
+    let a = UdpBackend::spawn(Mode::Tagged(0));
+    let b = UdpBackend::spawn(Mode::Tagged(1));
+    let c = UdpBackend::spawn(Mode::Tagged(2));
+    let lb = UdpLb::start(&UdpConf::new("round_robin", &[a.addr]).workers(1));
+    let c1 = client(localhost(), lb.addr);
+    assert_eq!(ask_until_answered(&c1, b"1").map(|r| tag(&r)), Some(0));
+
+    // Same listener, other backends: new sessions go to b, c1's session stays on a.
+    lb.reload(&UdpConf::new("round_robin", &[b.addr]).workers(1));
+    assert!(
+        common::wait_until(REPLY_TIMEOUT, || {
+            let s = client(localhost(), lb.addr);
+            ask(&s, b"probe", Duration::from_millis(200)).map(|r| tag(&r)) == Some(1)
+        }),
+        "reload did not reach new sessions"
+    );
+    assert_eq!(ask(&c1, b"2", REPLY_TIMEOUT).map(|r| tag(&r)), Some(0));
+
+    // Listener "u" removed, "v" added on the same address: u's sessions close with it, and
+    // c1's next datagram opens a session of v.
+    lb.reload(&UdpConf::new("round_robin", &[c.addr]).workers(1).name("v"));
+    assert!(
+        common::wait_until(REPLY_TIMEOUT, || {
+            ask(&c1, b"3", Duration::from_millis(200)).map(|r| tag(&r)) == Some(2)
+        }),
+        "c1 did not move to the new listener"
+    );
+}
+
+#[test]
+fn sigterm_drops_udp_sessions_and_exits_at_once() {
+    let backend = UdpBackend::spawn(Mode::Echo);
+    let mut lb = UdpLb::start(&UdpConf::new("round_robin", &[backend.addr]).drain(30));
+    let clients: Vec<_> = (0..4).map(|_| client(localhost(), lb.addr)).collect();
+    for s in &clients {
+        assert!(ask_until_answered(s, b"x").is_some());
+    }
+    lb.signal(nix::sys::signal::Signal::SIGTERM);
+    // UDP sessions do not hold the drain (30 s here): only TCP connections do.
+    let status = lb.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
