@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SCRIPTS := $(wildcard scripts/*.sh)
 
-.PHONY: all build release test unit lint fmt fmt-check clippy shellcheck bench demo run clean
+.PHONY: all build release test fmt fmt-check clippy shellcheck bench demo demo-run run clean
 
 all: build
 
@@ -35,7 +35,10 @@ bench:
 	$(CARGO) bench
 
 ## Run the balancer in front of three demo backends and load-test it.
-demo: build
+demo: build demo-run
+
+## The demo without the build step (tests run it with their own binaries: L4LB_BIN=...).
+demo-run:
 	bash scripts/demo.sh
 
 ## Run the balancer on the documented example config.
