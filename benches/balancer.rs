@@ -140,7 +140,7 @@ fn assert_picks_do_not_allocate() {
     }
 }
 
-criterion_group!(benches, bench_pick, bench_maglev_build);
+criterion_group!(benches, bench_pick, bench_maglev_build, bench_limiter);
 
 fn main() {
     assert_picks_do_not_allocate();
@@ -152,3 +152,34 @@ fn main() {
 // Limiter benches (`crate::limits`) go below this line, written separately: define their
 // functions here and add them to `criterion_group!(benches, ...)` above.
 // ------------------------------------------------------------------------------------------
+
+/// The per-client limiter on the accept path: one acquire + release of a concurrent-connection
+/// slot, and one token-bucket take, spread over 1,024 client IPs.
+fn bench_limiter(c: &mut Criterion) {
+    use l4lb::limits::{ClientTable, RateTable};
+    use std::net::{IpAddr, Ipv4Addr};
+    let ips: Vec<IpAddr> = (0..1024u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)))
+        .collect();
+    let mut group = c.benchmark_group("limiter");
+    let table = ClientTable::new(100_000);
+    let mut i = 0;
+    group.bench_function("client_cap_acquire_release", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            if let Ok(slot) = table.acquire(black_box(ips[i]), 100) {
+                table.release(slot);
+            }
+        })
+    });
+    let rates = RateTable::new(100_000, 1_000_000);
+    let mut now = 0u64;
+    group.bench_function("client_rate_take", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            now += 1;
+            black_box(rates.try_acquire(black_box(ips[i]), now / 1024))
+        })
+    });
+    group.finish();
+}

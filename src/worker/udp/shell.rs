@@ -111,6 +111,12 @@ impl Worker {
         {
             let udp = &mut self.udp;
             let Some(s) = udp.sessions.get_mut(key) else {
+                // Closed earlier in this batch (its backend refused a datagram).
+                self.listeners[li]
+                    .state
+                    .counters
+                    .worker(self.id)
+                    .udp_drop(UdpDrop::SendFailed, (end - start) as u64);
                 return;
             };
             let mut at = start;
