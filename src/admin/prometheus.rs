@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, BackendState};
 use crate::balancer::Pool;
-use crate::metrics::RejectReason;
+use crate::metrics::{RejectReason, UdpDrop};
 use crate::state::{ListenerState, SharedState};
 
 /// Metric names (SPEC.md lists the first ten; the rest are extras of this build).
@@ -28,6 +28,8 @@ pub const BACKEND_CONNECTIONS_TOTAL: &str = "l4lb_backend_connections_total";
 pub const BACKEND_CONNECT_ERRORS: &str = "l4lb_backend_connect_errors_total";
 pub const BACKEND_BYTES: &str = "l4lb_backend_bytes_total";
 pub const UDP_SESSIONS_ACTIVE: &str = "l4lb_udp_sessions_active";
+pub const BACKEND_DATAGRAMS: &str = "l4lb_backend_datagrams_total";
+pub const UDP_DATAGRAMS_DROPPED: &str = "l4lb_udp_datagrams_dropped_total";
 pub const CONFIG_RELOADS: &str = "l4lb_config_reloads_total";
 pub const BUILD_INFO: &str = "l4lb_build_info";
 pub const UPTIME: &str = "l4lb_uptime_seconds";
@@ -256,6 +258,41 @@ pub fn render(shared: &SharedState) -> String {
                     ("direction", direction),
                 ],
                 counter.load(Ordering::Relaxed),
+            );
+        }
+    }
+    w.family(
+        BACKEND_DATAGRAMS,
+        "counter",
+        "UDP datagrams forwarded, by direction (added when a session's timer fires, about every 10 s, and when it ends).",
+    );
+    for (listener, b) in backends() {
+        for (direction, counter) in [
+            ("to_backend", &b.datagrams_to_backend),
+            ("to_client", &b.datagrams_to_client),
+        ] {
+            w.sample(
+                BACKEND_DATAGRAMS,
+                &[
+                    ("listener", listener),
+                    ("backend", &b.name),
+                    ("direction", direction),
+                ],
+                counter.load(Ordering::Relaxed),
+            );
+        }
+    }
+    w.family(
+        UDP_DATAGRAMS_DROPPED,
+        "counter",
+        "UDP datagrams dropped instead of forwarded (truncated, or the send failed), by reason.",
+    );
+    for l in listeners.iter() {
+        for reason in UdpDrop::ALL {
+            w.sample(
+                UDP_DATAGRAMS_DROPPED,
+                &[("listener", &l.config.name), ("reason", reason.as_str())],
+                l.counters.udp_dropped(reason),
             );
         }
     }
