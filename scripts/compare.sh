@@ -28,7 +28,8 @@
 #   --base-port P    ports used: P+1, P+2 backends; P+80/81 l4lb; P+180 HAProxy;
 #                    P+280/281 nginx (default 24000)
 #   --no-install     do not apt-get install haproxy/nginx when missing (they are skipped)
-# Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN.
+# Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN, NGINX_MODULES (the
+# nginx config file(s) that load the stream module; default the Debian layout).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -44,6 +45,8 @@ CPUS=""
 DURATION=""
 HOLD_CONNS=9000
 CANDIDATES="direct,l4lb,haproxy,nginx"
+# nginx config that loads the stream module (Debian/Ubuntu layout unless overridden).
+NGINX_MODULES=${NGINX_MODULES:-/etc/nginx/modules-enabled/*stream*.conf}
 BASE_PORT=24000
 INSTALL=1
 while [[ $# -gt 0 ]]; do
@@ -284,7 +287,7 @@ if wants nginx; then
   # The stream module: built in, or the Debian/Ubuntu dynamic module package.
   if ! nginx -V 2>&1 | grep -q -- '--with-stream' ||
     { nginx -V 2>&1 | grep -q -- '--with-stream=dynamic' &&
-      ! compgen -G '/etc/nginx/modules-enabled/*stream*.conf' >/dev/null; }; then
+      ! compgen -G "$NGINX_MODULES" >/dev/null; }; then
     missing+=(libnginx-mod-stream)
   fi
 fi
@@ -367,6 +370,7 @@ start_candidate() {
       UDP_T=127.0.0.1:$NGINX_UDP
       render "$TEMPLATES/nginx.conf.tmpl" "$TMP/nginx.conf" \
         "WORKERS=$WORKERS" "NOFILE=$NOFILE" "TMP=$TMP" \
+        "NGINX_MODULES=$NGINX_MODULES" "NGINX_USER=$(id -un)" \
         "WORKER_CONNECTIONS=$((2 * HOLD_CONNS + 1000))" \
         "LISTEN_TCP=$TCP_T" "LISTEN_UDP=$UDP_T" \
         "NGINX_TCP_SERVERS=        server 127.0.0.1:$B1;
