@@ -28,6 +28,7 @@ pub mod config;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod state;
 pub mod worker;

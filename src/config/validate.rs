@@ -388,10 +388,10 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         ProxyProtocol::Off,
         PROXY_PROTOCOLS,
     )?;
-    if protocol == Protocol::Udp && proxy_protocol == ProxyProtocol::V1 {
+    if protocol == Protocol::Udp && proxy_protocol != ProxyProtocol::Off {
         return Err(cx.err(
             k("proxy_protocol"),
-            "\"v1\" cannot carry UDP addresses; use \"v2\" or \"off\" on a udp listener",
+            "is not implemented for udp listeners; only \"off\" is accepted",
         ));
     }
     let accept_proxy_protocol = raw.accept_proxy_protocol.unwrap_or(false);

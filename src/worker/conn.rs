@@ -1,22 +1,29 @@
 //! One proxied TCP connection: the client socket, the backend socket once chosen, and the two
 //! directions between them.
 //!
-//! Hot path. Lifecycle: `Connecting` (client accepted, non-blocking connect to a backend in
-//! flight; the client is not read, so it is held back by TCP flow control) -> `Forwarding`
-//! (both directions pumped) -> closed when both directions have passed their EOF on, or at
-//! once with a reset on both sides when either side breaks. Invariant: while `connecting`,
-//! `backend` is the socket of the attempt in flight and `backend_ref` the backend it counts
-//! against.
+//! Hot path. Lifecycle: [`AwaitingProxyHeader`, only with `accept_proxy_protocol`: the client
+//! is read until a whole PROXY header is in, nothing is connected yet] -> `Connecting` (client
+//! accepted, non-blocking connect to a backend in flight; the client is not read, so it is held
+//! back by TCP flow control) -> `Forwarding` (both directions pumped; with `proxy_protocol` a
+//! header for the backend goes out first) -> closed when both directions have passed their EOF
+//! on, or at once with a reset on both sides when either side breaks. Invariants: while
+//! `awaiting_header`, `connecting` is set too, `backend` is `None` and `connect_deadline` is
+//! the header's deadline; otherwise while `connecting`, `backend` is the socket of the attempt
+//! in flight and `backend_ref` the backend it counts against.
+//!
+//! [`AwaitingProxyHeader`]: Conn::awaiting_header
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 
 use crate::backend::Backend;
-use crate::config::{ListenerConfig, SpliceMode};
+use crate::config::{ListenerConfig, ProxyProtocol, SpliceMode};
 use crate::limits::{ClientSlot, ClientTable};
+use crate::net::io::{classify, IoClass};
+use crate::proxy_protocol::{self, ParseError, Parsed};
 
 use super::flow::{Broken, Flow, IoResources, Pump, Readiness};
 
@@ -28,6 +35,8 @@ pub struct Conn {
     pub listener: usize,
     pub generation: u32,
     pub client: TcpStream,
+    /// The client as balancing, ACL and limits see it: the peer, or the source of the PROXY
+    /// header it sent (`accept_proxy_protocol`).
     pub client_addr: SocketAddr,
     pub client_ready: Readiness,
     pub backend: Option<TcpStream>,
@@ -37,6 +46,9 @@ pub struct Conn {
     /// Index of `backend_ref` in the pool it was picked from.
     pub backend_index: usize,
     pub connecting: bool,
+    /// Reading the client's PROXY header: no backend yet, client checks not done yet.
+    pub awaiting_header: bool,
+    /// Connect timeout of the attempt in flight, or the PROXY header's deadline.
     pub connect_deadline: u64,
     /// Indices (in the pool) of backends that failed for this connection.
     pub tried: [usize; MAX_ATTEMPTS],
@@ -63,6 +75,17 @@ pub enum Drive {
     Finished,
     /// A side broke: close both with a reset.
     Reset,
+}
+
+/// Result of reading a client's PROXY header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRead {
+    /// Not all of it yet: wait for the next readable event.
+    Pending,
+    /// A whole header; what followed it is held in `c2b`.
+    Done(Parsed),
+    /// No valid header (garbage, too long, EOF or an error first): refuse the connection.
+    Refused,
 }
 
 /// Result of checking a connect in flight.
@@ -93,6 +116,7 @@ impl Conn {
             backend_ref: None,
             backend_index: 0,
             connecting: true,
+            awaiting_header: false,
             connect_deadline: 0,
             tried: [0; MAX_ATTEMPTS],
             tried_len: 0,
@@ -148,6 +172,97 @@ impl Conn {
             Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => ConnectState::InProgress,
             Err(_) => ConnectState::Failed,
         }
+    }
+
+    /// While `awaiting_header`: read what the client sent into `c2b`'s buffer (after room
+    /// for the header l4lb may send on) until a whole header is in. Bounded: the parser
+    /// decides within `proxy_protocol::MAX_HEADER` bytes, far less than the buffer.
+    pub fn read_proxy_header(&mut self, io: &mut IoResources) -> HeaderRead {
+        while self.client_ready.readable {
+            let room = self.c2b.unfilled(proxy_protocol::MAX_ENCODED, io);
+            let room_len = room.len();
+            if room_len == 0 {
+                return HeaderRead::Refused;
+            }
+            match (&self.client).read(room) {
+                Ok(0) => return HeaderRead::Refused,
+                Ok(n) => {
+                    self.c2b.filled(n);
+                    if n < room_len && !self.client_ready.read_closed {
+                        // The receive queue is empty (as in `Flow::copy`): the next arrival
+                        // raises an edge, so the read that would say EAGAIN is skipped.
+                        self.client_ready.readable = false;
+                    }
+                    match proxy_protocol::parse(self.c2b.held()) {
+                        Ok(parsed) => {
+                            self.c2b.skip_header(parsed.consumed);
+                            if self.c2b.held().is_empty() {
+                                self.c2b.release(io);
+                            }
+                            return HeaderRead::Done(parsed);
+                        }
+                        Err(ParseError::Incomplete) => {}
+                        Err(ParseError::Invalid) => return HeaderRead::Refused,
+                    }
+                }
+                Err(e) => match classify(&e) {
+                    IoClass::WouldBlock => self.client_ready.readable = false,
+                    IoClass::Retry => {}
+                    IoClass::PeerGone | IoClass::Fatal => return HeaderRead::Refused,
+                },
+            }
+        }
+        HeaderRead::Pending
+    }
+
+    /// Right after the backend connect completed: send the PROXY header naming `client_addr`
+    /// and `dest` (the address the client connected to). Written at once when nothing else is
+    /// queued and the socket takes it; otherwise (partly) queued in front of `c2b`, which
+    /// writes it before any client byte. No allocation: a stack buffer, or a pooled one.
+    pub fn send_proxy_header(
+        &mut self,
+        version: ProxyProtocol,
+        dest: SocketAddr,
+        io: &mut IoResources,
+    ) -> Result<(), Broken> {
+        let mut header = [0u8; proxy_protocol::MAX_ENCODED];
+        let n = match version {
+            ProxyProtocol::Off => return Ok(()),
+            ProxyProtocol::V1 => proxy_protocol::encode_v1(self.client_addr, dest, &mut header),
+            ProxyProtocol::V2 => proxy_protocol::encode_v2(self.client_addr, dest, &mut header),
+        };
+        let Some(backend) = &self.backend else {
+            return Err(Broken);
+        };
+        let mut written = 0;
+        // Client bytes already held (read with an accepted header): queue in front of them,
+        // so that one write sends both.
+        if self.c2b.held().is_empty() && self.backend_ready.writable {
+            loop {
+                match (&*backend).write(&header[..n]) {
+                    Ok(0) => return Err(Broken),
+                    Ok(w) => {
+                        written = w;
+                        if w < n {
+                            self.backend_ready.writable = false;
+                        }
+                        break;
+                    }
+                    Err(e) => match classify(&e) {
+                        IoClass::WouldBlock => {
+                            self.backend_ready.writable = false;
+                            break;
+                        }
+                        IoClass::Retry => {}
+                        IoClass::PeerGone | IoClass::Fatal => return Err(Broken),
+                    },
+                }
+            }
+        }
+        if written < n {
+            self.c2b.prepend(&header[written..n], io)?;
+        }
+        Ok(())
     }
 
     /// Pump both directions.

@@ -7,9 +7,13 @@
 //! enter user space. A pipe or buffer is handed back the moment it is empty, so an idle
 //! connection holds neither.
 //!
-//! Invariants: at most one of `buf`/`pipe` holds bytes; a direction never reads while it holds
-//! pending bytes; `write_shut` is set exactly once, after `read_eof` and only once every byte
-//! has been written.
+//! Before forwarding starts, the client-to-backend direction may hold bytes put there by the
+//! worker: what a client sent after its PROXY header (`unfilled`/`filled`/`skip_header`) and
+//! the PROXY header for the backend (`prepend`), which `pump` writes before reading anything.
+//!
+//! Invariants: at most one of `buf`/`pipe` holds bytes; once forwarding, a direction never
+//! reads while it holds pending bytes; `write_shut` is set exactly once, after `read_eof` and
+//! only once every byte has been written.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -105,6 +109,78 @@ impl Flow {
         }
         self.buf_start = 0;
         self.buf_end = 0;
+    }
+
+    /// Before forwarding starts (a PROXY header being read from the client): the free space
+    /// at the end of this direction's buffer, borrowed from the pool on first use with
+    /// `headroom` bytes left free in front, so that a later [`Flow::prepend`] of at most that
+    /// many bytes moves nothing. Record what was read into it with [`Flow::filled`].
+    pub fn unfilled(&mut self, headroom: usize, io: &mut IoResources) -> &mut [u8] {
+        debug_assert!(self.pipe.is_none() && self.bytes == 0 && headroom <= io.bufs.size());
+        if self.buf.is_none() {
+            self.buf_start = headroom;
+            self.buf_end = headroom;
+        }
+        let end = self.buf_end;
+        &mut self.buf.get_or_insert_with(|| io.bufs.get())[end..]
+    }
+
+    /// `n` bytes were read into [`Flow::unfilled`].
+    pub fn filled(&mut self, n: usize) {
+        debug_assert!(self
+            .buf
+            .as_ref()
+            .is_some_and(|b| self.buf_end + n <= b.len()));
+        self.buf_end += n;
+    }
+
+    /// The bytes held in the buffer, not yet written.
+    pub fn held(&self) -> &[u8] {
+        match &self.buf {
+            Some(buf) => &buf[self.buf_start..self.buf_end],
+            None => &[],
+        }
+    }
+
+    /// The first `n` held bytes were a PROXY header, which is not forwarded: drop them. The
+    /// rest is the client's first data, counted as read and written first by `pump`.
+    pub fn skip_header(&mut self, n: usize) {
+        debug_assert!(n <= self.buf_end - self.buf_start);
+        self.buf_start += n.min(self.buf_end - self.buf_start);
+        self.bytes += (self.buf_end - self.buf_start) as u64;
+    }
+
+    /// Queue `bytes` (a PROXY header for the backend) to be written before anything held.
+    /// Only before forwarding starts, when nothing can be in a pipe. Uses the headroom left by
+    /// [`Flow::unfilled`] or a buffer from the pool; `Err` only if the held bytes leave no room
+    /// (never on l4lb's own paths: the headroom is the largest header it writes).
+    pub fn prepend(&mut self, bytes: &[u8], io: &mut IoResources) -> Result<(), Broken> {
+        debug_assert!(self.pipe.is_none());
+        let n = bytes.len();
+        let buf = match &mut self.buf {
+            Some(buf) => buf,
+            None => {
+                self.buf_start = 0;
+                self.buf_end = 0;
+                self.buf.insert(io.bufs.get())
+            }
+        };
+        if self.buf_start < n {
+            let held = self.buf_end - self.buf_start;
+            debug_assert!(
+                held + n <= buf.len(),
+                "no room to prepend {n} bytes to {held}"
+            );
+            if held + n > buf.len() {
+                return Err(Broken);
+            }
+            buf.copy_within(self.buf_start..self.buf_end, n);
+            self.buf_start = n;
+            self.buf_end = n + held;
+        }
+        self.buf_start -= n;
+        buf[self.buf_start..self.buf_start + n].copy_from_slice(bytes);
+        Ok(())
     }
 
     /// Move bytes from `src` to `dst` until one of them would block, the budget runs out, or
@@ -298,5 +374,57 @@ impl Flow {
             self.buf_end = rest;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(buf_size: usize) -> IoResources {
+        IoResources {
+            scratch: vec![0u8; buf_size].into_boxed_slice(),
+            pipes: PipePool::new(1),
+            bufs: BufferPool::new(buf_size, 1),
+            splice: SpliceMode::Never,
+        }
+    }
+
+    #[test]
+    fn header_read_then_prepend_uses_the_headroom() {
+        let mut io = io(64);
+        let mut f = Flow::new(SpliceMode::Never);
+        let room = f.unfilled(8, &mut io);
+        assert_eq!(room.len(), 56);
+        room[..10].copy_from_slice(b"PROXY|data");
+        f.filled(10);
+        assert_eq!(f.held(), b"PROXY|data");
+        f.skip_header(6);
+        assert_eq!(f.held(), b"data");
+        assert_eq!(
+            f.bytes, 4,
+            "bytes after the header count as read from the client"
+        );
+        f.prepend(b"HDR:", &mut io).unwrap();
+        assert_eq!(f.held(), b"HDR:data");
+        assert_eq!(f.buf_start, 8 + 6 - 4, "no byte moved");
+        assert_eq!(f.pending(), 8);
+        f.release(&mut io);
+        assert!(f.held().is_empty());
+    }
+
+    #[test]
+    fn prepend_without_headroom_shifts_or_borrows() {
+        let mut io = io(16);
+        let mut f = Flow::new(SpliceMode::Always);
+        f.prepend(b"HDR", &mut io).unwrap();
+        assert_eq!(f.held(), b"HDR");
+        let mut g = Flow::new(SpliceMode::Never);
+        g.unfilled(0, &mut io)[..5].copy_from_slice(b"hello");
+        g.filled(5);
+        g.skip_header(0);
+        g.prepend(b"HDR", &mut io).unwrap();
+        assert_eq!(g.held(), b"HDRhello");
+        assert_eq!(g.bytes, 5);
     }
 }

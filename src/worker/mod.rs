@@ -13,7 +13,7 @@ pub mod timer;
 pub mod udp;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +24,14 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::backend::Backend;
 use crate::balancer::{Algorithm, FlowKey, Selector};
-use crate::metrics::RejectReason;
+use crate::config::ProxyProtocol;
+use crate::limits::{ClientSlot, ClientTable};
+use crate::metrics::{ListenerCounters, RejectReason};
 use crate::net::io::{is_accept_resource_error, is_accept_transient_error};
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{try_take, ListenerState, SharedState};
 
-use conn::{Conn, ConnectState, Drive};
+use conn::{Conn, ConnectState, Drive, HeaderRead};
 use flow::IoResources;
 use slab::Slab;
 use timer::{TimerEntry, TimerWheel};
@@ -336,7 +338,15 @@ impl Worker {
         ready.read_closed |= event.is_read_closed() || event.is_error();
         if conn.connecting {
             if !backend_side {
-                // Client bytes wait in the kernel until the backend is connected.
+                // Client bytes wait in the kernel until the backend is connected; only a PROXY
+                // header is read before.
+                if conn.awaiting_header {
+                    self.read_proxy_header(key);
+                }
+                return;
+            }
+            if conn.awaiting_header {
+                // A stale event of a previous connection on this key: nothing to connect yet.
                 return;
             }
             match conn.check_connect() {
@@ -354,6 +364,18 @@ impl Worker {
                     }
                     conn.connecting = false;
                     conn.last_active = self.now;
+                    let wl = &self.listeners[conn.listener];
+                    let version = wl.state.config.proxy_protocol;
+                    if version != ProxyProtocol::Off {
+                        let dest = match wl.local {
+                            Some(addr) => addr,
+                            None => conn.client.local_addr().unwrap_or(wl.state.config.bind),
+                        };
+                        if conn.send_proxy_header(version, dest, &mut self.io).is_err() {
+                            self.close(key, true);
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -421,48 +443,30 @@ impl Worker {
         }
     }
 
-    /// Admission control for one accepted connection, then the first connect.
+    /// Admission control for one accepted connection, then the first connect. With
+    /// `accept_proxy_protocol` only the peer-level checks happen here and the rest once the
+    /// client's PROXY header is in (`admit_proxied`, `read_proxy_header`).
     fn admit(&mut self, li: usize, stream: TcpStream, peer: SocketAddr) {
         let state = self.listeners[li].state.clone();
+        if state.config.accept_proxy_protocol {
+            return self.admit_proxied(li, &state, stream, peer);
+        }
         let counters = state.counters.worker(self.id);
         let ip = peer.ip();
         if !state.acl_allows(ip) {
             counters.reject(RejectReason::Acl);
             return reset(stream);
         }
-        if !try_take(
-            &self.shared.active,
-            self.shared.max_connections.load(Ordering::Relaxed),
-        ) {
-            counters.reject(RejectReason::GlobalLimit);
+        if !self.take_counts(&state, counters) {
             return reset(stream);
         }
-        if !try_take(&state.active, state.config.max_connections) {
-            self.shared.active.fetch_sub(1, Ordering::Relaxed);
-            counters.reject(RejectReason::ListenerLimit);
-            return reset(stream);
-        }
-        let undo_counts = |shared: &SharedState| {
-            shared.active.fetch_sub(1, Ordering::Relaxed);
-            state.active.fetch_sub(1, Ordering::Relaxed);
-        };
-        if let Some(rates) = &state.rates {
-            if !rates.try_acquire(ip, self.now) {
-                undo_counts(&self.shared);
-                counters.reject(RejectReason::ClientRate);
+        let client_slot = match client_admission(&state, ip, self.now) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                self.undo_counts(&state);
+                counters.reject(reason);
                 return reset(stream);
             }
-        }
-        let client_slot = match &state.clients {
-            Some(table) => match table.acquire(ip, state.config.max_conns_per_client) {
-                Ok(slot) => Some((table.clone(), slot)),
-                Err(_) => {
-                    undo_counts(&self.shared);
-                    counters.reject(RejectReason::ClientLimit);
-                    return reset(stream);
-                }
-            },
-            None => None,
         };
         let _ = stream.set_nodelay(true);
         let (key, generation) = self.conns.reserve_key();
@@ -473,7 +477,7 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("worker {}: cannot register a client socket: {e}", self.id);
-            undo_counts(&self.shared);
+            self.undo_counts(&state);
             if let Some((table, slot)) = client_slot {
                 table.release(slot);
             }
@@ -483,21 +487,44 @@ impl Worker {
         conn.client_slot = client_slot;
         let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, key);
+        self.first_connect(key, li, Some(generation));
+    }
+
+    /// Take one unit of the global and of the listener's connection count; on refusal nothing
+    /// is held and the reason is counted.
+    #[inline]
+    fn take_counts(&self, state: &ListenerState, counters: &ListenerCounters) -> bool {
+        if !try_take(
+            &self.shared.active,
+            self.shared.max_connections.load(Ordering::Relaxed),
+        ) {
+            counters.reject(RejectReason::GlobalLimit);
+            return false;
+        }
+        if !try_take(&state.active, state.config.max_connections) {
+            self.shared.active.fetch_sub(1, Ordering::Relaxed);
+            counters.reject(RejectReason::ListenerLimit);
+            return false;
+        }
+        true
+    }
+
+    fn undo_counts(&self, state: &ListenerState) {
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        state.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The first connect of an admitted connection in the slab (`key`, of listener `li`): on
+    /// failure it is closed with a reset (counted as `no_backend` or a connect failure), else
+    /// counted as accepted. `arm`: the connection's generation when it has no timer entry yet.
+    fn first_connect(&mut self, key: usize, li: usize, arm: Option<u32>) {
         if !self.connect(key) {
             let reason_no_backend = self.conns.get(key).is_some_and(|c| c.tried_len == 0);
+            let counters = self.listeners[li].state.counters.worker(self.id);
             if reason_no_backend {
-                self.listeners[li]
-                    .state
-                    .counters
-                    .worker(self.id)
-                    .reject(RejectReason::NoBackend);
+                counters.reject(RejectReason::NoBackend);
             } else {
-                self.listeners[li]
-                    .state
-                    .counters
-                    .worker(self.id)
-                    .connect_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.connect_failures.fetch_add(1, Ordering::Relaxed);
             }
             self.close(key, true);
             return;
@@ -508,10 +535,101 @@ impl Worker {
             .worker(self.id)
             .accepted
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(conn) = self.conns.get(key) {
+        if let (Some(generation), Some(conn)) = (arm, self.conns.get(key)) {
             self.timers
                 .insert(conn.connect_deadline, TimerEntry { key, generation });
         }
+    }
+
+    /// `accept_proxy_protocol`: the peer must be a trusted proxy, and the global and listener
+    /// caps apply to it; everything about the client (ACL, per-client rate and cap, the
+    /// balancing key) waits for the address in its PROXY header. The connection enters the
+    /// slab as `awaiting_header`, with the header's deadline as its connect deadline:
+    /// `client_first_byte_timeout_ms` when set (the header is the first thing a client
+    /// sends), else `connect_timeout_ms`.
+    fn admit_proxied(
+        &mut self,
+        li: usize,
+        state: &ListenerState,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let counters = state.counters.worker(self.id);
+        if !is_trusted(&state.config.trusted_proxies, peer.ip()) {
+            counters.reject(RejectReason::Acl);
+            return reset(stream);
+        }
+        if !self.take_counts(state, counters) {
+            return reset(stream);
+        }
+        let _ = stream.set_nodelay(true);
+        let (key, generation) = self.conns.reserve_key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            conn_token(key, false),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("worker {}: cannot register a client socket: {e}", self.id);
+            self.undo_counts(state);
+            return reset(stream);
+        }
+        let config = &state.config;
+        let timeout = config
+            .client_first_byte_timeout
+            .unwrap_or(config.connect_timeout)
+            .as_millis() as u64;
+        let mut conn = Conn::new(li, generation, stream, peer, self.shared.splice, self.now);
+        conn.awaiting_header = true;
+        conn.connect_deadline = self.now + timeout;
+        let inserted = self.conns.insert(conn);
+        debug_assert_eq!(inserted, key);
+        let first = header_timer(self.now + timeout, self.now, config);
+        self.timers.insert(first, TimerEntry { key, generation });
+    }
+
+    /// A readable event while `awaiting_header`: read; once the header is in, its source
+    /// becomes the client's address, and the client-level checks and the connect follow.
+    /// No header (garbage, EOF, too long): reset, counted as `acl`.
+    fn read_proxy_header(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let li = conn.listener;
+        let parsed = match conn.read_proxy_header(&mut self.io) {
+            HeaderRead::Pending => return,
+            HeaderRead::Done(parsed) => parsed,
+            HeaderRead::Refused => {
+                self.listeners[li]
+                    .state
+                    .counters
+                    .worker(self.id)
+                    .reject(RejectReason::Acl);
+                return self.close(key, true);
+            }
+        };
+        conn.awaiting_header = false;
+        // LOCAL, UNKNOWN, UNSPEC: the proxy speaks for itself; the peer stays the client.
+        if let Some(source) = parsed.source {
+            conn.client_addr = source;
+        }
+        let ip = conn.client_addr.ip();
+        let state = &self.listeners[li].state;
+        let counters = state.counters.worker(self.id);
+        let admitted = if state.acl_allows(ip) {
+            client_admission(state, ip, self.now)
+        } else {
+            Err(RejectReason::Acl)
+        };
+        match admitted {
+            Ok(slot) => conn.client_slot = slot,
+            Err(reason) => {
+                counters.reject(reason);
+                return self.close(key, true);
+            }
+        }
+        // The header-phase timer entry fires no later than this connect's deadline
+        // (`header_timer`) and re-arms for it.
+        self.first_connect(key, li, None);
     }
 
     /// Start a connect to the next backend the balancer picks. `false` when no backend is left
@@ -613,10 +731,23 @@ impl Worker {
             let config = &self.listeners[conn.listener].state.config;
             let deadline = conn.deadline(config);
             if self.now < deadline {
-                self.timers.insert(deadline, entry);
+                let at = if conn.awaiting_header {
+                    header_timer(deadline, self.now, config)
+                } else {
+                    deadline
+                };
+                self.timers.insert(at, entry);
                 continue;
             }
-            if conn.connecting && self.now >= conn.connect_deadline {
+            if conn.awaiting_header {
+                // No complete PROXY header in time.
+                self.listeners[conn.listener]
+                    .state
+                    .counters
+                    .worker(self.id)
+                    .reject(RejectReason::Acl);
+                self.close(entry.key, true);
+            } else if conn.connecting && self.now >= conn.connect_deadline {
                 self.connect_failed(entry.key);
                 if let Some(conn) = self.conns.get(entry.key) {
                     if conn.generation == entry.generation {
@@ -660,6 +791,44 @@ impl Worker {
         }
         // Dropping the sockets closes them, which also removes them from the epoll set.
     }
+}
+
+/// The per-client checks, in order: rate, then concurrent cap. On refusal nothing is held.
+#[inline]
+fn client_admission(
+    state: &ListenerState,
+    ip: IpAddr,
+    now_ms: u64,
+) -> Result<Option<(Arc<ClientTable>, ClientSlot)>, RejectReason> {
+    if let Some(rates) = &state.rates {
+        if !rates.try_acquire(ip, now_ms) {
+            return Err(RejectReason::ClientRate);
+        }
+    }
+    match &state.clients {
+        Some(table) => match table.acquire(ip, state.config.max_conns_per_client) {
+            Ok(slot) => Ok(Some((table.clone(), slot))),
+            Err(_) => Err(RejectReason::ClientLimit),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Whether `peer` may send a PROXY header: any peer when the list is empty.
+fn is_trusted(trusted: &[ipnet::IpNet], peer: IpAddr) -> bool {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.is_empty() || trusted.iter().any(|n| n.contains(&peer))
+}
+
+/// When to arm the timer entry of a connection awaiting its PROXY header (real deadline
+/// `deadline`): no later than one connect timeout from now, so that once the header is in,
+/// the same entry fires before the connect's deadline (which is at least that far away) and
+/// re-arms for it. A connection keeps a single entry through both phases.
+fn header_timer(deadline: u64, now_ms: u64, config: &crate::config::ListenerConfig) -> u64 {
+    deadline.min(now_ms + config.connect_timeout.as_millis() as u64)
 }
 
 /// Failures in a row that mark a backend down when the listener has no `health_check` (and

@@ -603,11 +603,17 @@ fn proxy_protocol_rules() {
         err(&one_backend("proxy_protocol = \"v3\"")),
         "conf/x.toml: listener[0].proxy_protocol: unknown value \"v3\", expected one of: off, v1, v2"
     );
-    assert_eq!(
-        err(&one_backend("protocol = \"udp\"\nproxy_protocol = \"v1\"")),
-        "conf/x.toml: listener[0].proxy_protocol: \"v1\" cannot carry UDP addresses; use \"v2\" \
-         or \"off\" on a udp listener"
-    );
+    for version in ["v1", "v2"] {
+        assert_eq!(
+            err(&one_backend(&format!(
+                "protocol = \"udp\"\nproxy_protocol = \"{version}\""
+            ))),
+            "conf/x.toml: listener[0].proxy_protocol: is not implemented for udp listeners; \
+             only \"off\" is accepted"
+        );
+    }
+    let c = parse(&one_backend("protocol = \"udp\"\nproxy_protocol = \"off\""));
+    assert_eq!(c.listeners[0].proxy_protocol, ProxyProtocol::Off);
     assert_eq!(
         err(&one_backend("protocol = \"udp\"\naccept_proxy_protocol = true")),
         "conf/x.toml: listener[0].accept_proxy_protocol: only a tcp listener can accept a PROXY header"
