@@ -13,7 +13,7 @@
 //!
 //! [`AwaitingProxyHeader`]: Conn::awaiting_header
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -158,7 +158,7 @@ impl Conn {
     }
 
     /// After a writable or error event on a connecting backend socket.
-    pub fn check_connect(&self) -> ConnectState {
+    pub fn check_connect(&self, writable: bool) -> ConnectState {
         let Some(backend) = &self.backend else {
             return ConnectState::Failed;
         };
@@ -166,11 +166,12 @@ impl Conn {
             Ok(Some(_)) | Err(_) => return ConnectState::Failed,
             Ok(None) => {}
         }
-        match backend.peer_addr() {
-            Ok(_) => ConnectState::Connected,
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::InProgress,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => ConnectState::InProgress,
-            Err(_) => ConnectState::Failed,
+        // A non-blocking connect reports EPOLLOUT once it completes, and SO_ERROR says how:
+        // writable with no error is connected, without a getpeername(2) to confirm it.
+        if writable {
+            ConnectState::Connected
+        } else {
+            ConnectState::InProgress
         }
     }
 
@@ -277,6 +278,7 @@ impl Conn {
             backend,
             &mut self.backend_ready,
             io,
+            self.b2c.done(),
         );
         let down = self.b2c.pump(
             backend,
@@ -284,6 +286,7 @@ impl Conn {
             &self.client,
             &mut self.client_ready,
             io,
+            self.c2b.done(),
         );
         if self.c2b.bytes + self.b2c.bytes != before {
             self.last_active = now_ms;

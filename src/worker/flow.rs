@@ -184,7 +184,8 @@ impl Flow {
     }
 
     /// Move bytes from `src` to `dst` until one of them would block, the budget runs out, or
-    /// EOF has been passed on.
+    /// EOF has been passed on. `other_done`: the opposite direction has finished, so passing
+    /// EOF on ends the connection.
     pub fn pump(
         &mut self,
         src: &TcpStream,
@@ -192,6 +193,7 @@ impl Flow {
         dst: &TcpStream,
         dst_ready: &mut Readiness,
         io: &mut IoResources,
+        other_done: bool,
     ) -> Result<Pump, Broken> {
         let mut reads = 0;
         loop {
@@ -210,8 +212,12 @@ impl Flow {
             if self.read_eof {
                 if !self.write_shut {
                     self.write_shut = true;
-                    // The peer may already be gone; the other direction will notice.
-                    let _ = dst.shutdown(Shutdown::Write);
+                    // When the other direction is already finished the connection closes
+                    // right after this, and close(2) sends the FIN: skip the shutdown(2).
+                    if !other_done {
+                        // The peer may already be gone; the other direction will notice.
+                        let _ = dst.shutdown(Shutdown::Write);
+                    }
                 }
                 return Ok(Pump::Idle);
             }

@@ -349,7 +349,7 @@ impl Worker {
                 // A stale event of a previous connection on this key: nothing to connect yet.
                 return;
             }
-            match conn.check_connect() {
+            match conn.check_connect(event.is_writable()) {
                 ConnectState::InProgress => return,
                 ConnectState::Failed => {
                     self.connect_failed(key);
@@ -468,7 +468,7 @@ impl Worker {
                 return reset(stream);
             }
         };
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY is inherited from the listening socket (net::listener): no setsockopt.
         let (key, generation) = self.conns.reserve_key();
         let mut stream = stream;
         if let Err(e) = self.poll.registry().register(
@@ -562,7 +562,7 @@ impl Worker {
         if !self.take_counts(state, counters) {
             return reset(stream);
         }
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY is inherited from the listening socket (net::listener): no setsockopt.
         let (key, generation) = self.conns.reserve_key();
         if let Err(e) = self.poll.registry().register(
             &mut stream,
