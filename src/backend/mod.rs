@@ -1,11 +1,12 @@
 //! The shared backend table: one [`Backend`] per configured backend, holding atomics that every
-//! worker reads and updates without a lock, and the [`Pool`] snapshot of a listener's backends.
+//! worker reads and updates without a lock. A listener's backends are published to workers as
+//! a `balancer::Pool` snapshot (with its Maglev tables) in `state::ListenerState`.
 //!
-//! Control path builds a `Pool`; hot path reads it. Invariants: a `Backend` never changes its
-//! address; `active` is incremented exactly once per established-or-connecting connection and
-//! decremented exactly once when that connection ends (see `ActiveGuard`-style callers).
-//! Pools are immutable once published; state and weight change in place through atomics, so
-//! every worker sees a change on its next pick.
+//! Hot path reads and bumps the atomics (once per connection, never per read); the control
+//! path (health thread, admin API, reload) flips state and weight. Invariants: a `Backend`
+//! never changes its address; `active` is incremented exactly once when a connection (or UDP
+//! session) is sent to it and decremented exactly once when that ends, by the worker that owns
+//! it. State and weight change in place, so every worker sees a change on its next pick.
 //!
 //! A backend's state has two independent sources: health (active checks and passive connect
 //! failures: up or down) and the operator (admin API: enabled, drain or disabled). The state

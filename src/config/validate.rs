@@ -91,16 +91,6 @@ const PROXY_PROTOCOLS: &[(&str, ProxyProtocol)] = &[
     ("v2", ProxyProtocol::V2),
 ];
 
-/// The `balance` names, in the order SPEC.md lists them.
-const ALGORITHMS: &[(&str, Algorithm)] = &[
-    ("round_robin", Algorithm::RoundRobin),
-    ("weighted_round_robin", Algorithm::WeightedRoundRobin),
-    ("least_conn", Algorithm::LeastConn),
-    ("weighted_least_conn", Algorithm::WeightedLeastConn),
-    ("random_two", Algorithm::RandomTwo),
-    ("source_ip_hash", Algorithm::SourceIpHash),
-    ("five_tuple_hash", Algorithm::FiveTupleHash),
-];
 
 /// Validate `raw` (read from `path`) and build the typed configuration.
 pub(crate) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
@@ -346,12 +336,9 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
     let protocol = cx.choice(&k("protocol"), raw.protocol, Protocol::Tcp, PROTOCOLS)?;
     let bind = cx.required(&k("bind"), raw.bind)?;
     let bind = cx.bind_addr(&k("bind"), &bind)?;
-    let balance = cx.choice(
-        &k("balance"),
-        raw.balance,
-        Algorithm::RoundRobin,
-        ALGORITHMS,
-    )?;
+    // The names come from the balancer, the one place that defines them.
+    let algorithms: Vec<(&str, Algorithm)> = Algorithm::ALL.iter().map(|a| (a.as_str(), *a)).collect();
+    let balance = cx.choice(&k("balance"), raw.balance, Algorithm::RoundRobin, &algorithms)?;
 
     let connect_timeout_ms = cx.int(
         &k("connect_timeout_ms"),
