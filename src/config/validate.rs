@@ -91,7 +91,6 @@ const PROXY_PROTOCOLS: &[(&str, ProxyProtocol)] = &[
     ("v2", ProxyProtocol::V2),
 ];
 
-
 /// Validate `raw` (read from `path`) and build the typed configuration.
 pub(crate) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let cx = Cx {
@@ -337,8 +336,14 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
     let bind = cx.required(&k("bind"), raw.bind)?;
     let bind = cx.bind_addr(&k("bind"), &bind)?;
     // The names come from the balancer, the one place that defines them.
-    let algorithms: Vec<(&str, Algorithm)> = Algorithm::ALL.iter().map(|a| (a.as_str(), *a)).collect();
-    let balance = cx.choice(&k("balance"), raw.balance, Algorithm::RoundRobin, &algorithms)?;
+    let algorithms: Vec<(&str, Algorithm)> =
+        Algorithm::ALL.iter().map(|a| (a.as_str(), *a)).collect();
+    let balance = cx.choice(
+        &k("balance"),
+        raw.balance,
+        Algorithm::RoundRobin,
+        &algorithms,
+    )?;
 
     let connect_timeout_ms = cx.int(
         &k("connect_timeout_ms"),
