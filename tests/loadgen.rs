@@ -187,29 +187,33 @@ fn check_clean(json: &str) {
 
 const SHORT: Duration = Duration::from_secs(15);
 
+/// Runs a client subcommand with `--json` (within `SHORT`), requires exit 0 and a clean summary
+/// (`check_clean`), and returns the output with its JSON summary.
+fn run_clean(args: &[&str]) -> (Output, String) {
+    let args = [args, &["--json"]].concat();
+    let o = run(&args, SHORT);
+    assert!(o.status.success(), "{args:?}: {o:?}");
+    let j = summary(&o);
+    check_clean(&j);
+    (o, j)
+}
+
 #[test]
 fn tcp_rr_against_echo() {
     let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "echo"]);
-    let o = run(
-        &[
-            "tcp-rr",
-            "--target",
-            &s.addr(0),
-            "--conns",
-            "8",
-            "--duration",
-            "1.5",
-            "--size",
-            "64",
-            "--threads",
-            "2",
-            "--json",
-        ],
-        SHORT,
-    );
-    assert!(o.status.success(), "{o:?}");
-    let j = summary(&o);
-    check_clean(&j);
+    let (o, j) = run_clean(&[
+        "tcp-rr",
+        "--target",
+        &s.addr(0),
+        "--conns",
+        "8",
+        "--duration",
+        "1.5",
+        "--size",
+        "64",
+        "--threads",
+        "2",
+    ]);
     assert!(j.contains("\"mode\":\"tcp-rr\""));
     assert_eq!(num(&j, "bytes"), num(&j, "transactions") * 128.0);
     // Progress lines go to stderr when stdout carries JSON.
@@ -219,24 +223,17 @@ fn tcp_rr_against_echo() {
 #[test]
 fn tcp_crr_against_echo_with_sources() {
     let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "echo"]);
-    let o = run(
-        &[
-            "tcp-crr",
-            "--target",
-            &s.addr(0),
-            "--conns",
-            "4",
-            "--duration",
-            "1",
-            "--sources",
-            "127.0.0.2-127.0.0.5",
-            "--json",
-        ],
-        SHORT,
-    );
-    assert!(o.status.success(), "{o:?}");
-    let j = summary(&o);
-    check_clean(&j);
+    let (_, j) = run_clean(&[
+        "tcp-crr",
+        "--target",
+        &s.addr(0),
+        "--conns",
+        "4",
+        "--duration",
+        "1",
+        "--sources",
+        "127.0.0.2-127.0.0.5",
+    ]);
     assert_eq!(num(&j, "sources"), 4.0);
     let served = s.stop();
     let line = served.first().expect("served line");
@@ -252,23 +249,16 @@ fn tcp_crr_against_echo_with_sources() {
 #[test]
 fn tcp_crr_http_counts_backends() {
     let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "http"]);
-    let o = run(
-        &[
-            "tcp-crr",
-            "--http",
-            "--target",
-            &s.addr(0),
-            "--conns",
-            "4",
-            "--duration",
-            "1",
-            "--json",
-        ],
-        SHORT,
-    );
-    assert!(o.status.success(), "{o:?}");
-    let j = summary(&o);
-    check_clean(&j);
+    let (o, j) = run_clean(&[
+        "tcp-crr",
+        "--http",
+        "--target",
+        &s.addr(0),
+        "--conns",
+        "4",
+        "--duration",
+        "1",
+    ]);
     let per_backend = num(&j, &s.addr(0));
     assert_eq!(per_backend, num(&j, "transactions"), "{j}");
     let text = String::from_utf8_lossy(&o.stderr);
@@ -288,24 +278,17 @@ fn tcp_stream_all_directions() {
         ("recv", source.addr(0)),
         ("both", s.addr(0)),
     ] {
-        let o = run(
-            &[
-                "tcp-stream",
-                "--direction",
-                dir,
-                "--target",
-                &target,
-                "--conns",
-                "2",
-                "--duration",
-                "1",
-                "--json",
-            ],
-            SHORT,
-        );
-        assert!(o.status.success(), "{dir}: {o:?}");
-        let j = summary(&o);
-        check_clean(&j);
+        let (_, j) = run_clean(&[
+            "tcp-stream",
+            "--direction",
+            dir,
+            "--target",
+            &target,
+            "--conns",
+            "2",
+            "--duration",
+            "1",
+        ]);
         assert!(num(&j, "gbit_s") > 0.0, "{j}");
         assert!(j.contains(&format!("\"direction\":\"{dir}\"")));
     }
@@ -314,24 +297,17 @@ fn tcp_stream_all_directions() {
 #[test]
 fn udp_rr_against_echo() {
     let s = Server::start(&["--udp", "127.0.0.1:0", "--mode", "echo"]);
-    let o = run(
-        &[
-            "udp-rr",
-            "--target",
-            &s.addr(0),
-            "--conns",
-            "8",
-            "--duration",
-            "1",
-            "--size",
-            "512",
-            "--json",
-        ],
-        SHORT,
-    );
-    assert!(o.status.success(), "{o:?}");
-    let j = summary(&o);
-    check_clean(&j);
+    run_clean(&[
+        "udp-rr",
+        "--target",
+        &s.addr(0),
+        "--conns",
+        "8",
+        "--duration",
+        "1",
+        "--size",
+        "512",
+    ]);
     let served = s.stop();
     assert!(served[0].contains("proto=udp"), "{served:?}");
 }
@@ -364,25 +340,18 @@ fn udp_rr_counts_timeouts() {
 #[test]
 fn hold_500_verifies_all() {
     let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "echo"]);
-    let o = run(
-        &[
-            "hold",
-            "--target",
-            &s.addr(0),
-            "--conns",
-            "500",
-            "--hold",
-            "0.5",
-            "--json",
-        ],
-        SHORT,
-    );
-    assert!(o.status.success(), "{o:?}");
-    let j = summary(&o);
+    let (o, j) = run_clean(&[
+        "hold",
+        "--target",
+        &s.addr(0),
+        "--conns",
+        "500",
+        "--hold",
+        "0.5",
+    ]);
     assert_eq!(num(&j, "opened"), 500.0, "{j}");
     assert_eq!(num(&j, "verified"), 500.0, "{j}");
     assert!(num(&j, "open_s") > 0.0, "{j}");
-    check_clean(&j);
     assert!(String::from_utf8_lossy(&o.stderr).contains("opened 500/500 connections"));
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 
-use super::eligible;
+use super::rotating_scan;
 
 #[inline]
 pub(super) fn pick(
@@ -19,23 +19,8 @@ pub(super) fn pick(
     members: &[usize],
     tried: &[usize],
 ) -> Option<usize> {
-    let n = members.len();
-    if n == 0 {
-        return None;
-    }
-    let start = if *cursor < n { *cursor } else { *cursor % n };
-    *cursor = if start + 1 == n { 0 } else { start + 1 };
     let mut best: Option<(usize, u32)> = None;
-    let mut pos = start;
-    for _ in 0..n {
-        let i = members[pos];
-        pos += 1;
-        if pos == n {
-            pos = 0;
-        }
-        if !eligible(backends, i, tried) {
-            continue;
-        }
+    for i in rotating_scan(cursor, backends, members, tried) {
         let active = backends[i].active();
         if best.is_none_or(|(_, a)| active < a) {
             best = Some((i, active));
@@ -55,12 +40,6 @@ mod tests {
     use crate::balancer::test_util::*;
     use crate::balancer::{Algorithm, Pool, Selector};
 
-    fn set_active(pool: &Pool, active: &[u32]) {
-        for (b, &a) in pool.backends().iter().zip(active) {
-            b.active.store(a, Ordering::Relaxed);
-        }
-    }
-
     #[test]
     fn picks_the_least_active() {
         let pool = Pool::new(Algorithm::LeastConn, equal(4));
@@ -79,10 +58,7 @@ mod tests {
         let pool = Pool::new(Algorithm::LeastConn, equal(3));
         set_active(&pool, &[4, 4, 4]);
         let mut sel = Selector::new(0);
-        let seq: Vec<usize> = (0..6)
-            .map(|_| sel.pick(&pool, &any_key(), &[]).unwrap())
-            .collect();
-        assert_eq!(seq, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(sequence(&pool, &mut sel, 6), [0, 1, 2, 0, 1, 2]);
     }
 
     /// Simulated load: each pick opens a connection; the counts stay level.

@@ -361,6 +361,53 @@ fn eligible(backends: &[Arc<Backend>], i: usize, tried: &[usize]) -> bool {
     backends.get(i).is_some_and(|b| b.is_available()) && !tried.contains(&i)
 }
 
+/// Where a pass round a class of `n` members starts: `cursor`, which the passes keep below
+/// `n`; `%` only after the class shrank or for the initial seed (0 for an empty class).
+#[inline]
+fn ring_start(cursor: usize, n: usize) -> usize {
+    if cursor < n {
+        cursor
+    } else {
+        cursor.checked_rem(n).unwrap_or(0)
+    }
+}
+
+/// The position after `pos` in a class of `n` members, wrapping to 0.
+#[inline]
+fn ring_next(pos: usize, n: usize) -> usize {
+    if pos + 1 == n {
+        0
+    } else {
+        pos + 1
+    }
+}
+
+/// One pass round a class of `n` members: positions `start..n`, then `0..start`.
+#[inline]
+fn ring(start: usize, n: usize) -> impl Iterator<Item = usize> {
+    (start..n).chain(0..start)
+}
+
+/// The eligible members of a class, in one pass from the worker's rotating start, which moves
+/// on by one per call: the scan of `least_conn` and `weighted_least_conn`, so that among equal
+/// candidates the first seen, and so the one chosen, changes from pick to pick.
+#[inline]
+fn rotating_scan<'a>(
+    cursor: &mut usize,
+    backends: &'a [Arc<Backend>],
+    members: &'a [usize],
+    tried: &'a [usize],
+) -> impl Iterator<Item = usize> + 'a {
+    let n = members.len();
+    let start = ring_start(*cursor, n);
+    if n > 0 {
+        *cursor = ring_next(start, n);
+    }
+    ring(start, n)
+        .map(move |pos| members[pos])
+        .filter(move |&i| eligible(backends, i, tried))
+}
+
 /// Per-worker mutable selection state (round-robin cursor, smooth-WRR current weights, RNG).
 /// One per worker per listener; never shared, so no atomics or locks needed for it.
 #[derive(Debug)]
@@ -473,6 +520,20 @@ pub(crate) mod test_util {
 
     pub(crate) fn any_key() -> FlowKey {
         key("198.51.100.1:40000")
+    }
+
+    /// Sets the backends' active counts, in order.
+    pub(crate) fn set_active(pool: &Pool, active: &[u32]) {
+        for (b, &a) in pool.backends().iter().zip(active) {
+            b.active.store(a, Ordering::Relaxed);
+        }
+    }
+
+    /// The next `n` picks of `sel` from `pool`, with nothing tried.
+    pub(crate) fn sequence(pool: &Pool, sel: &mut Selector, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| sel.pick(pool, &any_key(), &[]).unwrap())
+            .collect()
     }
 }
 

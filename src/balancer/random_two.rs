@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 
-use super::eligible;
+use super::{eligible, ring};
 
 /// Random draws before falling back to a scan. With a fraction `p` of the class eligible, all
 /// draws miss with probability `(1-p)^4`: 6% at p = 0.5; the scan keeps the worst case bounded.
@@ -80,18 +80,9 @@ fn draw(
             return Some(i);
         }
     }
-    let mut pos = rng.below(n);
-    for _ in 0..n {
-        let i = members[pos];
-        if i != exclude && eligible(backends, i, tried) {
-            return Some(i);
-        }
-        pos += 1;
-        if pos == n {
-            pos = 0;
-        }
-    }
-    None
+    ring(rng.below(n), n)
+        .map(|pos| members[pos])
+        .find(|&i| i != exclude && eligible(backends, i, tried))
 }
 
 #[cfg(test)]
@@ -102,12 +93,6 @@ mod tests {
     use crate::backend::BackendState;
     use crate::balancer::test_util::*;
     use crate::balancer::{Algorithm, Pool, Selector};
-
-    fn set_active(pool: &Pool, active: &[u32]) {
-        for (b, &a) in pool.backends().iter().zip(active) {
-            b.active.store(a, Ordering::Relaxed);
-        }
-    }
 
     #[test]
     fn never_picks_the_busier_of_two() {

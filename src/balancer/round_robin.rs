@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 
-use super::eligible;
+use super::{eligible, ring, ring_next, ring_start};
 
 /// The next eligible member at or after `*cursor`; moves the cursor past it.
 #[inline]
@@ -20,23 +20,10 @@ pub(super) fn pick(
     tried: &[usize],
 ) -> Option<usize> {
     let n = members.len();
-    if n == 0 {
-        return None;
-    }
-    // The cursor is kept below n; `%` only after the class shrank or for the initial seed.
-    let mut pos = if *cursor < n { *cursor } else { *cursor % n };
-    for _ in 0..n {
-        let i = members[pos];
-        pos += 1;
-        if pos == n {
-            pos = 0;
-        }
-        if eligible(backends, i, tried) {
-            *cursor = pos;
-            return Some(i);
-        }
-    }
-    None
+    let pos =
+        ring(ring_start(*cursor, n), n).find(|&pos| eligible(backends, members[pos], tried))?;
+    *cursor = ring_next(pos, n);
+    Some(members[pos])
 }
 
 #[cfg(test)]
@@ -44,12 +31,6 @@ mod tests {
     use crate::backend::BackendState;
     use crate::balancer::test_util::*;
     use crate::balancer::{Algorithm, Pool, Selector};
-
-    fn sequence(pool: &Pool, sel: &mut Selector, n: usize) -> Vec<usize> {
-        (0..n)
-            .map(|_| sel.pick(pool, &any_key(), &[]).unwrap())
-            .collect()
-    }
 
     #[test]
     fn rotates_in_order_from_the_seed() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 
-use super::eligible;
+use super::rotating_scan;
 
 #[inline]
 pub(super) fn pick(
@@ -21,24 +21,9 @@ pub(super) fn pick(
     members: &[usize],
     tried: &[usize],
 ) -> Option<usize> {
-    let n = members.len();
-    if n == 0 {
-        return None;
-    }
-    let start = if *cursor < n { *cursor } else { *cursor % n };
-    *cursor = if start + 1 == n { 0 } else { start + 1 };
     // (index, active + 1, weight)
     let mut best: Option<(usize, u64, u64)> = None;
-    let mut pos = start;
-    for _ in 0..n {
-        let i = members[pos];
-        pos += 1;
-        if pos == n {
-            pos = 0;
-        }
-        if !eligible(backends, i, tried) {
-            continue;
-        }
+    for i in rotating_scan(cursor, backends, members, tried) {
         let b = &backends[i];
         let load = u64::from(b.active()) + 1;
         let weight = u64::from(b.weight());
@@ -60,12 +45,6 @@ mod tests {
 
     use crate::balancer::test_util::*;
     use crate::balancer::{Algorithm, Pool, Selector};
-
-    fn set_active(pool: &Pool, active: &[u32]) {
-        for (b, &a) in pool.backends().iter().zip(active) {
-            b.active.store(a, Ordering::Relaxed);
-        }
-    }
 
     #[test]
     fn respects_weights() {
@@ -111,9 +90,6 @@ mod tests {
         let pool = Pool::new(Algorithm::WeightedLeastConn, equal(3));
         set_active(&pool, &[2, 2, 2]);
         let mut sel = Selector::new(0);
-        let seq: Vec<usize> = (0..6)
-            .map(|_| sel.pick(&pool, &any_key(), &[]).unwrap())
-            .collect();
-        assert_eq!(seq, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(sequence(&pool, &mut sel, 6), [0, 1, 2, 0, 1, 2]);
     }
 }

@@ -50,12 +50,6 @@ mod tests {
     use crate::balancer::test_util::*;
     use crate::balancer::{Algorithm, Pool, Selector};
 
-    fn sequence(pool: &Pool, sel: &mut Selector, n: usize) -> Vec<usize> {
-        (0..n)
-            .map(|_| sel.pick(pool, &any_key(), &[]).unwrap())
-            .collect()
-    }
-
     #[test]
     fn nginx_sequence_for_5_1_1() {
         let pool = Pool::new(

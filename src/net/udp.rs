@@ -199,6 +199,35 @@ impl Batch {
         self.local[to] = self.local[from];
     }
 
+    /// Headers for one call over slots `start..end` (clipped to the batch) and their count
+    /// (0: nothing to do): each points through its own entry of `iov` at its slot, the whole
+    /// slot to receive into (`whole`) or the datagram it holds to send; names and control
+    /// data are the caller's to add. The pointers are only stored here, never read.
+    fn headers(
+        &mut self,
+        iov: &mut [libc::iovec; BATCH],
+        start: usize,
+        end: usize,
+        whole: bool,
+    ) -> ([libc::mmsghdr; BATCH], usize) {
+        // SAFETY (zeroed): as for `iov` in the callers.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        let end = end.min(BATCH);
+        if start >= end {
+            return (hdrs, 0);
+        }
+        let data = self.data.as_mut_ptr();
+        for (k, (v, hdr)) in iov.iter_mut().zip(&mut hdrs).enumerate().take(end - start) {
+            let i = start + k;
+            // In bounds: i < BATCH and data has BATCH * SLOT_SIZE bytes.
+            v.iov_base = data.wrapping_add(i * SLOT_SIZE).cast();
+            v.iov_len = if whole { SLOT_SIZE } else { self.lens[i] };
+            hdr.msg_hdr.msg_iov = v;
+            hdr.msg_hdr.msg_iovlen = 1;
+        }
+        (hdrs, end - start)
+    }
+
     /// recvmmsg(2) into slots `start..end` of `fd` without blocking. `Ok(n)`: slots
     /// `start..start + n` hold datagrams; `n < end - start` means the queue is empty now (the
     /// next arrival raises a new edge), so the caller need not call again to see `WouldBlock`.
@@ -211,23 +240,15 @@ impl Batch {
         addrs: bool,
         pktinfo: bool,
     ) -> io::Result<usize> {
-        let end = end.min(BATCH);
-        if start >= end {
-            return Ok(0);
-        }
-        let count = end - start;
         // SAFETY (zeroed): plain C structs; null pointers and zero lengths are valid values.
         let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        let data = self.data.as_mut_ptr();
-        for k in 0..count {
+        let (mut hdrs, count) = self.headers(&mut iov, start, end, true);
+        if count == 0 {
+            return Ok(0);
+        }
+        for (k, hdr) in hdrs.iter_mut().enumerate().take(count) {
             let i = start + k;
-            // In bounds: i < BATCH and data has BATCH * SLOT_SIZE bytes.
-            iov[k].iov_base = data.wrapping_add(i * SLOT_SIZE).cast();
-            iov[k].iov_len = SLOT_SIZE;
-            let h = &mut hdrs[k].msg_hdr;
-            h.msg_iov = &mut iov[k];
-            h.msg_iovlen = 1;
+            let h = &mut hdr.msg_hdr;
             if addrs {
                 h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
                 h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -285,22 +306,15 @@ impl Batch {
         end: usize,
         addrs: bool,
     ) -> io::Result<usize> {
-        let end = end.min(BATCH);
-        if start >= end {
-            return Ok(0);
-        }
-        let count = end - start;
         // SAFETY (zeroed): plain C structs; null pointers and zero lengths are valid values.
         let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        let data = self.data.as_mut_ptr();
-        for k in 0..count {
+        let (mut hdrs, count) = self.headers(&mut iov, start, end, false);
+        if count == 0 {
+            return Ok(0);
+        }
+        for (k, hdr) in hdrs.iter_mut().enumerate().take(count) {
             let i = start + k;
-            iov[k].iov_base = data.wrapping_add(i * SLOT_SIZE).cast();
-            iov[k].iov_len = self.lens[i];
-            let h = &mut hdrs[k].msg_hdr;
-            h.msg_iov = &mut iov[k];
-            h.msg_iovlen = 1;
+            let h = &mut hdr.msg_hdr;
             if !addrs {
                 continue;
             }

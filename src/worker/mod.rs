@@ -518,10 +518,10 @@ impl Worker {
     /// failure it is closed with a reset (counted as `no_backend` or a connect failure), else
     /// counted as accepted. `arm`: the connection's generation when it has no timer entry yet.
     fn first_connect(&mut self, key: usize, li: usize, arm: Option<u32>) {
-        if !self.connect(key) {
-            let reason_no_backend = self.conns.get(key).is_some_and(|c| c.tried_len == 0);
+        let outcome = self.connect(key);
+        if outcome != ConnectStart::Started {
             let counters = self.listeners[li].state.counters.worker(self.id);
-            if reason_no_backend {
+            if outcome == ConnectStart::NoBackend {
                 counters.reject(RejectReason::NoBackend);
             } else {
                 counters.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -536,8 +536,9 @@ impl Worker {
             .accepted
             .fetch_add(1, Ordering::Relaxed);
         if let (Some(generation), Some(conn)) = (arm, self.conns.get(key)) {
+            let config = &self.listeners[li].state.config;
             self.timers
-                .insert(conn.connect_deadline, TimerEntry { key, generation });
+                .insert(conn.deadline(config), TimerEntry { key, generation });
         }
     }
 
@@ -634,9 +635,9 @@ impl Worker {
 
     /// Start a connect to the next backend the balancer picks. `false` when no backend is left
     /// to try (none available, or `connect_retries` exhausted).
-    fn connect(&mut self, key: usize) -> bool {
+    fn connect(&mut self, key: usize) -> ConnectStart {
         let Some(conn) = self.conns.get_mut(key) else {
-            return false;
+            return ConnectStart::NoBackend;
         };
         let wl = &mut self.listeners[conn.listener];
         let retries = wl.state.config.connect_retries as usize;
@@ -655,7 +656,11 @@ impl Worker {
         let pool = wl.state.pool.load();
         while conn.tried_len <= retries {
             let Some(index) = wl.selector.pick(&pool, &flow_key, conn.tried()) else {
-                return false;
+                return if conn.tried_len == 0 {
+                    ConnectStart::NoBackend
+                } else {
+                    ConnectStart::Exhausted
+                };
             };
             let backend = pool.backends()[index].clone();
             backend.active.fetch_add(1, Ordering::Relaxed);
@@ -678,7 +683,17 @@ impl Worker {
                     conn.connecting = true;
                     conn.connect_deadline =
                         self.now + wl.state.config.connect_timeout.as_millis() as u64;
-                    return true;
+                    return ConnectStart::Started;
+                }
+                Err(e) if is_accept_resource_error(&e) => {
+                    // Out of descriptors or memory here, not the backend's fault: no passive
+                    // failure, and no more accepting until the back-off is over.
+                    backend.active.fetch_sub(1, Ordering::Relaxed);
+                    backend.total.fetch_sub(1, Ordering::Relaxed);
+                    for l in &mut self.listeners {
+                        l.paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
+                    }
+                    return ConnectStart::LocalError;
                 }
                 Err(_) => {
                     backend.active.fetch_sub(1, Ordering::Relaxed);
@@ -687,7 +702,7 @@ impl Worker {
                 }
             }
         }
-        false
+        ConnectStart::Exhausted
     }
 
     /// The connect in flight failed (refused, unreachable, or timed out): count it against the
@@ -704,7 +719,7 @@ impl Worker {
         let index = conn.backend_index;
         conn.record_failed(index);
         let li = conn.listener;
-        if !self.connect(key) {
+        if self.connect(key) != ConnectStart::Started {
             self.listeners[li]
                 .state
                 .counters
@@ -829,6 +844,19 @@ fn is_trusted(trusted: &[ipnet::IpNet], peer: IpAddr) -> bool {
 /// re-arms for it. A connection keeps a single entry through both phases.
 fn header_timer(deadline: u64, now_ms: u64, config: &crate::config::ListenerConfig) -> u64 {
     deadline.min(now_ms + config.connect_timeout.as_millis() as u64)
+}
+
+/// How a connect attempt started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectStart {
+    /// A connect is in flight.
+    Started,
+    /// No backend can take the connection (all down, drained, full...).
+    NoBackend,
+    /// Every allowed attempt failed.
+    Exhausted,
+    /// This process is out of descriptors or memory.
+    LocalError,
 }
 
 /// Failures in a row that mark a backend down when the listener has no `health_check` (and

@@ -125,6 +125,8 @@ pub struct Conf {
     pub ipv6: bool,
     /// Extra `key = value` lines of `[runtime]`.
     pub runtime_extra: Vec<String>,
+    /// Start l4lb with this open-files limit (soft and hard), through `sh -c 'ulimit -n'`.
+    pub nofile: Option<u64>,
 }
 
 impl Conf {
@@ -140,6 +142,7 @@ impl Conf {
             backends: backends.iter().map(|a| format!("addr = \"{a}\"")).collect(),
             ipv6: false,
             runtime_extra: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -182,6 +185,12 @@ impl Conf {
     /// Add one `key = value` line to `[runtime]`.
     pub fn runtime(mut self, line: &str) -> Conf {
         self.runtime_extra.push(line.to_string());
+        self
+    }
+
+    /// Run the balancer with a hard open-files limit of `n`.
+    pub fn nofile(mut self, n: u64) -> Conf {
+        self.nofile = Some(n);
         self
     }
 
@@ -281,7 +290,18 @@ impl L4lb {
     fn try_start(conf: &Conf, addr: SocketAddr) -> Result<L4lb, StartError> {
         let dir = TempDir::new("lb");
         let config_path = dir.write("l4lb.toml", &conf.render(addr));
-        let mut child = Command::new(l4lb_bin())
+        let mut command = match conf.nofile {
+            // exec keeps the PID, so the readiness check below still finds the listener.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(l4lb_bin());
+                c
+            }
+            None => Command::new(l4lb_bin()),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")

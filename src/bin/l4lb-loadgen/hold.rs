@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Poll, Token};
 
-use crate::driver::{Ctx, TICK};
+use crate::driver::{self, Ctx, Waited, TICK};
 use crate::net::{self, ConnectState, ErrKind};
 use crate::opts::{ClientOpts, HoldOpts, Mode};
 use crate::stats::Stats;
@@ -74,8 +74,8 @@ pub fn run(mut ctx: Ctx) -> Stats {
             state: State::NotStarted,
         })
         .collect();
-    match Poll::new() {
-        Ok(mut poll) => {
+    match driver::poller(&ctx, &mut st) {
+        Some(mut poll) => {
             open_phase(&mut ctx, &mut poll, &mut conns, &mut st, &h, bounds.open);
             ctx.live
                 .open_done
@@ -85,9 +85,7 @@ pub fn run(mut ctx: Ctx) -> Stats {
             hold_phase(&ctx, bounds.hold);
             verify_phase(&ctx, &mut poll, &mut conns, &mut st, bounds.verify);
         }
-        Err(e) => {
-            log::error!("worker {}: cannot create a poller: {e}", ctx.index);
-            st.error(ErrKind::Other);
+        None => {
             ctx.live
                 .open_done
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -155,13 +153,13 @@ fn open_phase(
             st.publish(&ctx.live);
             next_sweep = now + TICK;
         }
-        if let Err(e) = poll.poll(&mut events, Some(TICK)) {
-            if net::interrupted(&e) {
-                continue;
+        match driver::wait(poll, &mut events, TICK, ctx) {
+            Waited::Ready => {}
+            Waited::Interrupted => continue,
+            Waited::Failed => {
+                st.error(ErrKind::Other);
+                break;
             }
-            log::error!("worker {}: poll failed: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            break;
         }
         for ev in events.iter() {
             let Some(c) = conns.get_mut(ev.token().0) else {
@@ -233,12 +231,10 @@ fn verify_phase(ctx: &Ctx, poll: &mut Poll, conns: &mut [Conn], st: &mut Stats, 
             break;
         }
         st.publish(&ctx.live);
-        if let Err(e) = poll.poll(&mut events, Some((end - now).min(TICK * 20))) {
-            if net::interrupted(&e) {
-                continue;
-            }
-            log::error!("worker {}: poll failed: {e}", ctx.index);
-            break;
+        match driver::wait(poll, &mut events, (end - now).min(TICK * 20), ctx) {
+            Waited::Ready => {}
+            Waited::Interrupted => continue,
+            Waited::Failed => break,
         }
         for ev in events.iter() {
             if let Some(c) = conns.get_mut(ev.token().0) {

@@ -98,34 +98,24 @@ pub fn run(args: ServeArgs) -> u8 {
     });
 
     let mut infos = Vec::new();
-    let mut tcp_socks = Vec::new();
-    let mut udp_socks = Vec::new();
-    for &addr in &args.tcp {
-        match bind_tcp(addr) {
-            Ok(l) => {
-                let local = l.local_addr().unwrap_or(addr);
-                infos.push(ListenerInfo::new(local, false));
-                tcp_socks.push((l, infos.len() - 1));
-            }
-            Err(e) => {
-                eprintln!("l4lb-loadgen serve: cannot listen on tcp {addr}: {e}");
-                return 1;
-            }
-        }
-    }
-    for &addr in &args.udp {
-        match bind_udp(addr) {
-            Ok(u) => {
-                let local = u.local_addr().unwrap_or(addr);
-                infos.push(ListenerInfo::new(local, true));
-                udp_socks.push((u, infos.len() - 1));
-            }
-            Err(e) => {
-                eprintln!("l4lb-loadgen serve: cannot bind udp {addr}: {e}");
-                return 1;
-            }
-        }
-    }
+    let Some(tcp_socks) = bind_all(
+        &args.tcp,
+        false,
+        &mut infos,
+        bind_tcp,
+        std::net::TcpListener::local_addr,
+    ) else {
+        return 1;
+    };
+    let Some(udp_socks) = bind_all(
+        &args.udp,
+        true,
+        &mut infos,
+        bind_udp,
+        std::net::UdpSocket::local_addr,
+    ) else {
+        return 1;
+    };
     let mode_name = match args.mode {
         ServeMode::Echo => "echo",
         ServeMode::Sink => "sink",
@@ -204,6 +194,34 @@ pub fn run(args: ServeArgs) -> u8 {
     }
     let _ = out.flush();
     0
+}
+
+/// Binds every address in `addrs` (TCP or UDP), recording each in `infos` under the address
+/// it really got (port 0 resolved); the sockets come back with their index in `infos`. The
+/// first failure is reported on stderr and ends the binding (`None`).
+fn bind_all<S>(
+    addrs: &[SocketAddr],
+    udp: bool,
+    infos: &mut Vec<ListenerInfo>,
+    bind: fn(SocketAddr) -> io::Result<S>,
+    local_addr: fn(&S) -> io::Result<SocketAddr>,
+) -> Option<Vec<(S, usize)>> {
+    let mut socks = Vec::new();
+    for &addr in addrs {
+        match bind(addr) {
+            Ok(s) => {
+                let local = local_addr(&s).unwrap_or(addr);
+                infos.push(ListenerInfo::new(local, udp));
+                socks.push((s, infos.len() - 1));
+            }
+            Err(e) => {
+                let what = if udp { "bind udp" } else { "listen on tcp" };
+                eprintln!("l4lb-loadgen serve: cannot {what} {addr}: {e}");
+                return None;
+            }
+        }
+    }
+    Some(socks)
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

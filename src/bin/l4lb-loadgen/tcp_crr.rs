@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use memchr::memmem;
 use mio::net::TcpStream;
-use mio::{Events, Poll, Token};
+use mio::Poll;
 
-use crate::driver::{Ctx, RETRY_BACKOFF, TICK};
+use crate::driver::{self, Ctx, TcpConn, Workload};
 use crate::net::{self, ConnectState, ErrKind};
 use crate::opts::Mode;
 use crate::stats::Stats;
@@ -57,118 +57,96 @@ struct Slot {
     resp: Vec<u8>,
 }
 
+impl TcpConn for Slot {
+    const NODELAY: bool = true;
+    fn stream_mut(&mut self) -> &mut Option<TcpStream> {
+        &mut self.stream
+    }
+    fn set_idle(&mut self, retry_at: Instant) {
+        self.state = State::Idle { retry_at };
+    }
+    fn set_connecting(&mut self, t0: Instant, deadline: Instant) {
+        // A new transaction: its response starts empty (capacity kept, no allocation).
+        self.resp.clear();
+        self.state = State::Connecting { t0, deadline };
+    }
+}
+
 enum Progress {
     Pending,
     Finished,
 }
 
-pub fn run(mut ctx: Ctx) -> Stats {
-    let mut st = Stats::new();
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("worker {}: cannot create a poller: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            return st;
-        }
-    };
-    let http = matches!(ctx.opts.mode, Mode::TcpCrr { http: true });
-    let request: Vec<u8> = if http {
-        HTTP_REQUEST.to_vec()
-    } else {
-        vec![b'c'; ctx.opts.size]
-    };
-    let expect = if http { None } else { Some(ctx.opts.size) };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut events = Events::with_capacity(1024);
-    let mut slots: Vec<Slot> = (0..ctx.conns)
-        .map(|_| Slot {
-            stream: None,
-            state: State::Idle {
-                retry_at: ctx.start,
+struct Crr {
+    slots: Vec<Slot>,
+    request: Vec<u8>,
+    /// Echo: the response length; `None` for `--http` (read until EOF).
+    expect: Option<usize>,
+    buf: Vec<u8>,
+}
+
+pub fn run(ctx: Ctx) -> Stats {
+    driver::event_loop(ctx, |ctx| {
+        let http = matches!(ctx.opts.mode, Mode::TcpCrr { http: true });
+        Crr {
+            slots: (0..ctx.conns)
+                .map(|_| Slot {
+                    stream: None,
+                    state: State::Idle {
+                        retry_at: ctx.start,
+                    },
+                    resp: Vec::new(),
+                })
+                .collect(),
+            request: if http {
+                HTTP_REQUEST.to_vec()
+            } else {
+                vec![b'c'; ctx.opts.size]
             },
-            resp: Vec::new(),
-        })
-        .collect();
-    let mut next_sweep = ctx.start;
-    loop {
-        let now = Instant::now();
-        if ctx.done(now) {
-            break;
+            expect: if http { None } else { Some(ctx.opts.size) },
+            buf: vec![0u8; 64 * 1024],
         }
-        if now >= next_sweep {
-            for (i, s) in slots.iter_mut().enumerate() {
-                match s.state {
-                    State::Idle { retry_at } if now >= retry_at => {
-                        open(s, i, &poll, &mut ctx, &mut st, now);
-                    }
-                    State::Connecting { deadline, .. } if now >= deadline => {
-                        fail(s, &mut st, ErrKind::ConnectTimeout, now);
-                    }
-                    State::Sending { deadline, .. } | State::Receiving { deadline, .. }
-                        if now >= deadline =>
-                    {
-                        fail(s, &mut st, ErrKind::Timeout, now);
-                    }
-                    _ => {}
+    })
+}
+
+impl Workload for Crr {
+    fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            match s.state {
+                State::Idle { retry_at } if now >= retry_at => {
+                    s.open(i, poll, ctx, st, now);
                 }
-            }
-            st.publish(&ctx.live);
-            next_sweep = now + TICK;
-        }
-        if let Err(e) = poll.poll(&mut events, Some(TICK)) {
-            if net::interrupted(&e) {
-                continue;
-            }
-            log::error!("worker {}: poll failed: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            break;
-        }
-        for ev in events.iter() {
-            let i = ev.token().0;
-            let Some(s) = slots.get_mut(i) else {
-                continue;
-            };
-            match drive(s, &mut st, &request, expect, &mut buf, &ctx) {
-                Ok(Progress::Pending) => {}
-                Ok(Progress::Finished) => {
-                    s.stream = None;
-                    let now = Instant::now();
-                    if ctx.done(now) {
-                        s.state = State::Idle { retry_at: now };
-                    } else {
-                        open(s, i, &poll, &mut ctx, &mut st, now);
-                    }
+                State::Connecting { deadline, .. } if now >= deadline => {
+                    s.fail(st, ErrKind::ConnectTimeout, now);
                 }
-                Err(k) => fail(s, &mut st, k, Instant::now()),
+                State::Sending { deadline, .. } | State::Receiving { deadline, .. }
+                    if now >= deadline =>
+                {
+                    s.fail(st, ErrKind::Timeout, now);
+                }
+                _ => {}
             }
         }
     }
-    st.publish(&ctx.live);
-    st
-}
 
-fn open(s: &mut Slot, i: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats, now: Instant) {
-    s.resp.clear();
-    let target = ctx.opts.target;
-    match net::tcp_open(poll.registry(), Token(i), target, &mut ctx.sources, true) {
-        Ok(stream) => {
-            s.stream = Some(stream);
-            s.state = State::Connecting {
-                t0: now,
-                deadline: now + ctx.opts.connect_timeout,
-            };
+    fn event(&mut self, token: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
+        let Some(s) = self.slots.get_mut(token) else {
+            return;
+        };
+        match drive(s, st, &self.request, self.expect, &mut self.buf, ctx) {
+            Ok(Progress::Pending) => {}
+            Ok(Progress::Finished) => {
+                s.stream = None;
+                let now = Instant::now();
+                if ctx.done(now) {
+                    s.state = State::Idle { retry_at: now };
+                } else {
+                    s.open(token, poll, ctx, st, now);
+                }
+            }
+            Err(k) => s.fail(st, k, Instant::now()),
         }
-        Err(e) => fail(s, st, ErrKind::of(&e, true), now),
     }
-}
-
-fn fail(s: &mut Slot, st: &mut Stats, k: ErrKind, now: Instant) {
-    st.error(k);
-    s.stream = None;
-    s.state = State::Idle {
-        retry_at: now + RETRY_BACKOFF,
-    };
 }
 
 /// Advances one transaction; `Finished` once its response is complete and counted.

@@ -11,9 +11,9 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
-use mio::{Events, Poll, Token};
+use mio::Poll;
 
-use crate::driver::{Ctx, RETRY_BACKOFF, TICK};
+use crate::driver::{self, Ctx, TcpConn, Workload};
 use crate::net::{self, ConnectState, ErrKind};
 use crate::stats::Stats;
 
@@ -31,98 +31,74 @@ struct Conn {
     state: State,
 }
 
-pub fn run(mut ctx: Ctx) -> Stats {
-    let mut st = Stats::new();
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("worker {}: cannot create a poller: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            return st;
+impl TcpConn for Conn {
+    const NODELAY: bool = true;
+    fn stream_mut(&mut self) -> &mut Option<TcpStream> {
+        &mut self.stream
+    }
+    fn set_idle(&mut self, retry_at: Instant) {
+        self.state = State::Idle { retry_at };
+    }
+    fn set_connecting(&mut self, _t0: Instant, deadline: Instant) {
+        self.state = State::Connecting { deadline };
+    }
+}
+
+struct Rr {
+    conns: Vec<Conn>,
+    payload: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+pub fn run(ctx: Ctx) -> Stats {
+    driver::event_loop(ctx, |ctx| {
+        let size = ctx.opts.size;
+        Rr {
+            conns: (0..ctx.conns)
+                .map(|_| Conn {
+                    stream: None,
+                    state: State::Idle {
+                        retry_at: ctx.start,
+                    },
+                })
+                .collect(),
+            payload: vec![b'r'; size],
+            buf: vec![0u8; size.clamp(4096, 256 * 1024)],
         }
-    };
-    let mut events = Events::with_capacity(1024);
-    let size = ctx.opts.size;
-    let payload = vec![b'r'; size];
-    let mut buf = vec![0u8; size.clamp(4096, 256 * 1024)];
-    let mut conns: Vec<Conn> = (0..ctx.conns)
-        .map(|_| Conn {
-            stream: None,
-            state: State::Idle {
-                retry_at: ctx.start,
-            },
-        })
-        .collect();
-    let mut next_sweep = ctx.start;
-    loop {
-        let now = Instant::now();
-        if ctx.done(now) {
-            break;
-        }
-        if now >= next_sweep {
-            for (i, c) in conns.iter_mut().enumerate() {
-                let expired = match c.state {
-                    State::Idle { retry_at } => {
-                        if now >= retry_at {
-                            open(c, i, &poll, &mut ctx, &mut st, now);
-                        }
-                        None
+    })
+}
+
+impl Workload for Rr {
+    fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            let expired = match c.state {
+                State::Idle { retry_at } => {
+                    if now >= retry_at {
+                        c.open(i, poll, ctx, st, now);
                     }
-                    State::Connecting { deadline } => {
-                        (now >= deadline).then_some(ErrKind::ConnectTimeout)
-                    }
-                    State::Sending { t0, .. } | State::Receiving { t0, .. } => {
-                        (now >= t0 + ctx.opts.timeout).then_some(ErrKind::Timeout)
-                    }
-                };
-                if let Some(k) = expired {
-                    fail(c, &mut st, k, now);
+                    None
                 }
-            }
-            st.publish(&ctx.live);
-            next_sweep = now + TICK;
-        }
-        if let Err(e) = poll.poll(&mut events, Some(TICK)) {
-            if net::interrupted(&e) {
-                continue;
-            }
-            log::error!("worker {}: poll failed: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            break;
-        }
-        for ev in events.iter() {
-            let Some(c) = conns.get_mut(ev.token().0) else {
-                continue;
+                State::Connecting { deadline } => {
+                    (now >= deadline).then_some(ErrKind::ConnectTimeout)
+                }
+                State::Sending { t0, .. } | State::Receiving { t0, .. } => {
+                    (now >= t0 + ctx.opts.timeout).then_some(ErrKind::Timeout)
+                }
             };
-            if let Err(k) = drive(c, &mut st, &payload, &mut buf, ctx.deadline) {
-                fail(c, &mut st, k, Instant::now());
+            if let Some(k) = expired {
+                c.fail(st, k, now);
             }
         }
     }
-    st.publish(&ctx.live);
-    st
-}
 
-fn open(c: &mut Conn, i: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats, now: Instant) {
-    let target = ctx.opts.target;
-    match net::tcp_open(poll.registry(), Token(i), target, &mut ctx.sources, true) {
-        Ok(s) => {
-            c.stream = Some(s);
-            c.state = State::Connecting {
-                deadline: now + ctx.opts.connect_timeout,
-            };
+    fn event(&mut self, token: usize, _poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        if let Err(k) = drive(c, st, &self.payload, &mut self.buf, ctx.deadline) {
+            c.fail(st, k, Instant::now());
         }
-        Err(e) => fail(c, st, ErrKind::of(&e, true), now),
     }
-}
-
-/// Counts the failure, closes the socket (drop deregisters it) and schedules a reconnect.
-fn fail(c: &mut Conn, st: &mut Stats, k: ErrKind, now: Instant) {
-    st.error(k);
-    c.stream = None;
-    c.state = State::Idle {
-        retry_at: now + RETRY_BACKOFF,
-    };
 }
 
 /// Advances one connection as far as it goes without blocking.

@@ -13,12 +13,12 @@
 //! others or the clock checks.
 
 use std::io::{Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Events, Poll, Token};
+use mio::Poll;
 
-use crate::driver::{Ctx, RETRY_BACKOFF, TICK};
+use crate::driver::{self, Ctx, TcpConn, Workload, TICK};
 use crate::net::{self, ConnectState, ErrKind};
 use crate::opts::{Direction, Mode};
 use crate::stats::Stats;
@@ -42,6 +42,19 @@ struct Conn {
     queued: bool,
 }
 
+impl TcpConn for Conn {
+    const NODELAY: bool = false;
+    fn stream_mut(&mut self) -> &mut Option<TcpStream> {
+        &mut self.stream
+    }
+    fn set_idle(&mut self, retry_at: Instant) {
+        self.state = State::Idle { retry_at };
+    }
+    fn set_connecting(&mut self, _t0: Instant, deadline: Instant) {
+        self.state = State::Connecting { deadline };
+    }
+}
+
 /// Bytes of the counted direction since connect, and when the current chunk began.
 #[derive(Debug)]
 struct Meter {
@@ -55,121 +68,93 @@ enum Turn {
     MoreReady,
 }
 
-pub fn run(mut ctx: Ctx) -> Stats {
-    let mut st = Stats::new();
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("worker {}: cannot create a poller: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            return st;
-        }
-    };
-    let direction = match ctx.opts.mode {
-        Mode::TcpStream { direction } => direction,
-        _ => Direction::Send,
-    };
-    let size = ctx.opts.size;
-    let payload = vec![b's'; size];
-    let mut buf = vec![0u8; size.clamp(64 * 1024, 1024 * 1024)];
-    let mut events = Events::with_capacity(1024);
-    let mut conns: Vec<Conn> = (0..ctx.conns)
-        .map(|_| Conn {
-            stream: None,
-            state: State::Idle {
-                retry_at: ctx.start,
+struct Stream {
+    conns: Vec<Conn>,
+    /// Connections to drive this turn (ready edge, or still ready after their last turn).
+    ready: Vec<usize>,
+    direction: Direction,
+    payload: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+pub fn run(ctx: Ctx) -> Stats {
+    driver::event_loop(ctx, |ctx| {
+        let size = ctx.opts.size;
+        Stream {
+            conns: (0..ctx.conns)
+                .map(|_| Conn {
+                    stream: None,
+                    state: State::Idle {
+                        retry_at: ctx.start,
+                    },
+                    meter: Meter {
+                        counted: 0,
+                        chunk_start: ctx.start,
+                        chunks_done: 0,
+                    },
+                    queued: false,
+                })
+                .collect(),
+            ready: Vec::with_capacity(ctx.conns),
+            direction: match ctx.opts.mode {
+                Mode::TcpStream { direction } => direction,
+                _ => Direction::Send,
             },
-            meter: Meter {
-                counted: 0,
-                chunk_start: ctx.start,
-                chunks_done: 0,
-            },
-            queued: false,
-        })
-        .collect();
-    let mut ready: Vec<usize> = Vec::with_capacity(conns.len());
-    let mut next_sweep = ctx.start;
-    loop {
-        let now = Instant::now();
-        if ctx.done(now) {
-            break;
+            payload: vec![b's'; size],
+            buf: vec![0u8; size.clamp(64 * 1024, 1024 * 1024)],
         }
-        if now >= next_sweep {
-            for (i, c) in conns.iter_mut().enumerate() {
-                match c.state {
-                    State::Idle { retry_at } if now >= retry_at => {
-                        open(c, i, &poll, &mut ctx, &mut st, now);
-                    }
-                    State::Connecting { deadline } if now >= deadline => {
-                        fail(c, &mut st, ErrKind::ConnectTimeout, now);
-                    }
-                    _ => {}
+    })
+}
+
+impl Workload for Stream {
+    fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            match c.state {
+                State::Idle { retry_at } if now >= retry_at => {
+                    c.open(i, poll, ctx, st, now);
                 }
+                State::Connecting { deadline } if now >= deadline => {
+                    c.fail(st, ErrKind::ConnectTimeout, now);
+                }
+                _ => {}
             }
-            st.publish(&ctx.live);
-            next_sweep = now + TICK;
         }
-        let timeout = if ready.is_empty() {
-            Some(TICK)
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if self.ready.is_empty() {
+            TICK
         } else {
-            Some(std::time::Duration::ZERO)
-        };
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if net::interrupted(&e) {
-                continue;
-            }
-            log::error!("worker {}: poll failed: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            break;
+            Duration::ZERO
         }
-        for ev in events.iter() {
-            let i = ev.token().0;
-            if let Some(c) = conns.get_mut(i) {
-                if !c.queued {
-                    c.queued = true;
-                    ready.push(i);
-                }
+    }
+
+    fn event(&mut self, token: usize, _poll: &Poll, _ctx: &mut Ctx, _st: &mut Stats) {
+        if let Some(c) = self.conns.get_mut(token) {
+            if !c.queued {
+                c.queued = true;
+                self.ready.push(token);
             }
         }
-        let turn: Vec<usize> = std::mem::take(&mut ready);
+    }
+
+    fn after_events(&mut self, st: &mut Stats) {
+        let turn: Vec<usize> = std::mem::take(&mut self.ready);
         for i in turn {
-            let Some(c) = conns.get_mut(i) else {
+            let Some(c) = self.conns.get_mut(i) else {
                 continue;
             };
             c.queued = false;
-            match drive(c, &mut st, direction, &payload, &mut buf) {
+            match drive(c, st, self.direction, &self.payload, &mut self.buf) {
                 Ok(Turn::Blocked) => {}
                 Ok(Turn::MoreReady) => {
                     c.queued = true;
-                    ready.push(i);
+                    self.ready.push(i);
                 }
-                Err(k) => fail(c, &mut st, k, Instant::now()),
+                Err(k) => c.fail(st, k, Instant::now()),
             }
         }
     }
-    st.publish(&ctx.live);
-    st
-}
-
-fn open(c: &mut Conn, i: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats, now: Instant) {
-    let target = ctx.opts.target;
-    match net::tcp_open(poll.registry(), Token(i), target, &mut ctx.sources, false) {
-        Ok(s) => {
-            c.stream = Some(s);
-            c.state = State::Connecting {
-                deadline: now + ctx.opts.connect_timeout,
-            };
-        }
-        Err(e) => fail(c, st, ErrKind::of(&e, true), now),
-    }
-}
-
-fn fail(c: &mut Conn, st: &mut Stats, k: ErrKind, now: Instant) {
-    st.error(k);
-    c.stream = None;
-    c.state = State::Idle {
-        retry_at: now + RETRY_BACKOFF,
-    };
 }
 
 fn drive(

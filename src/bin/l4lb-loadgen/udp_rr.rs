@@ -10,9 +10,9 @@
 use std::time::Instant;
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 
-use crate::driver::{Ctx, RETRY_BACKOFF, TICK};
+use crate::driver::{self, Ctx, Workload, RETRY_BACKOFF};
 use crate::net::{self, ErrKind};
 use crate::stats::Stats;
 
@@ -29,76 +29,63 @@ struct Sock {
     seq: u64,
 }
 
-pub fn run(mut ctx: Ctx) -> Stats {
-    let mut st = Stats::new();
-    let mut poll = match Poll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("worker {}: cannot create a poller: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            return st;
+struct UdpRr {
+    socks: Vec<Sock>,
+    tag: usize,
+    payload: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+pub fn run(ctx: Ctx) -> Stats {
+    driver::event_loop(ctx, |ctx| {
+        let size = ctx.opts.size;
+        UdpRr {
+            socks: (0..ctx.conns)
+                .map(|i| Sock {
+                    sock: None,
+                    state: State::Idle {
+                        retry_at: ctx.start,
+                    },
+                    // Distinct starting points per socket and worker make a stray cross-talk
+                    // datagram (e.g. from a misrouting balancer) mismatch.
+                    seq: ((ctx.index as u64) << 48) | ((i as u64) << 24),
+                })
+                .collect(),
+            tag: size.min(8),
+            payload: vec![b'u'; size],
+            buf: vec![0u8; 65_536],
         }
-    };
-    let size = ctx.opts.size;
-    let tag = size.min(8);
-    let mut payload = vec![b'u'; size];
-    let mut buf = vec![0u8; 65_536];
-    let mut events = Events::with_capacity(1024);
-    let mut socks: Vec<Sock> = (0..ctx.conns)
-        .map(|i| Sock {
-            sock: None,
-            state: State::Idle {
-                retry_at: ctx.start,
-            },
-            // Distinct starting points per socket and worker make a stray cross-talk
-            // datagram (e.g. from a misrouting balancer) mismatch.
-            seq: ((ctx.index as u64) << 48) | ((i as u64) << 24),
-        })
-        .collect();
-    let mut next_sweep = ctx.start;
-    loop {
-        let now = Instant::now();
-        if ctx.done(now) {
-            break;
-        }
-        if now >= next_sweep {
-            for (i, s) in socks.iter_mut().enumerate() {
-                match s.state {
-                    State::Idle { retry_at } if now >= retry_at => {
-                        if s.sock.is_none() {
-                            open(s, i, &poll, &mut ctx, &mut st, now);
-                        }
-                        if s.sock.is_some() {
-                            send(s, &mut st, &mut payload, tag, &ctx, now);
-                        }
+    })
+}
+
+impl Workload for UdpRr {
+    fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
+        let tag = self.tag;
+        for (i, s) in self.socks.iter_mut().enumerate() {
+            match s.state {
+                State::Idle { retry_at } if now >= retry_at => {
+                    if s.sock.is_none() {
+                        open(s, i, poll, ctx, st, now);
                     }
-                    State::Waiting { deadline, .. } if now >= deadline => {
-                        st.error(ErrKind::Timeout);
-                        send(s, &mut st, &mut payload, tag, &ctx, now);
+                    if s.sock.is_some() {
+                        send(s, st, &mut self.payload, tag, ctx, now);
                     }
-                    _ => {}
                 }
+                State::Waiting { deadline, .. } if now >= deadline => {
+                    st.error(ErrKind::Timeout);
+                    send(s, st, &mut self.payload, tag, ctx, now);
+                }
+                _ => {}
             }
-            st.publish(&ctx.live);
-            next_sweep = now + TICK;
-        }
-        if let Err(e) = poll.poll(&mut events, Some(TICK)) {
-            if net::interrupted(&e) {
-                continue;
-            }
-            log::error!("worker {}: poll failed: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            break;
-        }
-        for ev in events.iter() {
-            let Some(s) = socks.get_mut(ev.token().0) else {
-                continue;
-            };
-            receive(s, &mut st, &mut payload, tag, &mut buf, &ctx);
         }
     }
-    st.publish(&ctx.live);
-    st
+
+    fn event(&mut self, token: usize, _poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
+        let Some(s) = self.socks.get_mut(token) else {
+            return;
+        };
+        receive(s, st, &mut self.payload, self.tag, &mut self.buf, ctx);
+    }
 }
 
 fn open(s: &mut Sock, i: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats, now: Instant) {

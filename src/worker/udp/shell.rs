@@ -10,12 +10,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
+use mio::net::UdpSocket;
 use mio::Interest;
 
 use crate::balancer::FlowKey;
 use crate::metrics::{RejectReason, UdpDrop};
 use crate::net::io::{classify, is_accept_resource_error, IoClass};
-use crate::net::udp::{connect_udp, is_unreachable, BATCH};
+use crate::net::udp::{connect_udp, is_unreachable, Batch, BATCH};
 use crate::worker::conn::MAX_ATTEMPTS;
 use crate::worker::{passive_failure, ListenerSocket, Worker};
 
@@ -26,6 +27,15 @@ use super::{session_token, Again, LISTENER_BATCHES_PER_TURN, NO_SESSION, SESSION
 const IPPROTO_UDP: u8 = 17;
 
 impl Worker {
+    /// Counts `n` datagrams of listener `li` dropped for `reason`.
+    fn udp_dropped(&self, li: usize, reason: UdpDrop, n: u64) {
+        self.listeners[li]
+            .state
+            .counters
+            .worker(self.id)
+            .udp_drop(reason, n);
+    }
+
     fn udp_idle_ms(&self, li: usize) -> u64 {
         self.listeners[li].state.config.idle_timeout.as_millis() as u64
     }
@@ -66,11 +76,7 @@ impl Worker {
         for i in 0..n {
             self.udp.routes[i] = NO_SESSION;
             if self.udp.inbound.truncated(i) {
-                self.listeners[li]
-                    .state
-                    .counters
-                    .worker(self.id)
-                    .udp_drop(UdpDrop::Truncated, 1);
+                self.udp_dropped(li, UdpDrop::Truncated, 1);
                 continue;
             }
             let Some(from) = self.udp.inbound.remote(i) else {
@@ -105,60 +111,16 @@ impl Worker {
 
     /// Send inbound slots `start..end` (all of one session) to its backend: one sendmmsg.
     fn udp_send_run(&mut self, li: usize, key: usize, start: usize, end: usize) {
-        let now = self.now;
-        let mut dropped = 0u64;
-        let mut refused = false;
-        {
-            let udp = &mut self.udp;
-            let Some(s) = udp.sessions.get_mut(key) else {
-                // Closed earlier in this batch (its backend refused a datagram).
-                self.listeners[li]
-                    .state
-                    .counters
-                    .worker(self.id)
-                    .udp_drop(UdpDrop::SendFailed, (end - start) as u64);
-                return;
-            };
-            let mut at = start;
-            while at < end {
-                match udp.inbound.send(&s.socket, at, end, false) {
-                    Ok(k) if k > 0 => {
-                        for m in at..at + k {
-                            s.to_backend(udp.inbound.len_of(m), now);
-                        }
-                        at += k;
-                    }
-                    Ok(_) => {
-                        dropped += (end - at) as u64;
-                        break;
-                    }
-                    Err(e) if is_unreachable(&e) => {
-                        // An ICMP error from an earlier datagram, reported now.
-                        refused = true;
-                        dropped += (end - at) as u64;
-                        break;
-                    }
-                    Err(e) => match classify(&e) {
-                        IoClass::Retry => {}
-                        IoClass::WouldBlock => {
-                            // Socket buffer full: UDP drops rather than queue.
-                            dropped += (end - at) as u64;
-                            break;
-                        }
-                        _ => {
-                            dropped += 1;
-                            at += 1;
-                        }
-                    },
-                }
-            }
-        }
+        let udp = &mut self.udp;
+        let Some(s) = udp.sessions.get_mut(key) else {
+            // Closed earlier in this batch (its backend refused a datagram).
+            self.udp_dropped(li, UdpDrop::SendFailed, (end - start) as u64);
+            return;
+        };
+        let to = SendTo::Backend(s, self.now);
+        let (dropped, refused) = send_slots(&mut udp.inbound, start, end, to);
         if dropped > 0 {
-            self.listeners[li]
-                .state
-                .counters
-                .worker(self.id)
-                .udp_drop(UdpDrop::SendFailed, dropped);
+            self.udp_dropped(li, UdpDrop::SendFailed, dropped);
         }
         if refused {
             self.udp_backend_refused(key);
@@ -300,11 +262,7 @@ impl Worker {
                 }
             }
             if truncated > 0 {
-                self.listeners[listener]
-                    .state
-                    .counters
-                    .worker(self.id)
-                    .udp_drop(UdpDrop::Truncated, truncated);
+                self.udp_dropped(listener, UdpDrop::Truncated, truncated);
             }
             if start + n < BATCH {
                 // Short read: the socket's queue is empty.
@@ -326,40 +284,14 @@ impl Worker {
             return;
         }
         let li = self.udp.out_listener;
-        let mut dropped = 0u64;
-        match &self.listeners[li].socket {
+        let dropped = match &self.listeners[li].socket {
             Some(ListenerSocket::Udp(socket)) => {
-                let mut at = 0;
-                while at < n {
-                    match self.udp.outbound.send(socket, at, n, true) {
-                        Ok(k) if k > 0 => at += k,
-                        Ok(_) => {
-                            dropped += (n - at) as u64;
-                            break;
-                        }
-                        Err(e) => match classify(&e) {
-                            IoClass::Retry => {}
-                            IoClass::WouldBlock => {
-                                dropped += (n - at) as u64;
-                                break;
-                            }
-                            _ => {
-                                // This reply only (e.g. a client address the route refuses).
-                                dropped += 1;
-                                at += 1;
-                            }
-                        },
-                    }
-                }
+                send_slots(&mut self.udp.outbound, 0, n, SendTo::Clients(socket)).0
             }
-            _ => dropped = n as u64,
-        }
+            _ => n as u64,
+        };
         if dropped > 0 {
-            self.listeners[li]
-                .state
-                .counters
-                .worker(self.id)
-                .udp_drop(UdpDrop::SendFailed, dropped);
+            self.udp_dropped(li, UdpDrop::SendFailed, dropped);
         }
     }
 
@@ -435,4 +367,58 @@ impl Worker {
             (Again::Session { .. }, Some(_)) => true,
         });
     }
+}
+
+/// Where [`send_slots`] sends a batch.
+enum SendTo<'a> {
+    /// To a session's backend on its connected socket, counting each datagram sent on the
+    /// session (the `u64` is now, in ms).
+    Backend(&'a mut Session<UdpSocket>, u64),
+    /// To clients on the listener's socket, each slot to its own address.
+    Clients(&'a UdpSocket),
+}
+
+/// sendmmsg(2) of `batch` slots `start..end`, as many calls as it takes; returns how many
+/// datagrams were dropped and whether the backend refused. UDP drops rather than queue: a call
+/// that sends nothing or a full socket buffer drops the rest; a failure of one datagram (e.g.
+/// a client address the route refuses) drops that one only; on a session socket, an ICMP
+/// unreachable (from an earlier datagram, reported now) drops the rest and means refused.
+fn send_slots(batch: &mut Batch, start: usize, end: usize, mut to: SendTo<'_>) -> (u64, bool) {
+    let mut dropped = 0u64;
+    let mut at = start;
+    while at < end {
+        let sent = match &to {
+            SendTo::Backend(s, _) => batch.send(&s.socket, at, end, false),
+            SendTo::Clients(socket) => batch.send(*socket, at, end, true),
+        };
+        match sent {
+            Ok(k) if k > 0 => {
+                if let SendTo::Backend(s, now) = &mut to {
+                    for m in at..at + k {
+                        s.to_backend(batch.len_of(m), *now);
+                    }
+                }
+                at += k;
+            }
+            Ok(_) => {
+                dropped += (end - at) as u64;
+                break;
+            }
+            Err(e) if matches!(to, SendTo::Backend(..)) && is_unreachable(&e) => {
+                return (dropped + (end - at) as u64, true);
+            }
+            Err(e) => match classify(&e) {
+                IoClass::Retry => {}
+                IoClass::WouldBlock => {
+                    dropped += (end - at) as u64;
+                    break;
+                }
+                _ => {
+                    dropped += 1;
+                    at += 1;
+                }
+            },
+        }
+    }
+    (dropped, false)
 }
