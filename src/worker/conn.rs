@@ -158,17 +158,15 @@ impl Conn {
     }
 
     /// After a writable or error event on a connecting backend socket.
-    pub fn check_connect(&self, writable: bool) -> ConnectState {
-        let Some(backend) = &self.backend else {
-            return ConnectState::Failed;
-        };
-        match backend.take_error() {
-            Ok(Some(_)) | Err(_) => return ConnectState::Failed,
-            Ok(None) => {}
-        }
-        // A non-blocking connect reports EPOLLOUT once it completes, and SO_ERROR says how:
-        // writable with no error is connected, without a getpeername(2) to confirm it.
-        if writable {
+    /// `failed`: the event carried EPOLLERR or EPOLLHUP. A non-blocking connect reports
+    /// EPOLLOUT once it completes and EPOLLERR|EPOLLHUP when it fails, so the event alone says
+    /// how it went: no getsockopt(SO_ERROR) or getpeername(2) per connection (HAProxy relies
+    /// on the same). A reset right after the handshake also reads as a failure, which is
+    /// fine: nothing was forwarded yet, so another backend may be tried.
+    pub fn check_connect(&self, writable: bool, failed: bool) -> ConnectState {
+        if self.backend.is_none() || failed {
+            ConnectState::Failed
+        } else if writable {
             ConnectState::Connected
         } else {
             ConnectState::InProgress

@@ -349,7 +349,10 @@ impl Worker {
                 // A stale event of a previous connection on this key: nothing to connect yet.
                 return;
             }
-            match conn.check_connect(event.is_writable()) {
+            match conn.check_connect(
+                event.is_writable(),
+                event.is_error() || event.is_write_closed(),
+            ) {
                 ConnectState::InProgress => return,
                 ConnectState::Failed => {
                     self.connect_failed(key);
