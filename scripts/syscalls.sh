@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Syscalls per forwarded request: runs l4lb (1 worker) under `strace -c -f` in front of one
 # echo backend, drives a fixed-length tcp-rr (request/response on persistent connections) and
-# a tcp-stream load through it for each splice mode, and prints syscalls per transaction and
-# per MiB. strace slows the proxy down; the counts per request are what matter, not the rate.
+# a tcp-stream load through it for each splice mode, and prints syscalls per transaction;
+# then syscalls per proxied connection under tcp-crr for l4lb and (if installed) HAProxy. strace slows the proxy down; the counts per request are what matter, not the rate.
 #
 # Usage: scripts/syscalls.sh [--duration S] [--size BYTES]
 # Needs strace (apt-get install strace) and a release build (make build).
@@ -81,3 +81,58 @@ CONF
 done
 echo
 echo "tcp-rr: $SIZE-byte request and response per transaction; tcp-stream: one 64 KiB chunk per transaction, both directions."
+
+# Connection setup: tcp-crr (connect, request, response, close) through l4lb and, when it is
+# installed, HAProxy (1 thread, mode tcp), each traced the same way.
+crr_calls() { # $1: label, $2: front address; the proxy runs under strace as $spid
+  local json tx calls
+  for _ in $(seq 1 50); do
+    "$LOADGEN" tcp-rr --target "$2" --conns 1 --duration 0.1 --quiet >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  json=$("$LOADGEN" tcp-crr --target "$2" --conns 8 --duration "$DURATION" --json --quiet 2>/dev/null | tail -1)
+  lpid=$(pgrep -P "$spid" | head -1 || true)
+  [ -n "$lpid" ] && kill -TERM "$lpid" 2>/dev/null
+  wait "$spid" 2>/dev/null || true
+  tx=$(printf '%s' "$json" | sed -n 's/.*"transactions":\([0-9]*\).*/\1/p')
+  calls=$(total_calls "$WORK/strace.txt")
+  printf '| %s | %s | %s | %s |\n' "$1" "${tx:-0}" "${calls:-0}" \
+    "$(awk -v c="$calls" -v t="$tx" 'BEGIN { if (t > 0) printf "%.1f", c / t; else print "n/a" }')"
+}
+echo
+printf '| proxy (tcp-crr) | connections | syscalls | syscalls per connection |\n'
+printf '|---|---|---|---|\n'
+cat >"$WORK/l4lb.toml" <<CONF
+[runtime]
+workers = 1
+pin_cpus = false
+[[listener]]
+name = "s"
+bind = "$FRONT"
+backends = [ { addr = "$BACKEND" } ]
+CONF
+strace -c -f -o "$WORK/strace.txt" "$L4LB" --config "$WORK/l4lb.toml" 2>"$WORK/l4lb.log" &
+spid=$!
+PIDS+=("$spid")
+crr_calls l4lb "$FRONT"
+if command -v haproxy >/dev/null 2>&1; then
+  cat >"$WORK/haproxy.cfg" <<CONF
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 300s
+    timeout server 300s
+frontend f
+    bind $FRONT
+    default_backend b
+backend b
+    option splice-auto
+    server s1 $BACKEND
+CONF
+  strace -c -f -o "$WORK/strace.txt" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  spid=$!
+  PIDS+=("$spid")
+  crr_calls haproxy "$FRONT"
+fi
