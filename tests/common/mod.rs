@@ -257,39 +257,12 @@ enum StartError {
 impl L4lb {
     /// Start on a free loopback port, retrying with another port if the bind raced (exit 1).
     pub fn start(conf: &Conf) -> L4lb {
-        const ATTEMPTS: usize = 5;
-        let ip = if conf.ipv6 {
-            IpAddr::V6(Ipv6Addr::LOCALHOST)
-        } else {
-            localhost()
-        };
-        let mut last = String::new();
-        for _ in 0..ATTEMPTS {
-            let addr = SocketAddr::new(ip, free_port(ip));
-            match L4lb::try_start(conf, addr) {
-                Ok(lb) => return lb,
-                Err(StartError::Exited(status, stderr)) if status.code() == Some(1) => {
-                    // Most likely someone took the port between our probe and l4lb's bind.
-                    last = format!("exit {status}: {stderr}");
-                }
-                Err(StartError::Exited(status, stderr)) => {
-                    panic!(
-                        "l4lb exited during startup with {status}\nconfig:\n{}\nstderr:\n{stderr}",
-                        conf.render(addr)
-                    )
-                }
-                Err(StartError::Timeout(stderr)) => panic!(
-                    "l4lb did not listen on {addr} within {STARTUP_TIMEOUT:?}\nconfig:\n{}\nstderr:\n{stderr}",
-                    conf.render(addr)
-                ),
-            }
-        }
-        panic!("l4lb failed to start {ATTEMPTS} times; last: {last}");
+        L4lb::start_edited(conf, |text, _| text)
     }
 
-    fn try_start(conf: &Conf, addr: SocketAddr) -> Result<L4lb, StartError> {
+    fn try_start(conf: &Conf, text: &str, addr: SocketAddr) -> Result<L4lb, StartError> {
         let dir = TempDir::new("lb");
-        let config_path = dir.write("l4lb.toml", &conf.render(addr));
+        let config_path = dir.write("l4lb.toml", text);
         let mut command = match conf.nofile {
             // exec keeps the PID, so the readiness check below still finds the listener.
             Some(n) => {
@@ -1006,46 +979,19 @@ impl L4lb {
         for _ in 0..ATTEMPTS {
             let addr = SocketAddr::new(ip, free_port(ip));
             let text = edit(conf.render(addr), addr);
-            let dir = TempDir::new("lb");
-            let config_path = dir.write("l4lb.toml", &text);
-            let mut child = Command::new(l4lb_bin())
-                .arg("--config")
-                .arg(&config_path)
-                .env("RUST_LOG", "info")
-                .env_remove("RUST_BACKTRACE")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn l4lb");
-            let stderr = child.stderr.take().map(drain_in_thread);
-            let mut lb = L4lb {
-                child: Some(child),
-                stderr,
-                addr,
-                config_path,
-                _dir: dir,
-            };
-            let listening = wait_until(STARTUP_TIMEOUT, || match lb.child.as_mut() {
-                Some(c) => matches!(c.try_wait(), Ok(Some(_))) || is_listening(c.id(), addr),
-                None => true,
-            });
-            if let Some((status, err)) = lb.wait_exit(Duration::ZERO) {
-                assert_eq!(
-                    status.code(),
-                    Some(1),
-                    "l4lb exited during startup with {status}\nconfig:\n{text}\nstderr:\n{err}"
-                );
-                // Most likely someone took the port between our probe and l4lb's bind.
-                last = format!("exit {status}: {err}");
-                continue;
+            match L4lb::try_start(conf, &text, addr) {
+                Ok(lb) => return lb,
+                Err(StartError::Exited(status, stderr)) if status.code() == Some(1) => {
+                    // Most likely someone took the port between our probe and l4lb's bind.
+                    last = format!("exit {status}: {stderr}");
+                }
+                Err(StartError::Exited(status, stderr)) => {
+                    panic!("l4lb exited during startup with {status}\nconfig:\n{text}\nstderr:\n{stderr}")
+                }
+                Err(StartError::Timeout(stderr)) => panic!(
+                    "l4lb did not listen on {addr} within {STARTUP_TIMEOUT:?}\nconfig:\n{text}\nstderr:\n{stderr}"
+                ),
             }
-            assert!(
-                listening,
-                "l4lb did not listen on {addr} within {STARTUP_TIMEOUT:?}\nconfig:\n{text}\nstderr:\n{}",
-                lb.stop()
-            );
-            return lb;
         }
         panic!("l4lb failed to start {ATTEMPTS} times; last: {last}");
     }
