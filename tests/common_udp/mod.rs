@@ -8,15 +8,15 @@
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, l4lb_bin, localhost, TempDir};
+use crate::common::{free_port, l4lb_bin, localhost, scrape, TempDir};
 
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a test waits for a reply that must come.
@@ -209,7 +209,7 @@ impl UdpLb {
         let admin = self.admin.expect("admin API not configured");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let text = loop {
-            match http_get(admin, "/metrics") {
+            match scrape(admin) {
                 Ok(t) => break t,
                 Err(e) => {
                     assert!(Instant::now() < deadline, "GET /metrics: {e}");
@@ -268,18 +268,6 @@ impl Drop for UdpLb {
             eprintln!("---- l4lb stderr ----\n{text}---- end ----");
         }
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: l4lb\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 /// Whether process `pid` owns a UDP socket bound to `port` (IPv4).
