@@ -90,30 +90,13 @@ fi
 
 log() { echo "compare: $*" >&2; }
 
-# ---------------------------------------------------------------------------- CPUs and limits
-# expand_cpus "0-2,5" -> "0 1 2 5"
-expand_cpus() {
-  local part out=() a b i
-  IFS=, read -ra parts <<<"$1"
-  for part in "${parts[@]}"; do
-    if [[ $part == *-* ]]; then
-      a=${part%-*}
-      b=${part#*-}
-      for ((i = a; i <= b; i++)); do out+=("$i"); done
-    elif [[ -n $part ]]; then
-      out+=("$part")
-    fi
-  done
-  echo "${out[@]}"
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
+# ---------------------------------------------------------------------------- CPUs and limits
 HAVE_TASKSET=0
 command -v taskset >/dev/null 2>&1 && HAVE_TASKSET=1
-if ((HAVE_TASKSET)); then
-  read -ra ALL_CPUS <<<"$(expand_cpus "$(taskset -pc $$ | sed 's/.*: //')")"
-else
-  read -ra ALL_CPUS <<<"$(seq -s ' ' 0 $(($(nproc) - 1)))"
-fi
+read -ra ALL_CPUS <<<"$(allowed_cpus)"
 NCPU=${#ALL_CPUS[@]}
 WORKERS=${WORKERS:-$((NCPU / 2 > 0 ? NCPU / 2 : 1))}
 if [[ -n $CPUS ]]; then
@@ -165,95 +148,9 @@ fi
 
 # -------------------------------------------------------------------------- processes
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/l4lb-compare.XXXXXX")
-PIDS=()
-cleanup() {
-  local i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    stop_pid "${PIDS[i]}"
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap lib_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-stop_pid() {
-  local pid=$1 n
-  [[ -n $pid ]] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((n = 0; n < 50; n++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-port_open() {
-  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
-}
-
-# wait_port PORT PID: until 127.0.0.1:PORT accepts (10 s at most) while PID lives.
-wait_port() {
-  local port=$1 pid=$2 n
-  for ((n = 0; n < 100; n++)); do
-    port_open 127.0.0.1 "$port" && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-# tree_pids ROOT: ROOT and all its descendants.
-tree_pids() {
-  local root=$1 f line pid rest ppid i p
-  local -A parent=()
-  for f in /proc/[0-9]*/stat; do
-    read -r line 2>/dev/null <"$f" || continue
-    pid=${line%% *}
-    rest=${line##*) }
-    read -r _ ppid _ <<<"$rest"
-    parent[$pid]=$ppid
-  done
-  local out=("$root")
-  i=0
-  while ((i < ${#out[@]})); do
-    for p in "${!parent[@]}"; do
-      [[ ${parent[$p]} == "${out[i]}" ]] && out+=("$p")
-    done
-    i=$((i + 1))
-  done
-  echo "${out[@]}"
-}
-
-CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
-
-# cpu_ticks ROOT: utime+stime of ROOT's process tree. /proc/PID/stat already sums the
-# process's threads (/proc/PID/task/*/stat), so threads are counted once, processes each.
-cpu_ticks() {
-  local total=0 p line rest
-  [[ -n $1 ]] || { echo 0; return; }
-  for p in $(tree_pids "$1"); do
-    read -r line 2>/dev/null <"/proc/$p/stat" || continue
-    rest=${line##*) }
-    read -ra f <<<"$rest"
-    total=$((total + f[11] + f[12]))
-  done
-  echo "$total"
-}
-
-# rss_kb ROOT: resident memory of ROOT's process tree, KiB.
-rss_kb() {
-  local total=0 p v
-  [[ -n $1 ]] || { echo 0; return; }
-  for p in $(tree_pids "$1"); do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
-    total=$((total + ${v:-0}))
-  done
-  echo "$total"
-}
 
 # ------------------------------------------------------------------------- candidates
 B1=$((BASE_PORT + 1))
@@ -392,21 +289,6 @@ start_candidate() {
 
 # ------------------------------------------------------------------------- measurements
 declare -A RATE=() P99=() CPU_GB=() CPU_KC=() RSS_CONN=() UNIT=() ERRS=() NOTE=()
-
-jget() {
-  local v
-  v=$(sed -n "s/.*\"$2\":\"\{0,1\}\([^,}\"]*\).*/\1/p" <<<"$1")
-  printf '%s' "${v:-}"
-}
-
-# median "N N N": the median of a space-separated list of numbers; empty when none.
-median() {
-  local -a v
-  read -ra v <<<"$1"
-  ((${#v[@]} > 0)) || return 0
-  printf '%s\n' "${v[@]}" | sort -g | awk '{ a[NR] = $1 } END {
-    if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
 
 # cell CANDIDATE WORKLOAD: one run; appends its numbers to the cell's lists.
 cell() {

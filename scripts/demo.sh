@@ -52,49 +52,11 @@ if [[ ! -r "$CONFIG" ]]; then
 fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/l4lb-demo.XXXXXX")
-PIDS=()
-
-# Stops the processes this script started (newest first): SIGTERM, up to 5 s, then SIGKILL.
-cleanup() {
-  local pid i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    pid=${PIDS[i]}
-    stop_pid "$pid"
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+trap lib_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-stop_pid() {
-  local pid=$1 n
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((n = 0; n < 50; n++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-# True when something accepts TCP connections on $1:$2.
-port_open() {
-  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
-}
-
-# Waits until $1:$2 accepts, at most $3 tenths of a second, while process $4 lives.
-wait_port() {
-  local host=$1 port=$2 tenths=$3 pid=$4 n
-  for ((n = 0; n < tenths; n++)); do
-    port_open "$host" "$port" && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 for addr in "$FRONT_HOST:$FRONT_PORT" "${BACKENDS[@]}"; do
   if port_open "${addr%:*}" "${addr##*:}"; then
@@ -112,7 +74,7 @@ done
 SERVE_PID=$!
 PIDS+=("$SERVE_PID")
 for b in "${BACKENDS[@]}"; do
-  if ! wait_port "${b%:*}" "${b##*:}" 50 "$SERVE_PID"; then
+  if ! wait_port "${b##*:}" "$SERVE_PID" 50 "${b%:*}"; then
     echo "demo: backend $b did not start:" >&2
     cat "$TMP/backends.log" >&2
     exit 1
@@ -124,7 +86,7 @@ echo "== starting l4lb --config $CONFIG"
 RUST_LOG=${RUST_LOG:-info} "$L4LB_BIN" --config "$CONFIG" >"$TMP/l4lb.log" 2>&1 &
 L4LB_PID=$!
 PIDS+=("$L4LB_PID")
-if ! wait_port "$FRONT_HOST" "$FRONT_PORT" 100 "$L4LB_PID"; then
+if ! wait_port "$FRONT_PORT" "$L4LB_PID" 100 "$FRONT_HOST"; then
   echo "demo: l4lb did not accept on $FRONT_HOST:$FRONT_PORT within 10 s; its log:" >&2
   cat "$TMP/l4lb.log" >&2
   exit 1

@@ -66,12 +66,8 @@ if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $want ]]; then
   ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
 
-# jget JSON KEY: the number (or string) after "KEY": in a one-line JSON summary.
-jget() {
-  local v
-  v=$(sed -n "s/.*\"$2\":\"\{0,1\}\([^,}\"]*\).*/\1/p" <<<"$1")
-  printf '%s' "${v:-n/a}"
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 LOG=$(mktemp "${TMPDIR:-/tmp}/l4lb-loadtest.XXXXXX")
 trap 'rm -f "$LOG"' EXIT
@@ -90,14 +86,14 @@ run() {
     return
   fi
   grep -E '^errors ' "$LOG" | sed 's/^/   /' >&2 || true
-  rate=$(jget "$json" rate)
-  unit=$(jget "$json" rate_unit)
-  gbit=$(jget "$json" gbit_s)
-  p50=$(jget "$json" p50)
-  p99=$(jget "$json" p99)
-  errs=$(jget "$json" total)
+  rate=$(jget "$json" rate n/a)
+  unit=$(jget "$json" rate_unit n/a)
+  gbit=$(jget "$json" gbit_s n/a)
+  p50=$(jget "$json" p50 n/a)
+  p99=$(jget "$json" p99 n/a)
+  errs=$(jget "$json" total n/a)
   if [[ $name == hold* ]]; then
-    name="$name (verified $(jget "$json" verified)/$(jget "$json" conns), opened in $(printf '%.2f' "$(jget "$json" open_s)") s)"
+    name="$name (verified $(jget "$json" verified n/a)/$(jget "$json" conns n/a), opened in $(printf '%.2f' "$(jget "$json" open_s n/a)") s)"
   fi
   ROWS+=("| $name | $(printf '%.0f' "$rate") $unit | $(printf '%.3f' "$gbit") Gbit/s | $p50 µs | $p99 µs | $errs |")
 }
