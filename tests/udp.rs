@@ -290,6 +290,6 @@ fn sigterm_drops_udp_sessions_and_exits_at_once() {
     }
     lb.signal(nix::sys::signal::Signal::SIGTERM);
     // UDP sessions do not hold the drain (30 s here): only TCP connections do.
-    let status = lb.wait_exit(Duration::from_secs(5)).expect("exited");
-    assert_eq!(status.code(), Some(0));
+    let (status, stderr) = lb.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
 }

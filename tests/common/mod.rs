@@ -3,14 +3,17 @@
 //!
 //! Hermetic (STYLE.md, "Tests are hermetic"): loopback only, every port from the kernel (port
 //! 0), every wait bounded by a deadline, and everything started here (the child process, the
-//! backend threads) stopped and joined by a Drop guard. Readiness is read from
-//! `/proc/net/tcp{,6}` (a LISTEN socket on our port owned by the child), so starting the
-//! balancer sends no probe connection that would skew counts, caps or rates.
+//! backend threads) stopped and joined by a Drop guard. Readiness is read from `/proc/net`
+//! (a LISTEN socket in `tcp{,6}`, or a bound socket in `udp{,6}` for a UDP listener, on our
+//! port and owned by the child; see `Ready`), so starting the balancer sends no probe
+//! connection or datagram that would skew counts, caps or rates.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -248,7 +251,40 @@ pub struct L4lb {
     _dir: TempDir,
 }
 
-/// Why one start attempt did not produce a listening balancer.
+/// What shows that the balancer is up: a socket of the child on the listener's port, read from
+/// `/proc/net` (so that starting it sends nothing that would open a connection or a session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// A TCP socket in LISTEN state (`/proc/net/tcp{,6}`): a TCP listener.
+    TcpListen,
+    /// A UDP socket bound to the port (`/proc/net/udp{,6}`): a UDP listener.
+    UdpBound,
+}
+
+impl Ready {
+    /// A port of `ip` that nobody holds for this protocol now (bound, then released).
+    fn free_port(self, ip: IpAddr) -> u16 {
+        match self {
+            Ready::TcpListen => free_port(ip),
+            Ready::UdpBound => UdpSocket::bind((ip, 0))
+                .and_then(|s| s.local_addr())
+                .expect("bind UDP port 0")
+                .port(),
+        }
+    }
+
+    /// The `/proc/net` table of this protocol for `addr`'s family.
+    fn table(self, addr: SocketAddr) -> &'static str {
+        match (self, addr.is_ipv4()) {
+            (Ready::TcpListen, true) => "/proc/net/tcp",
+            (Ready::TcpListen, false) => "/proc/net/tcp6",
+            (Ready::UdpBound, true) => "/proc/net/udp",
+            (Ready::UdpBound, false) => "/proc/net/udp6",
+        }
+    }
+}
+
+/// Why one start attempt did not produce a ready balancer.
 enum StartError {
     Exited(ExitStatus, String),
     Timeout(String),
@@ -260,11 +296,56 @@ impl L4lb {
         L4lb::start_edited(conf, |text, _| text)
     }
 
-    fn try_start(conf: &Conf, text: &str, addr: SocketAddr) -> Result<L4lb, StartError> {
+    /// Start `l4lb` on the config `render` writes for a listener on `addr` (a free port of
+    /// `ip`), and wait until the child owns that socket (`ready`). An exit with code 1 during
+    /// startup is taken for a lost race for a port: `render` is called again with a fresh
+    /// port (it may pick its other ports afresh too), up to 5 attempts. Any other exit, or no
+    /// socket within `STARTUP_TIMEOUT`, fails the test with the config and stderr. `nofile`:
+    /// see `Conf::nofile`.
+    pub fn launch(
+        ip: IpAddr,
+        ready: Ready,
+        nofile: Option<u64>,
+        mut render: impl FnMut(SocketAddr) -> String,
+    ) -> L4lb {
+        const ATTEMPTS: usize = 5;
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let addr = SocketAddr::new(ip, ready.free_port(ip));
+            let text = render(addr);
+            match L4lb::try_start(&text, addr, ready, nofile) {
+                Ok(lb) => return lb,
+                Err(StartError::Exited(status, stderr)) if status.code() == Some(1) => {
+                    // Most likely someone took the port between our probe and l4lb's bind.
+                    last = format!("exit {status}: {stderr}");
+                }
+                Err(StartError::Exited(status, stderr)) => {
+                    panic!("l4lb exited during startup with {status}\nconfig:\n{text}\nstderr:\n{stderr}")
+                }
+                Err(StartError::Timeout(stderr)) => {
+                    let what = match ready {
+                        Ready::TcpListen => "listen on",
+                        Ready::UdpBound => "bind",
+                    };
+                    panic!(
+                        "l4lb did not {what} {addr} within {STARTUP_TIMEOUT:?}\nconfig:\n{text}\nstderr:\n{stderr}"
+                    )
+                }
+            }
+        }
+        panic!("l4lb failed to start {ATTEMPTS} times; last: {last}");
+    }
+
+    fn try_start(
+        text: &str,
+        addr: SocketAddr,
+        ready: Ready,
+        nofile: Option<u64>,
+    ) -> Result<L4lb, StartError> {
         let dir = TempDir::new("lb");
         let config_path = dir.write("l4lb.toml", text);
-        let mut command = match conf.nofile {
-            // exec keeps the PID, so the readiness check below still finds the listener.
+        let mut command = match nofile {
+            // exec keeps the PID, so the readiness check below still finds the socket.
             Some(n) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
@@ -300,7 +381,7 @@ impl L4lb {
                 let text = lb.take_stderr();
                 return Err(StartError::Exited(status, text));
             }
-            if is_listening(child.id(), addr) {
+            if owns_socket(child.id(), addr, ready) {
                 return Ok(lb);
             }
             if Instant::now() >= deadline {
@@ -364,31 +445,27 @@ fn drain_in_thread<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {
     })
 }
 
-/// Whether process `pid` owns a TCP socket in LISTEN state on `addr`'s port.
-fn is_listening(pid: u32, addr: SocketAddr) -> bool {
-    let table = if addr.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
-    };
-    let Ok(text) = std::fs::read_to_string(table) else {
+/// Whether process `pid` owns a socket of `ready`'s protocol on `addr`'s port (and family): for
+/// TCP one in LISTEN state, for UDP any (a bound, unconnected UDP socket shows as 07, CLOSE).
+fn owns_socket(pid: u32, addr: SocketAddr, ready: Ready) -> bool {
+    let Ok(text) = std::fs::read_to_string(ready.table(addr)) else {
         return false;
     };
     let port_hex = format!("{:04X}", addr.port());
-    let listening: Vec<String> = text
+    let inodes: Vec<String> = text
         .lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            if f.len() < 10 || f[3] != "0A" {
+            if f.len() < 10 || (ready == Ready::TcpListen && f[3] != "0A") {
                 return None;
             }
             let (_, port) = f[1].rsplit_once(':')?;
             (port == port_hex).then(|| f[9].to_string())
         })
         .collect();
-    if listening.is_empty() {
+    if inodes.is_empty() {
         return false;
     }
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -402,7 +479,7 @@ fn is_listening(pid: u32, addr: SocketAddr) -> bool {
                 .and_then(|r| r.strip_suffix(']'))
                 .map(str::to_string)
         })
-        .any(|inode| listening.contains(&inode))
+        .any(|inode| inodes.contains(&inode))
 }
 
 /// The result of a CLI invocation that ran to completion.
@@ -969,31 +1046,14 @@ impl L4lb {
     /// Like `start`, with the rendered config passed through `edit` first: for what `Conf` does
     /// not write (another `drain_timeout_s`, more listeners). `edit` gets the text and the bind.
     pub fn start_edited(conf: &Conf, edit: impl Fn(String, SocketAddr) -> String) -> L4lb {
-        const ATTEMPTS: usize = 5;
         let ip = if conf.ipv6 {
             IpAddr::V6(Ipv6Addr::LOCALHOST)
         } else {
             localhost()
         };
-        let mut last = String::new();
-        for _ in 0..ATTEMPTS {
-            let addr = SocketAddr::new(ip, free_port(ip));
-            let text = edit(conf.render(addr), addr);
-            match L4lb::try_start(conf, &text, addr) {
-                Ok(lb) => return lb,
-                Err(StartError::Exited(status, stderr)) if status.code() == Some(1) => {
-                    // Most likely someone took the port between our probe and l4lb's bind.
-                    last = format!("exit {status}: {stderr}");
-                }
-                Err(StartError::Exited(status, stderr)) => {
-                    panic!("l4lb exited during startup with {status}\nconfig:\n{text}\nstderr:\n{stderr}")
-                }
-                Err(StartError::Timeout(stderr)) => panic!(
-                    "l4lb did not listen on {addr} within {STARTUP_TIMEOUT:?}\nconfig:\n{text}\nstderr:\n{stderr}"
-                ),
-            }
-        }
-        panic!("l4lb failed to start {ATTEMPTS} times; last: {last}");
+        L4lb::launch(ip, Ready::TcpListen, conf.nofile, |addr| {
+            edit(conf.render(addr), addr)
+        })
     }
 
     /// The balancer's process id, while it has not been reaped.

@@ -1,24 +1,23 @@
-//! Harness for the UDP integration tests: the real `l4lb` binary with a UDP listener, and
-//! in-process UDP backends on threads.
+//! Harness for the UDP integration tests: the real `l4lb` binary with a UDP listener (run by
+//! `common::L4lb`, ready once the child owns a bound UDP socket on the port: `Ready::UdpBound`,
+//! so starting it sends no datagram that would open a session), and in-process UDP backends on
+//! threads.
 //!
 //! Hermetic like `tests/common`: loopback only, ports from the kernel, bounded waits, and a
-//! Drop guard for everything started here. Readiness is read from `/proc/net/udp` (a socket
-//! on our port owned by the child), so starting the balancer sends no datagram that would open
-//! a session.
+//! Drop guard for everything started here.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, l4lb_bin, localhost, scrape, TempDir};
+use crate::common::{free_port, localhost, scrape, L4lb, Ready, STARTUP_TIMEOUT};
 
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a test waits for a reply that must come.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a test waits to conclude that no reply comes (a refused datagram is dropped).
@@ -125,82 +124,26 @@ impl UdpConf {
     }
 }
 
-/// A running `l4lb --config FILE` with a UDP listener. Drop kills it and waits.
+/// A `common::L4lb` running a `UdpConf`, and the admin address that config gave it (for
+/// `metric`). Derefs to the `L4lb`: `addr`, `signal`, `wait_exit`, and the Drop guard are its.
 #[derive(Debug)]
 pub struct UdpLb {
-    child: Option<Child>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-    pub addr: SocketAddr,
+    lb: L4lb,
     pub admin: Option<SocketAddr>,
-    config_path: std::path::PathBuf,
-    _dir: TempDir,
 }
 
 impl UdpLb {
-    /// Start on a free loopback port, retrying with another port if the bind raced (exit 1).
+    /// Start on a free loopback port (and, with `UdpConf::admin`, the admin API on another),
+    /// retrying with fresh ports if a bind raced (exit 1).
     pub fn start(conf: &UdpConf) -> UdpLb {
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = UdpSocket::bind((localhost(), 0))
-                .and_then(|s| s.local_addr())
-                .expect("probe port")
-                .port();
-            let addr = SocketAddr::new(localhost(), port);
-            let admin = conf
+        let mut admin = None;
+        let lb = L4lb::launch(localhost(), Ready::UdpBound, None, |addr| {
+            admin = conf
                 .admin
                 .then(|| SocketAddr::new(localhost(), free_port(localhost())));
-            let dir = TempDir::new("udp");
-            let path = dir.write("l4lb.toml", &conf.render(addr, admin));
-            let mut child = Command::new(l4lb_bin())
-                .arg("--config")
-                .arg(&path)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn l4lb");
-            let stderr = child.stderr.take().map(|mut e| {
-                thread::spawn(move || {
-                    let mut out = Vec::new();
-                    let _ = e.read_to_end(&mut out);
-                    out
-                })
-            });
-            let mut lb = UdpLb {
-                child: Some(child),
-                stderr,
-                addr,
-                admin,
-                config_path: path,
-                _dir: dir,
-            };
-            let deadline = Instant::now() + STARTUP_TIMEOUT;
-            loop {
-                let child = lb.child.as_mut().expect("child");
-                if let Ok(Some(status)) = child.try_wait() {
-                    lb.child = None;
-                    last = format!("exit {status}: {}", lb.stop());
-                    if status.code() != Some(1) {
-                        panic!(
-                            "l4lb exited during startup: {last}\n{}",
-                            conf.render(addr, admin)
-                        );
-                    }
-                    break;
-                }
-                if udp_bound(child.id(), port) {
-                    return lb;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "l4lb did not bind {addr}: {}",
-                    lb.stop()
-                );
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("l4lb failed to start 5 times; last: {last}");
+            conf.render(addr, admin)
+        });
+        UdpLb { lb, admin }
     }
 
     /// The value of one sample of `/metrics`, e.g. `l4lb_udp_sessions_active{listener="u"}`
@@ -224,80 +167,24 @@ impl UdpLb {
 
     /// Rewrite the config file with `conf` (same listener address) and send SIGHUP.
     pub fn reload(&self, conf: &UdpConf) {
-        std::fs::write(&self.config_path, conf.render(self.addr, self.admin)).expect("rewrite");
-        self.signal(nix::sys::signal::Signal::SIGHUP);
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = self.child.as_ref().expect("running").id() as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
-    }
-
-    /// Wait up to `within` for the process to exit on its own.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.as_mut()?.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Kill and wait; returns what it wrote on stderr.
-    pub fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        match self.stderr.take() {
-            Some(h) => String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned(),
-            None => String::new(),
-        }
+        std::fs::write(&self.lb.config_path, conf.render(self.lb.addr, self.admin))
+            .expect("rewrite the config");
+        self.lb.signal(nix::sys::signal::Signal::SIGHUP);
     }
 }
 
-impl Drop for UdpLb {
-    fn drop(&mut self) {
-        let text = self.stop();
-        if thread::panicking() {
-            eprintln!("---- l4lb stderr ----\n{text}---- end ----");
-        }
+impl Deref for UdpLb {
+    type Target = L4lb;
+
+    fn deref(&self) -> &L4lb {
+        &self.lb
     }
 }
 
-/// Whether process `pid` owns a UDP socket bound to `port` (IPv4).
-fn udp_bound(pid: u32, port: u16) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/net/udp") else {
-        return false;
-    };
-    let port_hex = format!(":{port:04X}");
-    let inodes: Vec<String> = text
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() >= 10 && f[1].ends_with(&port_hex)).then(|| f[9].to_string())
-        })
-        .collect();
-    if inodes.is_empty() {
-        return false;
+impl DerefMut for UdpLb {
+    fn deref_mut(&mut self) -> &mut L4lb {
+        &mut self.lb
     }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .any(|l| {
-            let s = l.to_string_lossy();
-            s.strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .is_some_and(|i| inodes.iter().any(|x| x == i))
-        })
 }
 
 /// How a backend answers a datagram.
