@@ -1,0 +1,235 @@
+//! `L4lb`: the real balancer as a child process on a generated config: start (with a retry
+//! when a port race is lost), readiness, signals, the exit, and the Drop guard that kills it
+//! and fails the test if it died on its own.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::conf::Conf;
+use super::deadline::STARTUP_TIMEOUT;
+use super::net::localhost;
+use super::ready::{owns_socket, Ready};
+use super::tempdir::TempDir;
+
+pub fn l4lb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_l4lb")
+}
+
+/// A running `l4lb --config FILE`. Drop kills it (SIGKILL) and waits; a balancer that died on
+/// its own during the test fails the test with its stderr.
+#[derive(Debug)]
+pub struct L4lb {
+    child: Option<Child>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    /// The listener's address.
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: TempDir,
+}
+
+/// Why one start attempt did not produce a ready balancer.
+enum StartError {
+    Exited(ExitStatus, String),
+    Timeout(String),
+}
+
+impl L4lb {
+    /// Start on a free loopback port, retrying with another port if the bind raced (exit 1).
+    pub fn start(conf: &Conf) -> L4lb {
+        L4lb::start_edited(conf, |text, _| text)
+    }
+
+    /// Like `start`, with the rendered config passed through `edit` first: for what `Conf` does
+    /// not write (another `drain_timeout_s`, more listeners). `edit` gets the text and the bind.
+    pub fn start_edited(conf: &Conf, edit: impl Fn(String, SocketAddr) -> String) -> L4lb {
+        let ip = if conf.ipv6 {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            localhost()
+        };
+        L4lb::launch(ip, Ready::TcpListen, conf.nofile, |addr| {
+            edit(conf.render(addr), addr)
+        })
+    }
+
+    /// Start `l4lb` on the config `render` writes for a listener on `addr` (a free port of
+    /// `ip`), and wait until the child owns that socket (`ready`). An exit with code 1 during
+    /// startup is taken for a lost race for a port: `render` is called again with a fresh
+    /// port (it may pick its other ports afresh too), up to 5 attempts. Any other exit, or no
+    /// socket within `STARTUP_TIMEOUT`, fails the test with the config and stderr. `nofile`:
+    /// see `Conf::nofile`.
+    pub fn launch(
+        ip: IpAddr,
+        ready: Ready,
+        nofile: Option<u64>,
+        mut render: impl FnMut(SocketAddr) -> String,
+    ) -> L4lb {
+        const ATTEMPTS: usize = 5;
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let addr = SocketAddr::new(ip, ready.free_port(ip));
+            let text = render(addr);
+            match L4lb::try_start(&text, addr, ready, nofile) {
+                Ok(lb) => return lb,
+                Err(StartError::Exited(status, stderr)) if status.code() == Some(1) => {
+                    // Most likely someone took the port between our probe and l4lb's bind.
+                    last = format!("exit {status}: {stderr}");
+                }
+                Err(StartError::Exited(status, stderr)) => {
+                    panic!("l4lb exited during startup with {status}\nconfig:\n{text}\nstderr:\n{stderr}")
+                }
+                Err(StartError::Timeout(stderr)) => {
+                    let what = match ready {
+                        Ready::TcpListen => "listen on",
+                        Ready::UdpBound => "bind",
+                    };
+                    panic!(
+                        "l4lb did not {what} {addr} within {STARTUP_TIMEOUT:?}\nconfig:\n{text}\nstderr:\n{stderr}"
+                    )
+                }
+            }
+        }
+        panic!("l4lb failed to start {ATTEMPTS} times; last: {last}");
+    }
+
+    fn try_start(
+        text: &str,
+        addr: SocketAddr,
+        ready: Ready,
+        nofile: Option<u64>,
+    ) -> Result<L4lb, StartError> {
+        let dir = TempDir::new("lb");
+        let config_path = dir.write("l4lb.toml", text);
+        let mut command = match nofile {
+            // exec keeps the PID, so the readiness check below still finds the socket.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(l4lb_bin());
+                c
+            }
+            None => Command::new(l4lb_bin()),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn l4lb");
+        let stderr = child.stderr.take().map(drain_in_thread);
+        let mut lb = L4lb {
+            child: Some(child),
+            stderr,
+            addr,
+            config_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let child = lb.child.as_mut().expect("child");
+            if let Ok(Some(status)) = child.try_wait() {
+                lb.child = None;
+                let text = lb.take_stderr();
+                return Err(StartError::Exited(status, text));
+            }
+            if owns_socket(child.id(), addr, ready) {
+                return Ok(lb);
+            }
+            if Instant::now() >= deadline {
+                let text = lb.stop();
+                return Err(StartError::Timeout(text));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill and wait (idempotent); returns everything the balancer wrote on stderr.
+    pub fn stop(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.take_stderr()
+    }
+
+    fn take_stderr(&mut self) -> String {
+        match self.stderr.take() {
+            Some(h) => String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned(),
+            None => String::new(),
+        }
+    }
+
+    /// Panic (with stderr) if the balancer is no longer running.
+    pub fn assert_running(&mut self) {
+        let exited = match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => None,
+        };
+        if let Some(status) = exited {
+            self.child = None;
+            let text = self.take_stderr();
+            panic!("l4lb exited unexpectedly with {status}; stderr:\n{text}");
+        }
+    }
+
+    /// The balancer's process id, while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Send `sig` to the balancer (panics if it was already reaped).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.pid().expect("l4lb already exited");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .unwrap_or_else(|e| panic!("kill({pid}, {sig}): {e}"));
+    }
+
+    /// Wait up to `within` for the balancer to exit on its own. If it did, reap it (so that
+    /// Drop does not take it for a crash) and return its status and stderr.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<(ExitStatus, String)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.child.as_mut()?.try_wait().ok().flatten();
+            if let Some(status) = status {
+                self.child = None;
+                return Some((status, self.take_stderr()));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for L4lb {
+    fn drop(&mut self) {
+        let died = match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => None,
+        };
+        let text = self.stop();
+        if thread::panicking() {
+            eprintln!("---- l4lb stderr ----\n{text}---- end of l4lb stderr ----");
+        } else if let Some(status) = died {
+            panic!("l4lb exited on its own during the test with {status}; stderr:\n{text}");
+        }
+    }
+}
+
+pub(super) fn drain_in_thread<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = r.read_to_end(&mut out);
+        out
+    })
+}
