@@ -8,8 +8,9 @@
 //!   payload IPv4 (65,507) or IPv6 without jumbograms (65,527) can carry, so nothing is ever
 //!   cut; a datagram the kernel still reports as truncated (`MSG_TRUNC`) is flagged, and the
 //!   caller counts and drops it instead of forwarding a part;
-//! - the `mmsghdr`/`iovec` arrays are rebuilt on the stack for every call from the slots, so a
-//!   `Batch` holds no raw pointers into itself (it stays `Send` and movable).
+//! - the `mmsghdr`/`iovec` arrays are rebuilt on the stack for every call from the slots (only
+//!   the entries the call uses), so a `Batch` holds no raw pointers into itself (it stays
+//!   `Send` and movable).
 //!
 //! `unsafe`: nix's `recvmmsg`/`sendmmsg` tie the lifetimes of the message slices to the
 //! preallocated headers, which does not fit buffers that outlive one call, and its `sendmmsg`
@@ -18,7 +19,7 @@
 //! Everything around them (addresses, control messages) is plain safe code over `libc` types.
 
 use std::io;
-use std::mem;
+use std::mem::{self, MaybeUninit};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
@@ -43,6 +44,11 @@ const CTRL_SIZE: usize = 64;
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct Ctrl([u8; CTRL_SIZE]);
+
+/// The message headers and iovecs of one call, on the stack; only the entries a call uses are
+/// written.
+type Headers = [MaybeUninit<libc::mmsghdr>; BATCH];
+type Iovecs = [MaybeUninit<libc::iovec>; BATCH];
 
 /// A non-blocking UDP socket with SO_REUSEADDR and SO_REUSEPORT bound to `addr`. On a wildcard
 /// address it also asks for IP_PKTINFO / IPV6_RECVPKTINFO, so that each datagram tells which
@@ -199,33 +205,43 @@ impl Batch {
         self.local[to] = self.local[from];
     }
 
-    /// Headers for one call over slots `start..end` (clipped to the batch) and their count
-    /// (0: nothing to do): each points through its own entry of `iov` at its slot, the whole
-    /// slot to receive into (`whole`) or the datagram it holds to send; names and control
-    /// data are the caller's to add. The pointers are only stored here, never read.
+    /// Headers for one call over slots `start..end` (clipped to the batch) written into the
+    /// first entries of `hdrs`/`iov`; returns how many (0: nothing to do). Each points through
+    /// its own entry of `iov` at its slot, the whole slot to receive into (`whole`) or the
+    /// datagram it holds to send; names and control data are the caller's to add. Only the
+    /// entries used are written: a call for one datagram does not pay for 32.
     fn headers(
         &mut self,
-        iov: &mut [libc::iovec; BATCH],
+        iov: &mut Iovecs,
+        hdrs: &mut Headers,
         start: usize,
         end: usize,
         whole: bool,
-    ) -> ([libc::mmsghdr; BATCH], usize) {
-        // SAFETY (zeroed): as for `iov` in the callers.
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+    ) -> usize {
         let end = end.min(BATCH);
         if start >= end {
-            return (hdrs, 0);
+            return 0;
         }
         let data = self.data.as_mut_ptr();
-        for (k, (v, hdr)) in iov.iter_mut().zip(&mut hdrs).enumerate().take(end - start) {
+        for (k, (v, hdr)) in iov
+            .iter_mut()
+            .zip(hdrs.iter_mut())
+            .enumerate()
+            .take(end - start)
+        {
             let i = start + k;
             // In bounds: i < BATCH and data has BATCH * SLOT_SIZE bytes.
-            v.iov_base = data.wrapping_add(i * SLOT_SIZE).cast();
-            v.iov_len = if whole { SLOT_SIZE } else { self.lens[i] };
-            hdr.msg_hdr.msg_iov = v;
-            hdr.msg_hdr.msg_iovlen = 1;
+            let v = v.write(libc::iovec {
+                iov_base: data.wrapping_add(i * SLOT_SIZE).cast(),
+                iov_len: if whole { SLOT_SIZE } else { self.lens[i] },
+            });
+            // SAFETY: a plain C struct; null pointers and zero lengths are valid values.
+            let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+            hdr.write(h);
         }
-        (hdrs, end - start)
+        end - start
     }
 
     /// recvmmsg(2) into slots `start..end` of `fd` without blocking. `Ok(n)`: slots
@@ -240,15 +256,16 @@ impl Batch {
         addrs: bool,
         pktinfo: bool,
     ) -> io::Result<usize> {
-        // SAFETY (zeroed): plain C structs; null pointers and zero lengths are valid values.
-        let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let (mut hdrs, count) = self.headers(&mut iov, start, end, true);
+        let mut iov: Iovecs = [const { MaybeUninit::uninit() }; BATCH];
+        let mut hdrs: Headers = [const { MaybeUninit::uninit() }; BATCH];
+        let count = self.headers(&mut iov, &mut hdrs, start, end, true);
         if count == 0 {
             return Ok(0);
         }
         for (k, hdr) in hdrs.iter_mut().enumerate().take(count) {
             let i = start + k;
-            let h = &mut hdr.msg_hdr;
+            // SAFETY: `headers` wrote the first `count` entries.
+            let h = unsafe { &mut hdr.assume_init_mut().msg_hdr };
             if addrs {
                 h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
                 h.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -258,14 +275,14 @@ impl Batch {
                 h.msg_controllen = CTRL_SIZE as _;
             }
         }
-        // SAFETY: `hdrs[..count]` point only at `iov[..count]` (this stack frame) and at the
-        // slots, names and control buffers of `self`, which `&mut self` keeps alive and
-        // unaliased for the call; each buffer's length is the one given. The kernel writes at
-        // most those lengths and the fields of `hdrs`.
+        // SAFETY: the first `count` headers are initialised and point only at `iov[..count]`
+        // (this stack frame) and at the slots, names and control buffers of `self`, which
+        // `&mut self` keeps alive and unaliased for the call; each buffer's length is the one
+        // given. The kernel writes at most those lengths and the fields of those headers.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
-                hdrs.as_mut_ptr(),
+                hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
                 count as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -277,6 +294,8 @@ impl Batch {
         let n = n as usize;
         for (k, hdr) in hdrs.iter().enumerate().take(n) {
             let i = start + k;
+            // SAFETY: initialised by `headers`, then filled in by the kernel.
+            let hdr = unsafe { hdr.assume_init_ref() };
             self.lens[i] = (hdr.msg_len as usize).min(SLOT_SIZE);
             self.truncated[i] = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.remote[i] = if addrs {
@@ -298,7 +317,9 @@ impl Batch {
     /// sendmmsg(2) of slots `start..end` on `fd` without blocking. With `addrs`, each slot goes
     /// to its [`Batch::address`] destination (and from its local address, if set); without, to
     /// the socket's connected peer. `Ok(n)`: the first `n` were sent; the caller decides what
-    /// to do with the one that failed (the error is reported by the next call).
+    /// to do with the one that failed (the error is reported by the next call). One datagram
+    /// to the connected peer (a session's usual case) goes out with send(2), which skips the
+    /// kernel's copy of a message header and iovec.
     pub fn send(
         &mut self,
         fd: &impl AsRawFd,
@@ -306,38 +327,56 @@ impl Batch {
         end: usize,
         addrs: bool,
     ) -> io::Result<usize> {
-        // SAFETY (zeroed): plain C structs; null pointers and zero lengths are valid values.
-        let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let (mut hdrs, count) = self.headers(&mut iov, start, end, false);
+        if !addrs && start + 1 == end && start < BATCH {
+            let data = &self.data[start * SLOT_SIZE..start * SLOT_SIZE + self.lens[start]];
+            // SAFETY: `data` is a live, initialised slice of `self` for the whole call; the
+            // kernel only reads `data.len()` bytes from it.
+            let n = unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            return if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(1)
+            };
+        }
+        let mut iov: Iovecs = [const { MaybeUninit::uninit() }; BATCH];
+        let mut hdrs: Headers = [const { MaybeUninit::uninit() }; BATCH];
+        let count = self.headers(&mut iov, &mut hdrs, start, end, false);
         if count == 0 {
             return Ok(0);
         }
-        for (k, hdr) in hdrs.iter_mut().enumerate().take(count) {
-            let i = start + k;
-            let h = &mut hdr.msg_hdr;
-            if !addrs {
-                continue;
-            }
-            let Some(to) = self.remote[i] else {
-                continue;
-            };
-            h.msg_namelen = to_storage(to, &mut self.names[i]);
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            if let Some(from) = self.local[i] {
-                let len = write_pktinfo(from, &mut self.ctrl[i]);
-                if len > 0 {
-                    h.msg_control = self.ctrl[i].0.as_mut_ptr().cast();
-                    h.msg_controllen = len as _;
+        if addrs {
+            for (k, hdr) in hdrs.iter_mut().enumerate().take(count) {
+                let i = start + k;
+                let Some(to) = self.remote[i] else {
+                    continue;
+                };
+                // SAFETY: `headers` wrote the first `count` entries.
+                let h = unsafe { &mut hdr.assume_init_mut().msg_hdr };
+                h.msg_namelen = to_storage(to, &mut self.names[i]);
+                h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+                if let Some(from) = self.local[i] {
+                    let len = write_pktinfo(from, &mut self.ctrl[i]);
+                    if len > 0 {
+                        h.msg_control = self.ctrl[i].0.as_mut_ptr().cast();
+                        h.msg_controllen = len as _;
+                    }
                 }
             }
         }
-        // SAFETY: as in `recv`: every pointer in `hdrs[..count]` is into this frame or into
-        // buffers of `self` held by `&mut self`, with their true lengths; the kernel only
-        // reads them (and writes `msg_len`).
+        // SAFETY: as in `recv`: the first `count` headers are initialised and every pointer in
+        // them is into this frame or into buffers of `self` held by `&mut self`, with their
+        // true lengths; the kernel only reads them (and writes `msg_len`).
         let n = unsafe {
             libc::sendmmsg(
                 fd.as_raw_fd(),
-                hdrs.as_mut_ptr(),
+                hdrs.as_mut_ptr().cast::<libc::mmsghdr>(),
                 count as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
