@@ -12,7 +12,8 @@
 # generator plus backends on CPU 1.
 # HAProxy: nbthread, `option splice-auto`. nginx: reuseport listeners. UDP: HAProxy has no
 # UDP proxying (n/a); nginx and l4lb use their UDP listeners.
-# Each cell is repeated (--repeat, default 3) and the median is reported.
+# Each cell is repeated (--repeat, default 3; every repeat restarts each candidate, in an order
+# rotated per repeat) and the median is reported.
 # Bounded: about 4 minutes by default, under 1 minute with --quick.
 #
 # Usage: scripts/compare.sh [--quick] [--repeat N] [--workers N] [--cpus LIST]
@@ -392,28 +393,33 @@ fi
 
 WORKLOADS=(tcp-rr tcp-crr tcp-stream udp-rr)
 STARTED=$(date +%s)
-for cand in "${WANT[@]}"; do
-  if [[ -n ${SKIP[$cand]:-} ]]; then
-    log "skipping $cand: ${SKIP[$cand]}"
-    continue
-  fi
-  log "$cand: starting"
-  if ! start_candidate "$cand"; then
-    SKIP[$cand]="did not start"
-    continue
-  fi
-  sleep 0.2
-  RSS_BASE=$(rss_kb "$CAND_PID")
-  for ((r = 1; r <= REPEAT; r++)); do
+# Repeats go round the candidates (each repeat starts every candidate afresh, in an order
+# rotated by one per repeat), so that a slow minute of this shared machine lands on all of
+# them rather than on whichever candidate ran then.
+NWANT=${#WANT[@]}
+for ((r = 1; r <= REPEAT; r++)); do
+  for ((k = 0; k < NWANT; k++)); do
+    cand=${WANT[(k + r - 1) % NWANT]}
+    if [[ -n ${SKIP[$cand]:-} ]]; then
+      ((r > 1)) || log "skipping $cand: ${SKIP[$cand]}"
+      continue
+    fi
+    log "$cand: starting (run $r/$REPEAT)"
+    if ! start_candidate "$cand"; then
+      SKIP[$cand]="did not start"
+      continue
+    fi
+    sleep 0.2
+    RSS_BASE=$(rss_kb "$CAND_PID")
     for wl in "${WORKLOADS[@]}"; do
       log "$cand: $wl (run $r/$REPEAT)"
       cell "$cand" "$wl"
     done
     log "$cand: hold $HOLD_CONNS (run $r/$REPEAT)"
     hold_cell "$cand"
+    stop_pid "$CAND_PID"
+    CAND_PID=""
   done
-  stop_pid "$CAND_PID"
-  CAND_PID=""
 done
 
 # --------------------------------------------------------------------------------- report
