@@ -612,6 +612,48 @@ fn metrics_parse_and_count_connections() {
     assert_eq!(served, CONNS);
 }
 
+/// A long-lived connection's bytes reach `l4lb_backend_bytes_total` while it is still open,
+/// not only when it closes (operators watch streams that last for hours).
+#[test]
+fn byte_counters_move_while_a_connection_is_open() {
+    let setup = Setup::start();
+    let (outcome, stream) = attempt_keep(setup.lb.addr, None);
+    assert!(matches!(outcome, Outcome::Served(_)), "{outcome:?}");
+    let mut s = stream.expect("served connection");
+    const CHUNK: usize = 16 * 1024;
+    const CHUNKS: usize = 8;
+    for i in 0..CHUNKS {
+        echo_roundtrip(&mut s, &[i as u8; CHUNK]).expect("echo");
+    }
+    let sent = (CHUNK * CHUNKS) as f64;
+    let mut last = None;
+    let live = wait_until(Duration::from_secs(10), || {
+        let m = setup.metrics();
+        let (mut to_backend, mut to_client) = (0.0, 0.0);
+        for b in &setup.backends {
+            let name = b.addr.to_string();
+            let dir = |d| {
+                [
+                    ("listener", "t"),
+                    ("backend", name.as_str()),
+                    ("direction", d),
+                ]
+            };
+            to_backend += m.get("l4lb_backend_bytes_total", &dir("to_backend"));
+            to_client += m.get("l4lb_backend_bytes_total", &dir("to_client"));
+        }
+        let active = m.get("l4lb_connections_active", &[("listener", "t")]);
+        last = Some((to_backend, to_client, active));
+        to_backend == sent && to_client >= sent && active == 1.0
+    });
+    assert!(
+        live,
+        "(to_backend, to_client, active) = {last:?}, {sent} sent"
+    );
+    // Still open and still forwarding: the counters were read from a live connection.
+    echo_roundtrip(&mut s, b"still here").expect("echo after the scrape");
+}
+
 #[test]
 fn status_matches_the_spec_shape() {
     let setup = Setup::start();

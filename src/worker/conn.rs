@@ -15,6 +15,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -62,6 +63,8 @@ pub struct Conn {
     /// The per-client table this connection counts in (shared with the listener; kept here
     /// so a reload that drops or replaces the table still releases the right one).
     pub client_slot: Option<(Arc<ClientTable>, ClientSlot)>,
+    /// Bytes of `c2b` and `b2c` already added to the backend's shared counters.
+    pub reported: (u64, u64),
 }
 
 /// What the worker must do with a connection after driving it.
@@ -125,7 +128,30 @@ impl Conn {
             last_active: now_ms,
             accepted_at: now_ms,
             client_slot: None,
+            reported: (0, 0),
         }
+    }
+
+    /// Add the bytes moved since the last report to the backend's counters (a connection
+    /// still connecting reports nothing: its bytes belong to whichever backend answers).
+    /// Returns whether there was anything to add. Called from the timer, not per read, so the
+    /// shared counters are written about once a second per busy connection.
+    pub fn report_bytes(&mut self) -> bool {
+        let Some(b) = self.backend_ref.as_ref().filter(|_| !self.connecting) else {
+            return false;
+        };
+        let (to_backend, to_client) = (
+            self.c2b.bytes - self.reported.0,
+            self.b2c.bytes - self.reported.1,
+        );
+        if to_backend != 0 {
+            b.bytes_to_backend.fetch_add(to_backend, Ordering::Relaxed);
+        }
+        if to_client != 0 {
+            b.bytes_to_client.fetch_add(to_client, Ordering::Relaxed);
+        }
+        self.reported = (self.c2b.bytes, self.b2c.bytes);
+        to_backend != 0 || to_client != 0
     }
 
     pub fn tried(&self) -> &[usize] {

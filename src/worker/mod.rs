@@ -39,6 +39,9 @@ use timer::{TimerEntry, TimerWheel};
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Events drained per poll; more wait for the next turn.
 const EVENTS_CAPACITY: usize = 1024;
+/// How often a connection that moves bytes adds them to its backend's shared counters
+/// (`l4lb_backend_bytes_total`): live for a scrape, without a shared write per read.
+const BYTES_REPORT_MS: u64 = 1000;
 /// Copy buffer size (scratch and pooled). 32 KiB: large enough that bulk copies take few
 /// syscalls, and a full read is the signal that `splice = auto` switches a direction to splice.
 pub const COPY_BUFFER: usize = 32 * 1024;
@@ -740,7 +743,7 @@ impl Worker {
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.expire(self.now, |e| fired.push(e));
         for entry in fired.drain(..) {
-            let Some(conn) = self.conns.get(entry.key) else {
+            let Some(conn) = self.conns.get_mut(entry.key) else {
                 continue;
             };
             if conn.generation != entry.generation {
@@ -751,6 +754,9 @@ impl Worker {
             if self.now < deadline {
                 let at = if conn.awaiting_header {
                     header_timer(deadline, self.now, config)
+                } else if conn.report_bytes() {
+                    // Busy: come back soon so the byte counters stay live.
+                    deadline.min(self.now + BYTES_REPORT_MS)
                 } else {
                     deadline
                 };
@@ -794,12 +800,9 @@ impl Worker {
         }
         conn.c2b.release(&mut self.io);
         conn.b2c.release(&mut self.io);
+        conn.report_bytes();
         if let Some(b) = conn.backend_ref.take() {
             b.active.fetch_sub(1, Ordering::Relaxed);
-            b.bytes_to_backend
-                .fetch_add(conn.c2b.bytes, Ordering::Relaxed);
-            b.bytes_to_client
-                .fetch_add(conn.b2c.bytes, Ordering::Relaxed);
         }
         let state = &self.listeners[conn.listener].state;
         state.active.fetch_sub(1, Ordering::Relaxed);

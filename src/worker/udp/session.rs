@@ -6,8 +6,9 @@
 //! Hot path. Per datagram the shell does one [`SessionTable::find`] (a hash lookup) and bumps a
 //! session's plain counters and `last_active`; nothing shared is written and nothing is
 //! allocated. The shared atomics (caps, backend counters) are written once when a session
-//! opens, once when it closes, and when its timer comes round (about every 10 s, see
-//! `worker::timer`) to flush the datagram and byte counts.
+//! opens, once when it closes, and when its timer comes round to flush the datagram and byte
+//! counts: about once a second while the session moves datagrams, once a wheel revolution
+//! (about 10 s, see `worker::timer`) while it is idle.
 //!
 //! Invariants:
 //! - a session in the table holds exactly one unit of the global count (`SharedState::active`),
@@ -39,6 +40,8 @@ use crate::worker::timer::{TimerEntry, TimerWheel};
 /// Sessions the table is sized for up front; it grows past this only as caps allow (each
 /// session also holds a socket, so the process's descriptor limit bounds it as well).
 const INITIAL_SESSIONS: usize = 1024;
+/// How often a session that moves datagrams adds its counts to its backend's shared counters.
+const STATS_REPORT_MS: u64 = 1000;
 
 /// Datagrams and bytes a session moved since its last flush into the backend's atomics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +54,10 @@ pub struct SessionStats {
 
 impl SessionStats {
     /// Add the counts to `backend` and start again from zero (skips the shared writes when
-    /// there is nothing to add).
-    pub fn flush(&mut self, backend: &Backend) {
+    /// there is nothing to add). Returns whether there was anything.
+    pub fn flush(&mut self, backend: &Backend) -> bool {
         if *self == SessionStats::default() {
-            return;
+            return false;
         }
         for (counter, v) in [
             (&backend.datagrams_to_backend, self.datagrams_to_backend),
@@ -67,6 +70,7 @@ impl SessionStats {
             }
         }
         *self = SessionStats::default();
+        true
     }
 }
 
@@ -305,8 +309,9 @@ impl<S> SessionTable<S> {
 
     /// Fire the timer entries due at `now_ms`. A session idle for `idle_ms(listener)` is
     /// removed and handed to `expired` (which must release it); one with traffic since is
-    /// re-armed, and its counters are flushed to its backend on the way (so the shared
-    /// counters lag the data path by at most about a wheel revolution). O(entries due).
+    /// re-armed, and its counters are flushed to its backend on the way; a session that had
+    /// something to flush comes round again within `STATS_REPORT_MS`, so the shared counters
+    /// lag a busy session by about a second. O(entries due).
     pub fn expire(
         &mut self,
         now_ms: u64,
@@ -347,7 +352,10 @@ impl<S> SessionTable<S> {
         if now_ms >= deadline {
             return Some(Expiry::Expired);
         }
-        s.stats.flush(&s.backend);
+        if s.stats.flush(&s.backend) {
+            // Busy: come back soon so the datagram and byte counters stay live.
+            return Some(Expiry::Rearmed(deadline.min(now_ms + STATS_REPORT_MS)));
+        }
         Some(Expiry::Rearmed(deadline))
     }
 }
@@ -356,6 +364,7 @@ impl<S> SessionTable<S> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::worker::timer::TICK_MS;
     use std::path::Path;
 
     fn setup(extra: &str) -> (Arc<ListenerState>, Arc<SharedState>) {
@@ -434,6 +443,35 @@ mod tests {
         assert_eq!(b.datagrams_to_client.load(Ordering::Relaxed), 1);
         assert_eq!(b.bytes_to_client.load(Ordering::Relaxed), 7);
         assert_eq!(state.udp_sessions.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_busy_session_reports_its_counts_every_second() {
+        let (state, shared) = setup("");
+        let mut t = SessionTable::new(0);
+        let k = open(&mut t, &state, &shared, 1000, 0).unwrap();
+        let idle = |_: usize| 60_000;
+        let mut gone = Vec::new();
+        let b = state.pool.load().backends()[0].clone();
+        // Idle: nothing to report, no early wake-up.
+        t.expire(20_000, idle, |s| gone.push(s));
+        assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), 0);
+        // Traffic starts: reported when the entry comes round (within a revolution, ~10 s).
+        t.get_mut(k).unwrap().to_backend(5, 20_100);
+        t.expire(20_000 + 10_240 + TICK_MS, idle, |s| gone.push(s));
+        assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), 1);
+        // Still busy: from then on the counts reach the backend about every second, long
+        // before the idle deadline or the next revolution.
+        let mut now = 30_250;
+        for n in 2..=4u64 {
+            t.get_mut(k).unwrap().to_backend(5, now);
+            now += 1000 + TICK_MS;
+            t.expire(now, idle, |s| gone.push(s));
+            assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), n);
+            assert_eq!(b.bytes_to_backend.load(Ordering::Relaxed), 5 * n);
+        }
+        assert!(gone.is_empty());
+        t.remove(k).unwrap().release(&shared);
     }
 
     #[test]
