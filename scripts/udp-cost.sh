@@ -4,7 +4,8 @@
 # and the backends share the other CPUs. For every run and proxy it measures:
 #   - transactions per second and p99 (the load generator, 32 clients, 64-byte datagrams);
 #   - proxy CPU per transaction (utime+stime of its processes, µs);
-#   - syscalls per transaction (perf stat on the syscall tracepoints, same run);
+#   - syscalls per transaction, and datagrams per send/receive call (perf stat on the syscall
+#     tracepoints, same run);
 #   - the CPU spent inside the kernel's udp_sendmsg and udp_recvmsg (perf record at 997 Hz with call
 #     graphs, same run), per transaction: the protocol work of moving one datagram through the
 #     socket layer, which every proxy built on sockets does for 2 received and 2 sent datagrams
@@ -132,11 +133,11 @@ SYSCALLS+=",syscalls:sys_enter_recvmsg,syscalls:sys_enter_sendto,syscalls:sys_en
 SYSCALLS+=",syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_read"
 SYSCALLS+=",syscalls:sys_enter_write,syscalls:sys_enter_clock_gettime,syscalls:sys_enter_gettimeofday"
 
-declare -A TX=() P99=() US=() SC=() UDP_US=()
+declare -A TX=() P99=() US=() SC=() DPS=() UDP_US=()
 
 # measure NAME TARGET PID: one run against a started candidate.
 measure() {
-  local name=$1 target=$2 pid=$3 pids c0 c1 json tx sc send recv us
+  local name=$1 target=$2 pid=$3 pids c0 c1 json tx sc data send recv us
   pids=$(tree_pids "$pid" | tr ' ' ,)
   # perf starts first and stops after the load: both see the whole run (an idle proxy adds
   # no samples and only a few syscalls), and perf's start-up does not compete with the load.
@@ -156,6 +157,8 @@ measure() {
     return 0
   fi
   sc=$(awk -F, '$1 ~ /^[0-9]+$/ { s += $1 } END { print s + 0 }' "$TMP/stat.txt")
+  # Data syscalls: the send and receive calls (not epoll_wait, read/write or the clock).
+  data=$(awk -F, '$1 ~ /^[0-9]+$/ && $3 ~ /(send|recv)/ { s += $1 } END { print s + 0 }' "$TMP/stat.txt")
   send=$(perf_share "$TMP/perf.data" udp_sendmsg)
   recv=$(perf_share "$TMP/perf.data" udp_recvmsg)
   us=$(awk -v c=$((c1 - c0)) -v t="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.2f", c / t * 1e6 / n }')
@@ -163,6 +166,8 @@ measure() {
   P99[$name]+=" $(jget "$json" p99)"
   US[$name]+=" $us"
   SC[$name]+=" $(awk -v s="$sc" -v n="$tx" 'BEGIN { printf "%.2f", s / n }')"
+  # 4 datagrams per transaction: client->proxy, proxy->backend, backend->proxy, proxy->client.
+  DPS[$name]+=" $(awk -v d="$data" -v n="$tx" 'BEGIN { if (d > 0) printf "%.2f", 4 * n / d }')"
   UDP_US[$name]+=" $(awk -v u="$us" -v a="${send:-0}" -v b="${recv:-0}" 'BEGIN { printf "%.2f", u * (a + b) / 100 }')"
   log "$name: $(jget "$json" rate) tx/s, $us µs CPU/tx, udp_sendmsg ${send:-?}% + udp_recvmsg ${recv:-?}% of samples"
 }
@@ -194,12 +199,12 @@ for ((r = 1; r <= REPEAT; r++)); do
   done
 done
 
-printf '\n| proxy | tx/s | p99 µs | CPU µs/tx | syscalls/tx | in udp_sendmsg + udp_recvmsg µs/tx |\n'
-printf '|---|---|---|---|---|---|\n'
+printf '\n| proxy | tx/s | p99 µs | CPU µs/tx | syscalls/tx | datagrams per send/recv call | in udp_sendmsg + udp_recvmsg µs/tx |\n'
+printf '|---|---|---|---|---|---|---|\n'
 for cand in "${CANDIDATES[@]}"; do
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$cand" "$(median "${TX[$cand]:-}")" \
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$cand" "$(median "${TX[$cand]:-}")" \
     "$(median "${P99[$cand]:-}")" "$(median "${US[$cand]:-}")" "$(median "${SC[$cand]:-}")" \
-    "$(median "${UDP_US[$cand]:-}")"
+    "$(median "${DPS[$cand]:-}")" "$(median "${UDP_US[$cand]:-}")"
 done
 if [[ -n ${US[nginx]:-} && -n ${US[l4lb]:-} ]]; then
   awk -v l="$(median "${US[l4lb]}")" -v f="$(median "${UDP_US[l4lb]}")" -v n="$(median "${US[nginx]}")" \
