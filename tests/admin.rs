@@ -31,11 +31,7 @@ impl Setup {
         let backends = vec![Backend::id("a"), Backend::id("b")];
         let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
         let admin = SocketAddr::new(localhost(), free_port(localhost()));
-        // `runtime` lines are written at the end of `[runtime]`; this one opens `[admin]`,
-        // which the `[[listener]]` that follows closes.
-        let conf = Conf::new("round_robin", &addrs)
-            .workers("2")
-            .runtime(&format!("\n[admin]\nbind = \"{admin}\""));
+        let conf = Conf::new("round_robin", &addrs).workers("2").admin(admin);
         let lb = L4lb::start(&conf);
         let setup = Setup {
             lb,
@@ -57,38 +53,47 @@ impl Setup {
             .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.admin))
     }
 
-    fn metrics(&self) -> Scrape {
-        let (status, head, body) = self.http("GET", "/metrics");
+    /// The body of `GET path`, which must answer 200 with `content_type` in its head.
+    fn get_ok(&self, path: &str, content_type: &str) -> String {
+        let (status, head, body) = self.http("GET", path);
         assert_eq!(status, 200, "{head}{body}");
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: text/plain; version=0.0.4"),
-            "{head}"
-        );
-        Scrape::parse(&body)
+        assert!(head.to_ascii_lowercase().contains(content_type), "{head}");
+        body
+    }
+
+    fn metrics(&self) -> Scrape {
+        Scrape::parse(&self.get_ok("/metrics", "content-type: text/plain; version=0.0.4"))
     }
 
     fn status(&self) -> Json {
-        let (status, head, body) = self.http("GET", "/status");
-        assert_eq!(status, 200, "{head}{body}");
-        assert!(
-            head.to_ascii_lowercase().contains("application/json"),
-            "{head}"
-        );
+        let body = self.get_ok("/status", "application/json");
         Json::parse(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+    }
+
+    /// `l4lb_backend_bytes_total` of listener "t" in `m`, summed over the backends:
+    /// (to_backend, to_client).
+    fn bytes_total(&self, m: &Scrape) -> (f64, f64) {
+        let (mut to_backend, mut to_client) = (0.0, 0.0);
+        for b in &self.backends {
+            let name = b.addr.to_string();
+            let dir = |d| {
+                [
+                    ("listener", "t"),
+                    ("backend", name.as_str()),
+                    ("direction", d),
+                ]
+            };
+            to_backend += m.get("l4lb_backend_bytes_total", &dir("to_backend"));
+            to_client += m.get("l4lb_backend_bytes_total", &dir("to_client"));
+        }
+        (to_backend, to_client)
     }
 
     /// The state `/status` shows for backend `addr` of listener "t".
     fn state_of(&self, addr: SocketAddr) -> String {
         let status = self.status();
         let listener = &status.get("listeners").array()[0];
-        let backend = listener
-            .get("backends")
-            .array()
-            .iter()
-            .find(|b| b.get("addr").str() == addr.to_string())
-            .unwrap_or_else(|| panic!("no backend {addr} in /status"))
-            .clone();
+        let backend = listener.backend(&addr.to_string());
         backend.get("state").str().to_string()
     }
 
@@ -360,6 +365,15 @@ impl Json {
             other => panic!("not a number: {other:?}"),
         }
     }
+
+    /// A `/status` listener's backend with this `addr`.
+    fn backend(&self, addr: &str) -> &Json {
+        self.get("backends")
+            .array()
+            .iter()
+            .find(|b| b.get("addr").str() == addr)
+            .unwrap_or_else(|| panic!("no backend {addr} in /status"))
+    }
 }
 
 struct JsonParser<'a> {
@@ -397,53 +411,27 @@ impl JsonParser<'_> {
         self.ws();
         match self.s.get(self.i) {
             Some(b'{') => {
-                self.i += 1;
-                let mut kv = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(kv));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.eat(b':')?;
-                    let v = self.value()?;
+                let mut kv: Vec<(String, Json)> = Vec::new();
+                self.items(b'}', |p| {
+                    p.ws();
+                    let k = p.string()?;
+                    p.eat(b':')?;
+                    let v = p.value()?;
                     if kv.iter().any(|(existing, _)| *existing == k) {
                         return Err(format!("duplicate key {k:?}"));
                     }
                     kv.push((k, v));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(kv));
-                        }
-                        _ => return Err(format!("expected , or }} at {}", self.i)),
-                    }
-                }
+                    Ok(())
+                })?;
+                Ok(Json::Obj(kv))
             }
             Some(b'[') => {
-                self.i += 1;
                 let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return Err(format!("expected , or ] at {}", self.i)),
-                    }
-                }
+                self.items(b']', |p| {
+                    items.push(p.value()?);
+                    Ok(())
+                })?;
+                Ok(Json::Arr(items))
             }
             Some(b'"') => self.string().map(Json::Str),
             Some(b't') => self.literal("true", Json::Bool(true)),
@@ -464,6 +452,33 @@ impl JsonParser<'_> {
                     .map_err(|e| format!("bad number {text:?}: {e}"))
             }
             _ => Err(format!("unexpected byte at {}", self.i)),
+        }
+    }
+
+    /// The elements of an object or array, from its opening byte to `close` (`}` or `]`):
+    /// `item` parses each, commas separate them.
+    fn items(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.i += 1;
+        self.ws();
+        if self.s.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(&b) if b == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(format!("expected , or {} at {}", close as char, self.i)),
+            }
         }
     }
 
@@ -581,21 +596,13 @@ fn metrics_parse_and_count_connections() {
     let counted = wait_until(Duration::from_secs(5), || {
         let m = setup.metrics();
         let accepted = m.get("l4lb_connections_accepted_total", &t);
-        let (mut total, mut to_backend, mut to_client) = (0.0, 0.0, 0.0);
+        let mut total = 0.0;
         for b in &setup.backends {
             let name = b.addr.to_string();
             let labels = [("listener", "t"), ("backend", name.as_str())];
             total += m.get("l4lb_backend_connections_total", &labels);
-            let dir = |d| {
-                [
-                    ("listener", "t"),
-                    ("backend", name.as_str()),
-                    ("direction", d),
-                ]
-            };
-            to_backend += m.get("l4lb_backend_bytes_total", &dir("to_backend"));
-            to_client += m.get("l4lb_backend_bytes_total", &dir("to_client"));
         }
+        let (to_backend, to_client) = setup.bytes_total(&m);
         let active = m.get("l4lb_connections_active", &t);
         last = Some((accepted, total, to_backend, to_client, active));
         accepted == CONNS as f64
@@ -629,19 +636,7 @@ fn byte_counters_move_while_a_connection_is_open() {
     let mut last = None;
     let live = wait_until(Duration::from_secs(10), || {
         let m = setup.metrics();
-        let (mut to_backend, mut to_client) = (0.0, 0.0);
-        for b in &setup.backends {
-            let name = b.addr.to_string();
-            let dir = |d| {
-                [
-                    ("listener", "t"),
-                    ("backend", name.as_str()),
-                    ("direction", d),
-                ]
-            };
-            to_backend += m.get("l4lb_backend_bytes_total", &dir("to_backend"));
-            to_client += m.get("l4lb_backend_bytes_total", &dir("to_client"));
-        }
+        let (to_backend, to_client) = setup.bytes_total(&m);
         let active = m.get("l4lb_connections_active", &[("listener", "t")]);
         last = Some((to_backend, to_client, active));
         to_backend == sent && to_client >= sent && active == 1.0
@@ -698,13 +693,7 @@ fn status_matches_the_spec_shape() {
     let shown = wait_until(Duration::from_secs(5), || {
         let status = setup.status();
         let l = &status.get("listeners").array()[0];
-        let b = l
-            .get("backends")
-            .array()
-            .iter()
-            .find(|b| b.get("addr").str() == addr)
-            .expect("backend in /status")
-            .clone();
+        let b = l.backend(&addr);
         let now = (
             l.get("active").num(),
             b.get("active").num(),

@@ -24,20 +24,6 @@ const FAST_CHECKS: &str =
 /// How long a state change may take to show in `/metrics` (a few intervals on a busy host).
 const STATE_CHANGE: Duration = Duration::from_secs(3);
 
-/// Start with `[admin]` on a free port; return the balancer and the admin address once the
-/// admin API answers.
-fn start_with_admin(conf: Conf) -> (L4lb, SocketAddr) {
-    let admin = SocketAddr::new(localhost(), free_port(localhost()));
-    // `runtime` lines end `[runtime]`; this one opens `[admin]`, which `[[listener]]` closes.
-    let conf = conf.runtime(&format!("\n[admin]\nbind = \"{admin}\""));
-    let lb = L4lb::start(&conf);
-    assert!(
-        wait_until(STARTUP_TIMEOUT, || scrape(admin).is_ok()),
-        "admin API not answering on {admin}"
-    );
-    (lb, admin)
-}
-
 fn scrape_ok(admin: SocketAddr) -> String {
     scrape(admin).unwrap_or_else(|e| panic!("GET /metrics on {admin}: {e}"))
 }
@@ -161,7 +147,7 @@ fn killed_backend_is_hidden_by_retries_marked_down_and_comes_back_after_rise() {
     let conf = Conf::new("round_robin", &[a.addr, b_addr, c.addr])
         .extra("connect_retries = 2")
         .extra(FAST_CHECKS);
-    let (lb, admin) = start_with_admin(conf);
+    let (lb, admin) = L4lb::start_with_admin(&conf);
     assert_eq!(backend_up(admin, b_addr), 1.0);
 
     let (load, client) = Load::spawn(lb.addr);
@@ -243,7 +229,7 @@ fn all_backends_down_closes_clients_at_once_and_counts_no_backend() {
     let conf = Conf::new("round_robin", &[a_addr, b_addr])
         .extra("connect_retries = 2")
         .extra(FAST_CHECKS);
-    let (lb, admin) = start_with_admin(conf);
+    let (lb, admin) = L4lb::start_with_admin(&conf);
     let id = served_by(lb.addr, None);
     assert!(id == "a" || id == "b", "served by {id:?}");
 
@@ -320,7 +306,7 @@ fn health_check_expect_marks_a_backend_with_the_wrong_reply_down() {
         .extra(
             r#"health_check = { interval_ms = 200, timeout_ms = 200, rise = 2, fall = 2, send = "PING\r\n", expect = "PONG" }"#,
         );
-    let (lb, admin) = start_with_admin(conf);
+    let (lb, admin) = L4lb::start_with_admin(&conf);
 
     assert!(
         wait_until(STATE_CHANGE, || backend_up(admin, bad.addr) == 0.0),
@@ -356,7 +342,7 @@ fn passive_checks_mark_a_refusing_backend_down_after_three_failures() {
     // Nobody listens here: every connect is refused.
     let dead = SocketAddr::new(localhost(), free_port(localhost()));
     let conf = Conf::new("round_robin", &[a.addr, b.addr, dead]).extra("connect_retries = 2");
-    let (lb, admin) = start_with_admin(conf);
+    let (lb, admin) = L4lb::start_with_admin(&conf);
     assert_eq!(backend_up(admin, dead), 1.0, "backends start up");
 
     const MAX_CONNECTIONS: usize = 200;

@@ -35,14 +35,8 @@ struct Lb {
 
 impl Lb {
     fn start(conf: Conf, drain_timeout_s: u64) -> Lb {
-        let admin = SocketAddr::new(localhost(), free_port(localhost()));
-        // `runtime` lines end `[runtime]`; this one opens `[admin]`, which `[[listener]]` closes.
-        let conf = conf.runtime(&format!("\n[admin]\nbind = \"{admin}\""));
-        let lb = L4lb::start_edited(&conf, |text, _| with_drain(text, drain_timeout_s));
-        assert!(
-            wait_until(STARTUP_TIMEOUT, || scrape(admin).is_ok()),
-            "admin API not answering on {admin}"
-        );
+        let (lb, admin) =
+            L4lb::start_edited_with_admin(&conf, |text, _| with_drain(text, drain_timeout_s));
         Lb {
             lb,
             admin,
@@ -52,9 +46,7 @@ impl Lb {
 
     /// The config text `conf` gives for this balancer (its bind, admin and drain timeout).
     fn render(&self, conf: &Conf) -> String {
-        let conf = conf
-            .clone()
-            .runtime(&format!("\n[admin]\nbind = \"{}\"", self.admin));
+        let conf = conf.clone().admin(self.admin);
         with_drain(conf.render(self.lb.addr), self.drain_timeout_s)
     }
 

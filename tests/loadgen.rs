@@ -7,6 +7,8 @@
 //! Tests through the balancer (loadgen -> l4lb -> serve) and the `make demo` test are added by
 //! the lead in their own files (tests/ for l4lb); this file covers the generator alone.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+use common::{json_num, latency_percentiles};
 
 const BIN: &str = env!("CARGO_BIN_EXE_l4lb-loadgen");
 
@@ -157,30 +161,12 @@ fn summary(o: &Output) -> String {
     last
 }
 
-/// A number field (`"key":123.4`); keys are unique in our summaries except inside `errors`,
-/// so `errors.total` is read as `"total"`.
-fn num(json: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    let at = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("{key} missing in {json}"))
-        + pat.len();
-    let rest = &json[at..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end]
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} not a number in {json}"))
-}
-
 /// Common checks: work done, no error of any kind, percentiles present and ordered.
 fn check_clean(json: &str) {
-    assert!(num(json, "transactions") > 0.0, "{json}");
-    assert!(num(json, "rate") > 0.0, "{json}");
-    assert_eq!(num(json, "total"), 0.0, "errors in {json}");
-    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
-        .iter()
-        .map(|k| num(json, k))
-        .collect();
+    assert!(json_num(json, "transactions") > 0.0, "{json}");
+    assert!(json_num(json, "rate") > 0.0, "{json}");
+    assert_eq!(json_num(json, "total"), 0.0, "errors in {json}");
+    let p = latency_percentiles(json);
     assert!(p[0] > 0.0, "{json}");
     assert!(p.windows(2).all(|w| w[0] <= w[1]), "unordered: {json}");
 }
@@ -215,7 +201,7 @@ fn tcp_rr_against_echo() {
         "2",
     ]);
     assert!(j.contains("\"mode\":\"tcp-rr\""));
-    assert_eq!(num(&j, "bytes"), num(&j, "transactions") * 128.0);
+    assert_eq!(json_num(&j, "bytes"), json_num(&j, "transactions") * 128.0);
     // Progress lines go to stderr when stdout carries JSON.
     assert!(String::from_utf8_lossy(&o.stderr).contains("tx/s"));
 }
@@ -234,7 +220,7 @@ fn tcp_crr_against_echo_with_sources() {
         "--sources",
         "127.0.0.2-127.0.0.5",
     ]);
-    assert_eq!(num(&j, "sources"), 4.0);
+    assert_eq!(json_num(&j, "sources"), 4.0);
     let served = s.stop();
     let line = served.first().expect("served line");
     let conns: f64 = line
@@ -243,7 +229,7 @@ fn tcp_crr_against_echo_with_sources() {
         .and_then(|v| v.parse().ok())
         .expect("connections=");
     // Every completed transaction was its own connection (in-flight ones at the end too).
-    assert!(conns >= num(&j, "transactions"), "{line} vs {j}");
+    assert!(conns >= json_num(&j, "transactions"), "{line} vs {j}");
 }
 
 #[test]
@@ -259,8 +245,8 @@ fn tcp_crr_http_counts_backends() {
         "--duration",
         "1",
     ]);
-    let per_backend = num(&j, &s.addr(0));
-    assert_eq!(per_backend, num(&j, "transactions"), "{j}");
+    let per_backend = json_num(&j, &s.addr(0));
+    assert_eq!(per_backend, json_num(&j, "transactions"), "{j}");
     let text = String::from_utf8_lossy(&o.stderr);
     assert!(
         text.contains(&format!("backend       {}", s.addr(0))),
@@ -289,7 +275,7 @@ fn tcp_stream_all_directions() {
             "--duration",
             "1",
         ]);
-        assert!(num(&j, "gbit_s") > 0.0, "{j}");
+        assert!(json_num(&j, "gbit_s") > 0.0, "{j}");
         assert!(j.contains(&format!("\"direction\":\"{dir}\"")));
     }
 }
@@ -333,8 +319,8 @@ fn udp_rr_counts_timeouts() {
     );
     assert_eq!(o.status.code(), Some(1), "no transaction succeeded: {o:?}");
     let j = summary(&o);
-    assert_eq!(num(&j, "transactions"), 0.0);
-    assert!(num(&j, "timeout") >= 2.0, "{j}");
+    assert_eq!(json_num(&j, "transactions"), 0.0);
+    assert!(json_num(&j, "timeout") >= 2.0, "{j}");
 }
 
 #[test]
@@ -349,9 +335,9 @@ fn hold_500_verifies_all() {
         "--hold",
         "0.5",
     ]);
-    assert_eq!(num(&j, "opened"), 500.0, "{j}");
-    assert_eq!(num(&j, "verified"), 500.0, "{j}");
-    assert!(num(&j, "open_s") > 0.0, "{j}");
+    assert_eq!(json_num(&j, "opened"), 500.0, "{j}");
+    assert_eq!(json_num(&j, "verified"), 500.0, "{j}");
+    assert!(json_num(&j, "open_s") > 0.0, "{j}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("opened 500/500 connections"));
 }
 
@@ -378,8 +364,8 @@ fn refused_connections_are_counted_not_fatal() {
     );
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let j = summary(&o);
-    assert!(num(&j, "connect_refused") > 0.0, "{j}");
-    assert_eq!(num(&j, "transactions"), 0.0);
+    assert!(json_num(&j, "connect_refused") > 0.0, "{j}");
+    assert_eq!(json_num(&j, "transactions"), 0.0);
 }
 
 #[test]

@@ -126,19 +126,6 @@ fn v2_header(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     h
 }
 
-/// Start with `[admin]` on a free port; return the balancer and the admin address once the
-/// admin API answers.
-fn start_with_admin(conf: Conf) -> (L4lb, SocketAddr) {
-    let admin = SocketAddr::new(localhost(), free_port(localhost()));
-    // `runtime` lines end `[runtime]`; this one opens `[admin]`, which `[[listener]]` closes.
-    let lb = L4lb::start(&conf.runtime(&format!("\n[admin]\nbind = \"{admin}\"")));
-    assert!(
-        wait_until(STARTUP_TIMEOUT, || scrape(admin).is_ok()),
-        "admin API not answering on {admin}"
-    );
-    (lb, admin)
-}
-
 fn rejected(admin: SocketAddr, reason: &str) -> f64 {
     let text = scrape(admin).expect("GET /metrics");
     metric(
@@ -333,8 +320,8 @@ fn header_address_is_the_source_ip_hash_key() {
 fn header_address_is_checked_against_the_acl() {
     let b = Backend::id("B0");
     // The proxy itself (127.0.0.1) is not in `allow`: only the header's address is checked.
-    let (lb, admin) = start_with_admin(
-        Conf::new("round_robin", &[b.addr])
+    let (lb, admin) = L4lb::start_with_admin(
+        &Conf::new("round_robin", &[b.addr])
             .extra("accept_proxy_protocol = true")
             .extra("allow = [\"192.0.2.0/24\"]")
             .extra("deny = [\"192.0.2.7\"]"),
@@ -361,8 +348,8 @@ fn header_address_is_checked_against_the_acl() {
 #[test]
 fn client_without_a_header_is_refused() {
     let b = Backend::id("B0");
-    let (lb, admin) = start_with_admin(
-        Conf::new("round_robin", &[b.addr])
+    let (lb, admin) = L4lb::start_with_admin(
+        &Conf::new("round_robin", &[b.addr])
             .extra("accept_proxy_protocol = true")
             .extra("client_first_byte_timeout_ms = 300"),
     );
@@ -398,8 +385,8 @@ fn client_without_a_header_is_refused() {
 #[test]
 fn untrusted_peer_is_refused() {
     let b = Backend::id("B0");
-    let (lb, admin) = start_with_admin(
-        Conf::new("round_robin", &[b.addr])
+    let (lb, admin) = L4lb::start_with_admin(
+        &Conf::new("round_robin", &[b.addr])
             .extra("accept_proxy_protocol = true")
             .extra("trusted_proxies = [\"127.0.0.2/32\"]"),
     );

@@ -180,22 +180,16 @@ fn invalid_configs_exit_2_with_key_path() {
     for (i, (what, text, key)) in cases.iter().enumerate() {
         assert_ne!(*text, good, "case {what:?} did not change the config");
         let path = dir.write(&format!("bad-{i}.toml"), text);
-        let out = check(&path);
-        assert_eq!(
-            out.code(),
-            Some(2),
-            "--check, {what}: want exit 2; stderr:\n{}",
-            out.stderr
-        );
-        assert_one_line_error(&out, &path, key, what);
-        let out = run(&path);
-        assert_eq!(
-            out.code(),
-            Some(2),
-            "run, {what}: want exit 2; stderr:\n{}",
-            out.stderr
-        );
-        assert_one_line_error(&out, &path, key, what);
+        for (how, invoke) in [("--check", check as fn(&Path) -> CliOutput), ("run", run)] {
+            let out = invoke(&path);
+            assert_eq!(
+                out.code(),
+                Some(2),
+                "{how}, {what}: want exit 2; stderr:\n{}",
+                out.stderr
+            );
+            assert_one_line_error(&out, &path, key, what);
+        }
     }
 }
 

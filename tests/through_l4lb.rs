@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Conf, L4lb};
+use common::{json_num, latency_percentiles, Conf, L4lb};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_l4lb-loadgen");
 
@@ -77,20 +77,6 @@ fn loadgen(args: &[&str]) -> Output {
     }
 }
 
-fn num(json: &str, key: &str) -> f64 {
-    let needle = format!("\"{key}\":");
-    let at = json
-        .find(&needle)
-        .unwrap_or_else(|| panic!("{key} missing in {json}"))
-        + needle.len();
-    let rest = &json[at..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end]
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} not a number in {json}"))
-}
-
 /// Work done, no errors, percentiles present and ordered.
 fn check(out: &Output, count_key: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -100,12 +86,9 @@ fn check(out: &Output, count_key: &str) -> String {
         "loadgen failed: {json}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(num(&json, count_key) > 0.0, "no {count_key}: {json}");
-    assert_eq!(num(&json, "total"), 0.0, "errors: {json}");
-    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
-        .iter()
-        .map(|k| num(&json, k))
-        .collect();
+    assert!(json_num(&json, count_key) > 0.0, "no {count_key}: {json}");
+    assert_eq!(json_num(&json, "total"), 0.0, "errors: {json}");
+    let p = latency_percentiles(&json);
     assert!(
         p.windows(2).all(|w| w[0] <= w[1]),
         "percentiles out of order: {json}"
@@ -150,7 +133,7 @@ fn tcp_rr_crr_and_stream_through_l4lb() {
     ]
     .concat();
     let json = check(&loadgen(&stream), "transactions");
-    assert!(num(&json, "gbit_s") > 0.0, "no throughput: {json}");
+    assert!(json_num(&json, "gbit_s") > 0.0, "no throughput: {json}");
 }
 
 #[test]
@@ -171,8 +154,8 @@ fn hold_500_through_l4lb_verifies_all() {
         "--quiet",
     ]);
     let json = check(&out, "opened");
-    assert_eq!(num(&json, "opened"), 500.0, "{json}");
-    assert_eq!(num(&json, "verified"), 500.0, "{json}");
+    assert_eq!(json_num(&json, "opened"), 500.0, "{json}");
+    assert_eq!(json_num(&json, "verified"), 500.0, "{json}");
 }
 
 #[test]

@@ -44,30 +44,23 @@ impl Backend {
     pub fn spawn(ip: IpAddr, id: &str, handler: Handler) -> Backend {
         let listener = TcpListener::bind((ip, 0)).expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let active = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (accepted, active, stop) = (accepted.clone(), active.clone(), stop.clone());
-            thread::Builder::new()
-                .name(format!("backend-{id}"))
-                .spawn(move || accept_loop(listener, handler, accepted, active, stop))
-                .expect("spawn backend thread")
-        };
-        Backend {
-            addr,
-            id: id.to_string(),
-            accepted,
-            active,
-            stop,
-            thread: Some(thread),
-        }
+        Backend::serve(listener, addr, id, handler).expect("spawn backend thread")
     }
 
     /// Like `spawn`, on a given address (e.g. a restarted backend's old port; std's listener
     /// sets SO_REUSEADDR, so connections in TIME_WAIT do not block the bind).
     pub fn spawn_at(addr: SocketAddr, id: &str, handler: Handler) -> io::Result<Backend> {
-        let listener = TcpListener::bind(addr)?;
+        Backend::serve(TcpListener::bind(addr)?, addr, id, handler)
+    }
+
+    /// Serves `listener` (bound to `addr`): an accept thread hands each connection to `handler`.
+    /// Fails only if that thread cannot start.
+    fn serve(
+        listener: TcpListener,
+        addr: SocketAddr,
+        id: &str,
+        handler: Handler,
+    ) -> io::Result<Backend> {
         let accepted = Arc::new(AtomicUsize::new(0));
         let active = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -94,14 +87,12 @@ impl Backend {
 
     /// Write `"{id}\n"` first, then echo (half-close aware).
     pub fn id(id: &str) -> Backend {
-        let greeting = format!("{id}\n").into_bytes();
-        Backend::spawn(localhost(), id, Arc::new(move |s| echo_conn(s, &greeting)))
+        Backend::spawn(localhost(), id, id_handler(id))
     }
 
     /// An `id` backend (see `id`) on a given address.
     pub fn id_at(addr: SocketAddr, id: &str) -> io::Result<Backend> {
-        let greeting = format!("{id}\n").into_bytes();
-        Backend::spawn_at(addr, id, Arc::new(move |s| echo_conn(s, &greeting)))
+        Backend::spawn_at(addr, id, id_handler(id))
     }
 
     /// Connections accepted so far.
@@ -127,6 +118,12 @@ impl Drop for Backend {
         // bounded; a straggler is left to its socket timeout rather than hang the test.
         wait_until(Duration::from_secs(2), || self.active() == 0);
     }
+}
+
+/// The handler of an `id` backend: `"{id}\n"`, then echo.
+fn id_handler(id: &str) -> Handler {
+    let greeting = format!("{id}\n").into_bytes();
+    Arc::new(move |s| echo_conn(s, &greeting))
 }
 
 fn accept_loop(

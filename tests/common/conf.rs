@@ -84,6 +84,12 @@ impl Conf {
         self
     }
 
+    /// Serve the admin API on `addr`. Call it after any `runtime` line: the `[admin]` table is
+    /// written at the end of `[runtime]`, and the `[[listener]]` that follows closes it.
+    pub fn admin(self, addr: SocketAddr) -> Conf {
+        self.runtime(&format!("\n[admin]\nbind = \"{addr}\""))
+    }
+
     /// Run the balancer with a hard open-files limit of `n`.
     pub fn nofile(mut self, n: u64) -> Conf {
         self.nofile = Some(n);

@@ -24,6 +24,7 @@ mod net;
 mod outcome;
 mod process;
 mod ready;
+mod summary;
 mod tempdir;
 
 // Each test binary uses only part of these, and an unused `pub use` of a private module is
@@ -44,5 +45,6 @@ pub use self::{
     outcome::{attempt, attempt_keep, attempt_on, served_by, Outcome},
     process::{l4lb_bin, L4lb},
     ready::Ready,
+    summary::{json_num, latency_percentiles},
     tempdir::TempDir,
 };

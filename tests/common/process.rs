@@ -10,8 +10,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::conf::Conf;
-use super::deadline::STARTUP_TIMEOUT;
-use super::net::localhost;
+use super::deadline::{wait_until, STARTUP_TIMEOUT};
+use super::metrics::scrape;
+use super::net::{free_port, localhost};
 use super::ready::{owns_socket, Ready};
 use super::tempdir::TempDir;
 
@@ -41,6 +42,26 @@ impl L4lb {
     /// Start on a free loopback port, retrying with another port if the bind raced (exit 1).
     pub fn start(conf: &Conf) -> L4lb {
         L4lb::start_edited(conf, |text, _| text)
+    }
+
+    /// Like `start`, with the admin API on a free loopback port (`Conf::admin`); returns once
+    /// the API answers, with the admin address.
+    pub fn start_with_admin(conf: &Conf) -> (L4lb, SocketAddr) {
+        L4lb::start_edited_with_admin(conf, |text, _| text)
+    }
+
+    /// `start_with_admin` with the rendered config passed through `edit` (see `start_edited`).
+    pub fn start_edited_with_admin(
+        conf: &Conf,
+        edit: impl Fn(String, SocketAddr) -> String,
+    ) -> (L4lb, SocketAddr) {
+        let admin = SocketAddr::new(localhost(), free_port(localhost()));
+        let lb = L4lb::start_edited(&conf.clone().admin(admin), edit);
+        assert!(
+            wait_until(STARTUP_TIMEOUT, || scrape(admin).is_ok()),
+            "admin API not answering on {admin}"
+        );
+        (lb, admin)
     }
 
     /// Like `start`, with the rendered config passed through `edit` first: for what `Conf` does

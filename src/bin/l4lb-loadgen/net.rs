@@ -71,18 +71,21 @@ pub enum ConnectState {
     Failed(io::Error),
 }
 
+/// A non-blocking socket of `ty` and `protocol` in the address family of `addr`: the start of
+/// every client socket here and of every `serve` listener.
+pub fn nonblocking_socket(addr: SocketAddr, ty: Type, protocol: Protocol) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
 /// Starts a non-blocking TCP connect to `target`, from `source` (port 0) when given.
 pub fn tcp_connect(
     target: SocketAddr,
     source: Option<IpAddr>,
     nodelay: bool,
 ) -> io::Result<TcpStream> {
-    let sock = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    sock.set_nonblocking(true)?;
+    let sock = nonblocking_socket(target, Type::STREAM, Protocol::TCP)?;
     if nodelay {
         sock.set_tcp_nodelay(true)?;
     }
@@ -127,12 +130,7 @@ pub fn interrupted(e: &io::Error) -> bool {
 
 /// A connected (in the UDP sense: peer fixed, ICMP errors reported) non-blocking UDP socket.
 pub fn udp_connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<UdpSocket> {
-    let sock = Socket::new(
-        Domain::for_address(target),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    sock.set_nonblocking(true)?;
+    let sock = nonblocking_socket(target, Type::DGRAM, Protocol::UDP)?;
     if let Some(ip) = source {
         sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
     }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use memchr::memmem;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Protocol, SockAddr, Type};
 
 use crate::net;
 use crate::opts::{ServeArgs, ServeMode};
@@ -98,22 +98,10 @@ pub fn run(args: ServeArgs) -> u8 {
     });
 
     let mut infos = Vec::new();
-    let Some(tcp_socks) = bind_all(
-        &args.tcp,
-        false,
-        &mut infos,
-        bind_tcp,
-        std::net::TcpListener::local_addr,
-    ) else {
+    let Some(tcp_socks) = bind_all(&args.tcp, false, &mut infos, bind_tcp) else {
         return 1;
     };
-    let Some(udp_socks) = bind_all(
-        &args.udp,
-        true,
-        &mut infos,
-        bind_udp,
-        std::net::UdpSocket::local_addr,
-    ) else {
+    let Some(udp_socks) = bind_all(&args.udp, true, &mut infos, bind_udp) else {
         return 1;
     };
     let mode_name = match args.mode {
@@ -197,20 +185,18 @@ pub fn run(args: ServeArgs) -> u8 {
 }
 
 /// Binds every address in `addrs` (TCP or UDP), recording each in `infos` under the address
-/// it really got (port 0 resolved); the sockets come back with their index in `infos`. The
+/// it really got (see `bind_tcp`); the sockets come back with their index in `infos`. The
 /// first failure is reported on stderr and ends the binding (`None`).
 fn bind_all<S>(
     addrs: &[SocketAddr],
     udp: bool,
     infos: &mut Vec<ListenerInfo>,
-    bind: fn(SocketAddr) -> io::Result<S>,
-    local_addr: fn(&S) -> io::Result<SocketAddr>,
+    bind: fn(SocketAddr) -> io::Result<(S, SocketAddr)>,
 ) -> Option<Vec<(S, usize)>> {
     let mut socks = Vec::new();
     for &addr in addrs {
         match bind(addr) {
-            Ok(s) => {
-                let local = local_addr(&s).unwrap_or(addr);
+            Ok((s, local)) => {
                 infos.push(ListenerInfo::new(local, udp));
                 socks.push((s, infos.len() - 1));
             }
@@ -224,23 +210,28 @@ fn bind_all<S>(
     Some(socks)
 }
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+/// A listening TCP socket on `addr`, and the address it really got (port 0 resolved; `addr`
+/// itself should the kernel not say).
+fn bind_tcp(addr: SocketAddr) -> io::Result<(std::net::TcpListener, SocketAddr)> {
+    let s = net::nonblocking_socket(addr, Type::STREAM, Protocol::TCP)?;
     s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
     s.bind(&SockAddr::from(addr))?;
     s.listen(BACKLOG)?;
-    Ok(s.into())
+    let l = std::net::TcpListener::from(s);
+    let local = l.local_addr().unwrap_or(addr);
+    Ok((l, local))
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_nonblocking(true)?;
+/// A bound UDP socket on `addr`, and the address it really got (as `bind_tcp`).
+fn bind_udp(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
+    let s = net::nonblocking_socket(addr, Type::DGRAM, Protocol::UDP)?;
     // Room for bursts from many client sockets; best effort (capped by net.core.rmem_max).
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&SockAddr::from(addr))?;
-    Ok(s.into())
+    let u = std::net::UdpSocket::from(s);
+    let local = u.local_addr().unwrap_or(addr);
+    Ok((u, local))
 }
 
 #[derive(Debug)]
@@ -359,23 +350,7 @@ impl Worker {
                 }
             }
             for k in std::mem::take(&mut ready) {
-                let Some(c) = self.conns.get_mut(k) else {
-                    continue;
-                };
-                c.queued = false;
-                let info = &self.infos[c.listener];
-                match drive(c, self.mode, info, &mut local[c.listener], &mut buf) {
-                    Turn::Blocked => {}
-                    Turn::MoreReady => {
-                        c.queued = true;
-                        ready.push(k);
-                    }
-                    Turn::Close => {
-                        if let Some(mut c) = self.conns.remove(k) {
-                            let _ = poll.registry().deregister(&mut c.stream);
-                        }
-                    }
-                }
+                self.turn(k, &poll, &mut local, &mut buf, &mut ready);
             }
         }
         flush(&self.infos, &mut local);
@@ -445,18 +420,34 @@ impl Worker {
                 continue;
             }
             // Data may already be waiting (or, for source, we talk first): drive at once.
-            if let Some(c) = self.conns.get_mut(k) {
-                match drive(c, self.mode, &self.infos[li], &mut local[li], buf) {
-                    Turn::Blocked => {}
-                    Turn::MoreReady => {
-                        c.queued = true;
-                        ready.push(k);
-                    }
-                    Turn::Close => {
-                        if let Some(mut c) = self.conns.remove(k) {
-                            let _ = poll.registry().deregister(&mut c.stream);
-                        }
-                    }
+            self.turn(k, poll, local, buf, ready);
+        }
+    }
+
+    /// Drives connection `k` for one turn (see `drive`): queued again in `ready` while it has
+    /// more to do, deregistered and closed when it ends.
+    fn turn(
+        &mut self,
+        k: usize,
+        poll: &Poll,
+        local: &mut [Local],
+        buf: &mut [u8],
+        ready: &mut Vec<usize>,
+    ) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.queued = false;
+        let li = c.listener;
+        match drive(c, self.mode, &self.infos[li], &mut local[li], buf) {
+            Turn::Blocked => {}
+            Turn::MoreReady => {
+                c.queued = true;
+                ready.push(k);
+            }
+            Turn::Close => {
+                if let Some(mut c) = self.conns.remove(k) {
+                    let _ = poll.registry().deregister(&mut c.stream);
                 }
             }
         }
