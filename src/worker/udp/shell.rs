@@ -18,7 +18,8 @@ use crate::metrics::{RejectReason, UdpDrop};
 use crate::net::io::{classify, is_accept_resource_error, IoClass};
 use crate::net::udp::{connect_udp, is_unreachable, Batch, BATCH};
 use crate::worker::conn::MAX_ATTEMPTS;
-use crate::worker::{passive_failure, ListenerSocket, Worker};
+use crate::worker::connect::passive_failure;
+use crate::worker::{ListenerSocket, Worker};
 
 use super::session::{admit, Session};
 use super::{session_token, Again, LISTENER_BATCHES_PER_TURN, NO_SESSION, SESSION_READS_PER_TURN};

@@ -1,0 +1,118 @@
+//! The end of TCP connections: the timer visit (`expire_timers`: when an entry fires, the
+//! real deadline is recomputed from `last_active`, the bytes moved are reported to the
+//! backend, and a connection past its PROXY-header, connect or idle deadline is retried or
+//! closed) and `close`, which releases everything a connection counted against.
+//!
+//! Hot path: runs every loop turn; each connection is visited about once per wheel revolution
+//! or deadline. Invariants: a connection in the slab has exactly one timer entry; an entry
+//! whose generation is not the slab's was left by a closed connection and is skipped; `close`
+//! is the only way out of the slab, and gives back every count the connection held (backend,
+//! listener, global, per-client).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+
+use crate::metrics::RejectReason;
+
+use super::Worker;
+
+/// How often a connection that moves bytes adds them to its backend's shared counters
+/// (`l4lb_backend_bytes_total`): live for a scrape, without a shared write per read.
+const BYTES_REPORT_MS: u64 = 1000;
+
+impl Worker {
+    pub(super) fn expire_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(self.now, |e| fired.push(e));
+        for entry in fired.drain(..) {
+            let Some(conn) = self.conns.get_mut(entry.key) else {
+                continue;
+            };
+            if conn.generation != entry.generation {
+                continue;
+            }
+            let config = &self.listeners[conn.listener].state.config;
+            let deadline = conn.deadline(config);
+            if self.now < deadline {
+                let at = if conn.awaiting_header {
+                    header_timer(deadline, self.now, config)
+                } else if conn.report_bytes() {
+                    // Busy: come back soon so the byte counters stay live.
+                    deadline.min(self.now + BYTES_REPORT_MS)
+                } else {
+                    deadline
+                };
+                self.timers.insert(at, entry);
+                continue;
+            }
+            if conn.awaiting_header {
+                // No complete PROXY header in time.
+                self.listeners[conn.listener]
+                    .state
+                    .counters
+                    .worker(self.id)
+                    .reject(RejectReason::Acl);
+                self.close(entry.key, true);
+            } else if conn.connecting && self.now >= conn.connect_deadline {
+                self.connect_failed(entry.key);
+                if let Some(conn) = self.conns.get(entry.key) {
+                    if conn.generation == entry.generation {
+                        let config = &self.listeners[conn.listener].state.config;
+                        self.timers.insert(conn.deadline(config), entry);
+                    }
+                }
+            } else {
+                // Idle, or silent past client_first_byte_timeout_ms.
+                self.close(entry.key, false);
+            }
+        }
+        self.fired = fired;
+    }
+
+    /// Remove a connection and release everything it counted against.
+    pub(super) fn close(&mut self, key: usize, with_reset: bool) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        if with_reset {
+            set_linger_zero(&conn.client);
+            if let Some(b) = &conn.backend {
+                set_linger_zero(b);
+            }
+        }
+        conn.c2b.release(&mut self.io);
+        conn.b2c.release(&mut self.io);
+        conn.report_bytes();
+        if let Some(b) = conn.backend_ref.take() {
+            b.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        let state = &self.listeners[conn.listener].state;
+        state.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some((table, slot)) = conn.client_slot.take() {
+            table.release(slot);
+        }
+        // Dropping the sockets closes them, which also removes them from the epoll set.
+    }
+}
+
+/// When to arm the timer entry of a connection awaiting its PROXY header (real deadline
+/// `deadline`): no later than one connect timeout from now, so that once the header is in,
+/// the same entry fires before the connect's deadline (which is at least that far away) and
+/// re-arms for it. A connection keeps a single entry through both phases.
+pub(super) fn header_timer(
+    deadline: u64,
+    now_ms: u64,
+    config: &crate::config::ListenerConfig,
+) -> u64 {
+    deadline.min(now_ms + config.connect_timeout.as_millis() as u64)
+}
+
+pub(super) fn set_linger_zero(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}

@@ -1,0 +1,98 @@
+//! A worker's listener set: registering a listener's socket (at start and when a reload adds
+//! one), the reload commands from the control thread (add, replace, remove a listener), and
+//! closing every listening socket at drain.
+//!
+//! Not on the hot path: runs at start, on the control thread's wake-up and once at drain.
+//! Invariants: a listener keeps its index, and so its token (`listener_token`), for the life
+//! of the worker, since connections refer to it by index: a removed one stays in the vector,
+//! `retired` and without a socket, so that its connections can finish; a replaced one keeps
+//! its socket; UDP sessions close with their listener's socket (no reply could leave).
+
+use std::io;
+use std::sync::Arc;
+
+use mio::Interest;
+
+use crate::balancer::Selector;
+use crate::state::ListenerState;
+
+use super::{listener_token, ListenerSocket, Worker, WorkerCommand, WorkerListener};
+
+impl Worker {
+    pub(super) fn add_listener(
+        &mut self,
+        state: Arc<ListenerState>,
+        mut socket: Option<ListenerSocket>,
+    ) -> io::Result<()> {
+        let index = self.listeners.len();
+        let registry = self.poll.registry();
+        match &mut socket {
+            Some(ListenerSocket::Tcp(s)) => {
+                registry.register(s, listener_token(index), Interest::READABLE)?
+            }
+            Some(ListenerSocket::Udp(s)) => {
+                registry.register(s, listener_token(index), Interest::READABLE)?
+            }
+            None => {}
+        }
+        let bind = state.config.bind;
+        self.listeners.push(WorkerListener {
+            socket,
+            retired: false,
+            selector: Selector::new(self.id as u64),
+            paused_until: None,
+            local: (!bind.ip().is_unspecified()).then_some(bind),
+            state,
+        });
+        Ok(())
+    }
+
+    pub(super) fn apply_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            log::debug!("worker {}: {command:?}", self.id);
+            match command {
+                WorkerCommand::AddListener(state, socket) => {
+                    let name = state.config.name.clone();
+                    if let Err(e) = self.add_listener(state, socket) {
+                        log::error!("worker {}: cannot add listener {name}: {e}", self.id);
+                    }
+                }
+                WorkerCommand::ReplaceListener(state) => {
+                    if let Some(l) = self
+                        .listeners
+                        .iter_mut()
+                        .find(|l| !l.retired && l.state.config.name == state.config.name)
+                    {
+                        l.state = state;
+                    }
+                }
+                WorkerCommand::RemoveListener(name) => {
+                    for li in 0..self.listeners.len() {
+                        let l = &mut self.listeners[li];
+                        if l.retired || l.state.config.name != name {
+                            continue;
+                        }
+                        l.retired = true;
+                        l.paused_until = None;
+                        // Dropping the socket closes it and takes it out of the epoll set.
+                        // UDP sessions cannot answer without it: they close now.
+                        if matches!(l.socket.take(), Some(ListenerSocket::Udp(_))) {
+                            self.udp_close_sessions(Some(li));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Close every listening socket: new connections are refused by the kernel from now on.
+    /// UDP sessions are dropped at once: they have no connection to finish, and replies could
+    /// no longer leave through the closed listener sockets.
+    pub(super) fn stop_accepting(&mut self) {
+        for l in &mut self.listeners {
+            l.socket = None;
+            l.paused_until = None;
+        }
+        self.udp_close_sessions(None);
+    }
+}
