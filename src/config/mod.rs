@@ -121,6 +121,9 @@ pub struct ListenerConfig {
     pub client_first_byte_timeout: Option<Duration>,
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
+    /// One `l4lb::access` log line per connection (UDP: session) when it ends, and per
+    /// refused connection. Read when the connection ends, so a reload applies at once.
+    pub access_log: bool,
     pub backends: Vec<BackendConfig>,
     pub health_check: Option<HealthCheckConfig>,
 }

@@ -102,6 +102,7 @@ pub(crate) struct RawListener {
     pub client_first_byte_timeout_ms: Option<i64>,
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
+    pub access_log: Option<bool>,
     pub backends: Option<Vec<RawBackend>>,
     pub health_check: Option<RawHealthCheck>,
 }

@@ -413,6 +413,7 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
 
     let allow = cx.cidrs(&k("allow"), raw.allow)?;
     let deny = cx.cidrs(&k("deny"), raw.deny)?;
+    let access_log = raw.access_log.unwrap_or(false);
 
     let backends = backends(cx, &k("backends"), raw.backends)?;
     let health_check = raw
@@ -437,6 +438,7 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         client_first_byte_timeout,
         allow,
         deny,
+        access_log,
         backends,
         health_check,
     })

@@ -5,10 +5,11 @@
 //! header.
 //!
 //! Hot path: runs once per accepted connection. Invariants: a refused connection is counted
-//! under its reason and holds nothing once reset (every count taken is given back first); an
-//! admitted one is in the slab and registered (`conn_token(key, false)`) before its first
-//! connect; a listener with `paused_until` set is not accepted on until `resume_listeners`
-//! clears it and accepts at once (edge-triggered: what queued meanwhile raises no new event).
+//! under its reason (and logged with it when the listener has `access_log`: `refuse`) and
+//! holds nothing once reset (every count taken is given back first); an admitted one is in
+//! the slab and registered (`conn_token(key, false)`) before its first connect; a listener
+//! with `paused_until` set is not accepted on until `resume_listeners` clears it and accepts
+//! at once (edge-triggered: what queued meanwhile raises no new event).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +24,7 @@ use crate::metrics::{ListenerCounters, RejectReason};
 use crate::net::io::{is_accept_resource_error, is_accept_transient_error};
 use crate::state::{try_take, ListenerState};
 
+use super::access_log::{self, End, TcpLine};
 use super::conn::{Conn, HeaderRead};
 use super::expiry::{header_timer, set_linger_zero};
 use super::timer::TimerEntry;
@@ -90,18 +92,16 @@ impl Worker {
         let counters = state.counters.worker(self.id);
         let ip = peer.ip();
         if !state.acl_allows(ip) {
-            counters.reject(RejectReason::Acl);
-            return reset(stream);
+            return refuse(&state, counters, stream, peer, RejectReason::Acl);
         }
-        if !self.take_counts(&state, counters) {
-            return reset(stream);
+        if let Err(reason) = self.take_counts(&state) {
+            return refuse(&state, counters, stream, peer, reason);
         }
         let client_slot = match client_admission(&state, ip, self.now) {
             Ok(slot) => slot,
             Err(reason) => {
                 self.undo_counts(&state);
-                counters.reject(reason);
-                return reset(stream);
+                return refuse(&state, counters, stream, peer, reason);
             }
         };
         // TCP_NODELAY is inherited from the listening socket (net::listener): no setsockopt.
@@ -127,22 +127,20 @@ impl Worker {
     }
 
     /// Take one unit of the global and of the listener's connection count; on refusal nothing
-    /// is held and the reason is counted.
+    /// is held and the caller counts the reason.
     #[inline]
-    fn take_counts(&self, state: &ListenerState, counters: &ListenerCounters) -> bool {
+    fn take_counts(&self, state: &ListenerState) -> Result<(), RejectReason> {
         if !try_take(
             &self.shared.active,
             self.shared.max_connections.load(Ordering::Relaxed),
         ) {
-            counters.reject(RejectReason::GlobalLimit);
-            return false;
+            return Err(RejectReason::GlobalLimit);
         }
         if !try_take(&state.active, state.config.max_connections) {
             self.shared.active.fetch_sub(1, Ordering::Relaxed);
-            counters.reject(RejectReason::ListenerLimit);
-            return false;
+            return Err(RejectReason::ListenerLimit);
         }
-        true
+        Ok(())
     }
 
     fn undo_counts(&self, state: &ListenerState) {
@@ -165,11 +163,10 @@ impl Worker {
     ) {
         let counters = state.counters.worker(self.id);
         if !is_trusted(&state.config.trusted_proxies, peer.ip()) {
-            counters.reject(RejectReason::Acl);
-            return reset(stream);
+            return refuse(state, counters, stream, peer, RejectReason::Acl);
         }
-        if !self.take_counts(state, counters) {
-            return reset(stream);
+        if let Err(reason) = self.take_counts(state) {
+            return refuse(state, counters, stream, peer, reason);
         }
         // TCP_NODELAY is inherited from the listening socket (net::listener): no setsockopt.
         let (key, generation) = self.conns.reserve_key();
@@ -213,7 +210,7 @@ impl Worker {
                     .counters
                     .worker(self.id)
                     .reject(RejectReason::Acl);
-                return self.close(key, true);
+                return self.close(key, End::ProxyHeader);
             }
         };
         conn.awaiting_header = false;
@@ -233,7 +230,7 @@ impl Worker {
             Ok(slot) => conn.client_slot = slot,
             Err(reason) => {
                 counters.reject(reason);
-                return self.close(key, true);
+                return self.close(key, End::Refused(reason));
             }
         }
         // The header-phase timer entry fires no later than this connect's deadline
@@ -270,6 +267,30 @@ fn is_trusted(trusted: &[ipnet::IpNet], peer: IpAddr) -> bool {
         v4 => v4,
     };
     trusted.is_empty() || trusted.iter().any(|n| n.contains(&peer))
+}
+
+/// Refuse a connection that never entered the slab: count it under `reason`, write its
+/// access-log line when the listener has one (no backend, duration 0), and reset it.
+fn refuse(
+    state: &ListenerState,
+    counters: &ListenerCounters,
+    stream: TcpStream,
+    client: SocketAddr,
+    reason: RejectReason,
+) {
+    counters.reject(reason);
+    if state.config.access_log {
+        access_log::tcp(&TcpLine {
+            listener: &state.config.name,
+            client,
+            backend: None,
+            duration_ms: 0,
+            bytes_to_backend: 0,
+            bytes_to_client: 0,
+            end: End::Refused(reason),
+        });
+    }
+    reset(stream);
 }
 
 /// Close a refused connection with a reset, as HAProxy's `tcp-request connection reject`.

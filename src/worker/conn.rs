@@ -58,7 +58,7 @@ pub struct Conn {
     pub b2c: Flow,
     /// Coarse ms clock of the last byte moved (idle timeout).
     pub last_active: u64,
-    /// Coarse ms clock of the accept (client_first_byte_timeout_ms).
+    /// Coarse ms clock of the accept (client_first_byte_timeout_ms, the access log's duration).
     pub accepted_at: u64,
     /// The per-client table this connection counts in (shared with the listener; kept here
     /// so a reload that drops or replaces the table still releases the right one).
@@ -169,18 +169,24 @@ impl Conn {
     /// connect timeout, the first-byte timeout of a client that has sent nothing, or the idle
     /// timeout.
     pub fn deadline(&self, config: &ListenerConfig) -> u64 {
-        let first_byte = match config.client_first_byte_timeout {
-            // Bytes waiting in the kernel while the backend connect is in flight count as sent.
-            Some(t) if self.c2b.bytes == 0 && !self.client_ready.readable => {
-                self.accepted_at + t.as_millis() as u64
-            }
-            _ => u64::MAX,
-        };
+        let first_byte = self.first_byte_deadline(config);
         if self.connecting {
             return self.connect_deadline.min(first_byte);
         }
         let idle = self.last_active + config.idle_timeout.as_millis() as u64;
         idle.min(first_byte)
+    }
+
+    /// When a client that has sent nothing is closed (`client_first_byte_timeout_ms`);
+    /// `u64::MAX` when that timeout is off or the client has sent something.
+    pub fn first_byte_deadline(&self, config: &ListenerConfig) -> u64 {
+        match config.client_first_byte_timeout {
+            // Bytes waiting in the kernel while the backend connect is in flight count as sent.
+            Some(t) if self.c2b.bytes == 0 && !self.client_ready.readable => {
+                self.accepted_at + t.as_millis() as u64
+            }
+            _ => u64::MAX,
+        }
     }
 
     /// After a writable or error event on a connecting backend socket.

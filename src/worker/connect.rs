@@ -21,6 +21,7 @@ use crate::net::io::is_accept_resource_error;
 use crate::state::ListenerState;
 
 use super::accept::ACCEPT_BACKOFF_MS;
+use super::access_log::End;
 use super::timer::TimerEntry;
 use super::{conn_token, Worker};
 
@@ -32,12 +33,14 @@ impl Worker {
         let outcome = self.connect(key);
         if outcome != ConnectStart::Started {
             let counters = self.listeners[li].state.counters.worker(self.id);
-            if outcome == ConnectStart::NoBackend {
+            let end = if outcome == ConnectStart::NoBackend {
                 counters.reject(RejectReason::NoBackend);
+                End::Refused(RejectReason::NoBackend)
             } else {
                 counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            self.close(key, true);
+                End::ConnectFailed
+            };
+            self.close(key, end);
             return;
         }
         self.listeners[li]
@@ -146,7 +149,7 @@ impl Worker {
                 .worker(self.id)
                 .connect_failures
                 .fetch_add(1, Ordering::Relaxed);
-            self.close(key, true);
+            self.close(key, End::ConnectFailed);
         }
     }
 }

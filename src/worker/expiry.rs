@@ -1,13 +1,15 @@
 //! The end of TCP connections: the timer visit (`expire_timers`: when an entry fires, the
 //! real deadline is recomputed from `last_active`, the bytes moved are reported to the
-//! backend, and a connection past its PROXY-header, connect or idle deadline is retried or
-//! closed) and `close`, which releases everything a connection counted against.
+//! backend, and a connection past its PROXY-header, connect, first-byte or idle deadline is
+//! retried or closed) and `close`, which releases everything a connection counted against and
+//! writes its access-log line when the listener has one.
 //!
 //! Hot path: runs every loop turn; each connection is visited about once per wheel revolution
 //! or deadline. Invariants: a connection in the slab has exactly one timer entry; an entry
 //! whose generation is not the slab's was left by a closed connection and is skipped; `close`
-//! is the only way out of the slab, and gives back every count the connection held (backend,
-//! listener, global, per-client).
+//! is the only way out of the slab, every caller says why ([`End`], which also decides the
+//! reset), and it gives back every count the connection held (backend, listener, global,
+//! per-client).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use mio::net::TcpStream;
 
 use crate::metrics::RejectReason;
 
+use super::access_log::{self, End, TcpLine};
 use super::Worker;
 
 /// How often a connection that moves bytes adds them to its backend's shared counters
@@ -57,7 +60,7 @@ impl Worker {
                     .counters
                     .worker(self.id)
                     .reject(RejectReason::Acl);
-                self.close(entry.key, true);
+                self.close(entry.key, End::ProxyHeader);
             } else if conn.connecting && self.now >= conn.connect_deadline {
                 self.connect_failed(entry.key);
                 if let Some(conn) = self.conns.get(entry.key) {
@@ -67,19 +70,28 @@ impl Worker {
                     }
                 }
             } else {
-                // Idle, or silent past client_first_byte_timeout_ms.
-                self.close(entry.key, false);
+                // Idle, or silent past client_first_byte_timeout_ms (which may fire while the
+                // connect is still in flight).
+                let end = if self.now >= conn.first_byte_deadline(config) {
+                    End::FirstByteTimeout
+                } else {
+                    End::IdleTimeout
+                };
+                self.close(entry.key, end);
             }
         }
         self.fired = fired;
     }
 
-    /// Remove a connection and release everything it counted against.
-    pub(super) fn close(&mut self, key: usize, with_reset: bool) {
+    /// Remove a connection and release everything it counted against; `end` says why (and
+    /// whether both sockets are reset). The access-log line is written here when the
+    /// listener, as configured at this moment, asks for one: a reload that switches it
+    /// applies to connections already open too.
+    pub(super) fn close(&mut self, key: usize, end: End) {
         let Some(mut conn) = self.conns.remove(key) else {
             return;
         };
-        if with_reset {
+        if end.resets() {
             set_linger_zero(&conn.client);
             if let Some(b) = &conn.backend {
                 set_linger_zero(b);
@@ -88,10 +100,21 @@ impl Worker {
         conn.c2b.release(&mut self.io);
         conn.b2c.release(&mut self.io);
         conn.report_bytes();
+        let state = &self.listeners[conn.listener].state;
+        if state.config.access_log {
+            access_log::tcp(&TcpLine {
+                listener: &state.config.name,
+                client: conn.client_addr,
+                backend: conn.backend_ref.as_deref().map(|b| b.name.as_str()),
+                duration_ms: self.now.saturating_sub(conn.accepted_at),
+                bytes_to_backend: conn.c2b.bytes,
+                bytes_to_client: conn.b2c.bytes,
+                end,
+            });
+        }
         if let Some(b) = conn.backend_ref.take() {
             b.active.fetch_sub(1, Ordering::Relaxed);
         }
-        let state = &self.listeners[conn.listener].state;
         state.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         if let Some((table, slot)) = conn.client_slot.take() {

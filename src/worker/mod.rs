@@ -10,7 +10,9 @@
 //! completion included) and driving connections. The rest, as `impl Worker` blocks:
 //! `listeners` (the listener set: reload commands, drain), `accept` (accept loop, back-off,
 //! admission), `connect` (backend connects, retries, passive health), `expiry` (timers,
-//! close), `udp` (UDP sessions); `conn` and `flow` hold a connection's state and byte pumps.
+//! close), `udp` (UDP sessions); `conn` and `flow` hold a connection's state and byte pumps;
+//! `access_log` says why a connection or session ended and writes its line when the listener
+//! asks for one.
 //!
 //! Invariants: one token space, matched in this order by `dispatch`: the waker is
 //! `usize::MAX`, listener `i` is `usize::MAX - 1 - i`, a UDP session is `UDP_TOKEN_BIT | key`,
@@ -18,6 +20,7 @@
 //! (backend), below `UDP_TOKEN_BIT`.
 
 mod accept;
+mod access_log;
 pub mod conn;
 mod connect;
 mod expiry;
@@ -42,6 +45,7 @@ use crate::config::ProxyProtocol;
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{ListenerState, SharedState};
 
+use access_log::End;
 use conn::{Conn, ConnectState, Drive};
 use flow::IoResources;
 use slab::Slab;
@@ -209,9 +213,10 @@ impl Worker {
             self.id,
             self.conns.len()
         );
+        self.now = self.shared.now_ms();
         let keys: Vec<usize> = self.conns.keys().collect();
         for key in keys {
-            self.close(key, false);
+            self.close(key, End::Shutdown);
         }
         self.udp_close_sessions(None);
     }
@@ -306,7 +311,7 @@ impl Worker {
                             None => conn.client.local_addr().unwrap_or(wl.state.config.bind),
                         };
                         if conn.send_proxy_header(version, dest, &mut self.io).is_err() {
-                            self.close(key, true);
+                            self.close(key, End::Reset);
                             return;
                         }
                     }
@@ -326,8 +331,8 @@ impl Worker {
         match conn.drive(&mut self.io, self.now) {
             Drive::Wait => {}
             Drive::Again => self.again.push(key),
-            Drive::Finished => self.close(key, false),
-            Drive::Reset => self.close(key, true),
+            Drive::Finished => self.close(key, End::Finished),
+            Drive::Reset => self.close(key, End::Reset),
         }
     }
 }

@@ -78,6 +78,11 @@ impl Conf {
         self
     }
 
+    /// `access_log = on` on the listener.
+    pub fn access_log(self, on: bool) -> Conf {
+        self.extra(&format!("access_log = {on}"))
+    }
+
     /// Add one `key = value` line to `[runtime]`.
     pub fn runtime(mut self, line: &str) -> Conf {
         self.runtime_extra.push(line.to_string());

@@ -1,11 +1,12 @@
 //! `L4lb`: the real balancer as a child process on a generated config: start (with a retry
-//! when a port race is lost), readiness, signals, the exit, and the Drop guard that kills it
-//! and fails the test if it died on its own.
+//! when a port race is lost), readiness, signals, its stderr (readable while it runs), the
+//! exit, and the Drop guard that kills it and fails the test if it died on its own.
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,9 @@ pub fn l4lb_bin() -> &'static str {
 #[derive(Debug)]
 pub struct L4lb {
     child: Option<Child>,
-    stderr: Option<JoinHandle<Vec<u8>>>,
+    /// What the child wrote on stderr so far, appended by `stderr_reader`.
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<JoinHandle<()>>,
     /// The listener's address.
     pub addr: SocketAddr,
     pub config_path: PathBuf,
@@ -146,10 +149,15 @@ impl L4lb {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn l4lb");
-        let stderr = child.stderr.take().map(drain_in_thread);
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_reader = child
+            .stderr
+            .take()
+            .map(|r| append_in_thread(r, stderr.clone()));
         let mut lb = L4lb {
             child: Some(child),
             stderr,
+            stderr_reader,
             addr,
             config_path,
             _dir: dir,
@@ -182,11 +190,25 @@ impl L4lb {
         self.take_stderr()
     }
 
+    /// Everything written on stderr, once the child is gone (the reader is joined first, so
+    /// nothing is missed); empty when it was taken already.
     fn take_stderr(&mut self) -> String {
-        match self.stderr.take() {
-            Some(h) => String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned(),
-            None => String::new(),
+        if let Some(h) = self.stderr_reader.take() {
+            let _ = h.join();
         }
+        let mut buf = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&std::mem::take(&mut *buf)).into_owned()
+    }
+
+    /// The complete lines the balancer has written on stderr so far, while it runs (a line
+    /// still being written is left out). See `stop` for all of it once it is gone.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        let buf = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        String::from_utf8_lossy(&buf[..complete])
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Panic (with stderr) if the balancer is no longer running.
@@ -245,6 +267,27 @@ impl Drop for L4lb {
             panic!("l4lb exited on its own during the test with {status}; stderr:\n{text}");
         }
     }
+}
+
+/// Append everything `r` yields to `out` until EOF, as it arrives.
+fn append_in_thread<R: Read + Send + 'static>(
+    mut r: R,
+    out: Arc<Mutex<Vec<u8>>>,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => out
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    })
 }
 
 pub(super) fn drain_in_thread<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {

@@ -83,6 +83,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(l.client_first_byte_timeout, None);
     assert!(l.allow.is_empty());
     assert!(l.deny.is_empty());
+    assert!(!l.access_log);
     assert_eq!(l.health_check, None);
     assert_eq!(l.backends.len(), 1);
     let b = &l.backends[0];
@@ -158,7 +159,8 @@ accept_proxy_protocol = true
 trusted_proxies = ["10.1.2.3/8", "192.168.0.1"]
 client_first_byte_timeout_ms = 250
 allow = ["::1"]
-deny = ["2001:db8::/32"]"#,
+deny = ["2001:db8::/32"]
+access_log = true"#,
             r#"{ addr = "127.0.0.1:9001", weight = 0, max_connections = 7, backup = true },
                { addr = "127.0.0.1:9002", weight = 1000 }"#,
         )
@@ -184,6 +186,7 @@ deny = ["2001:db8::/32"]"#,
     assert_eq!(nets, ["10.0.0.0/8", "192.168.0.1/32"]);
     assert_eq!(l.allow[0].to_string(), "::1/128");
     assert_eq!(l.deny[0].to_string(), "2001:db8::/32");
+    assert!(l.access_log);
     assert_eq!(
         l.client_first_byte_timeout,
         Some(Duration::from_millis(250))
@@ -338,7 +341,8 @@ fn unknown_listener_key() {
         "conf/x.toml: listener[0].bakends: unknown key, expected one of name, protocol, bind, \
          balance, connect_timeout_ms, idle_timeout_s, connect_retries, max_connections, \
          max_conns_per_client, conn_rate_per_client, proxy_protocol, accept_proxy_protocol, \
-         trusted_proxies, client_first_byte_timeout_ms, allow, deny, backends, health_check"
+         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, backends, \
+         health_check"
     );
 }
 
@@ -595,6 +599,26 @@ fn listener_number_ranges() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn access_log_is_a_bool_for_both_protocols() {
+    for protocol in ["tcp", "udp"] {
+        for (text, on) in [("true", true), ("false", false)] {
+            let c = parse(&one_backend(&format!(
+                "protocol = \"{protocol}\"\naccess_log = {text}"
+            )));
+            assert_eq!(c.listeners[0].access_log, on, "{protocol} {text}");
+        }
+    }
+    assert_eq!(
+        err(&one_backend("access_log = \"on\"")),
+        "conf/x.toml: listener[0].access_log: invalid type: string \"on\", expected a boolean"
+    );
+    assert_eq!(
+        err(&one_backend("access_log = 1")),
+        "conf/x.toml: listener[0].access_log: invalid type: integer `1`, expected a boolean"
+    );
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! The socket shell of UDP balancing: the worker's event handlers for a readable listener
 //! socket and a readable session socket, the reply flush, expiry and teardown. Every decision
 //! is the sans-io core's ([`super::session`]); this file only moves datagrams and classifies
-//! errors.
+//! errors. Every session that ends after it opened goes through `end_session`, which writes
+//! its access-log line when the listener has one; a datagram refused before a session opens
+//! is counted, not logged (a flood of them would otherwise be a line per datagram), and so is
+//! a session whose socket could not be registered (a connect failure).
 //!
 //! Hot path. Errors never leave these functions: `WouldBlock` ends a read loop, `Interrupted`
 //! retries, ECONNREFUSED/unreachable on a session socket is a passive failure of its backend
@@ -17,9 +20,11 @@ use crate::balancer::FlowKey;
 use crate::metrics::{RejectReason, UdpDrop};
 use crate::net::io::{classify, is_accept_resource_error, IoClass};
 use crate::net::udp::{connect_udp, is_unreachable, Batch, BATCH};
+use crate::state::SharedState;
+use crate::worker::access_log::{self, SessionEnd, UdpLine};
 use crate::worker::conn::MAX_ATTEMPTS;
 use crate::worker::connect::passive_failure;
-use crate::worker::{ListenerSocket, Worker};
+use crate::worker::{ListenerSocket, Worker, WorkerListener};
 
 use super::session::{admit, Session};
 use super::{session_token, Again, LISTENER_BATCHES_PER_TURN, NO_SESSION, SESSION_READS_PER_TURN};
@@ -236,7 +241,7 @@ impl Worker {
                     IoClass::Retry => continue,
                     _ => {
                         log::debug!("worker {}: udp session recv: {e}", self.id);
-                        self.udp_close(key);
+                        self.udp_close(key, SessionEnd::Error);
                         return;
                     }
                 },
@@ -304,13 +309,18 @@ impl Worker {
             return;
         };
         passive_failure(&s.backend, &self.listeners[s.listener].state, self.now);
-        drop(s.release(&self.shared));
+        end_session(
+            &self.listeners,
+            &self.shared,
+            self.now,
+            s,
+            SessionEnd::Refused,
+        );
     }
 
-    fn udp_close(&mut self, key: usize) {
+    fn udp_close(&mut self, key: usize, end: SessionEnd) {
         if let Some(s) = self.udp.sessions.remove(key) {
-            // Dropping the socket closes it, which also takes it out of the epoll set.
-            drop(s.release(&self.shared));
+            end_session(&self.listeners, &self.shared, self.now, s, end);
         }
     }
 
@@ -344,10 +354,11 @@ impl Worker {
     pub(in crate::worker) fn udp_expire(&mut self) {
         let listeners = &self.listeners;
         let shared = &self.shared;
+        let now = self.now;
         self.udp.sessions.expire(
-            self.now,
+            now,
             |li| listeners[li].state.config.idle_timeout.as_millis() as u64,
-            |s| drop(s.release(shared)),
+            |s| end_session(listeners, shared, now, s, SessionEnd::IdleTimeout),
         );
     }
 
@@ -359,7 +370,7 @@ impl Worker {
         }
         for key in self.udp.sessions.keys() {
             if li.is_none_or(|li| self.udp.sessions.get(key).is_some_and(|s| s.listener == li)) {
-                self.udp_close(key);
+                self.udp_close(key, SessionEnd::Shutdown);
             }
         }
         self.udp.again.retain(|w| match (w, li) {
@@ -368,6 +379,29 @@ impl Worker {
             (Again::Session { .. }, Some(_)) => true,
         });
     }
+}
+
+/// Release a session that left the table, after writing its access-log line when its
+/// listener has one. Dropping the socket closes it, which also takes it out of the epoll set.
+fn end_session(
+    listeners: &[WorkerListener],
+    shared: &SharedState,
+    now_ms: u64,
+    session: Session<UdpSocket>,
+    end: SessionEnd,
+) {
+    let config = &listeners[session.listener].state.config;
+    if config.access_log {
+        access_log::udp(&UdpLine {
+            listener: &config.name,
+            client: session.client,
+            backend: &session.backend.name,
+            duration_ms: now_ms.saturating_sub(session.opened_at),
+            stats: session.totals(),
+            end,
+        });
+    }
+    drop(session.release(shared));
 }
 
 /// Where [`send_slots`] sends a batch.
