@@ -20,13 +20,13 @@ while [ $# -gt 0 ]; do
 done
 L4LB=${L4LB_BIN:-target/release/l4lb}
 [ -x "$L4LB" ] || { echo "reload-cost: build first (make build)" >&2; exit 1; }
-WORK=$(mktemp -d)
-LB=""
-cleanup() {
-  if [ -n "$LB" ]; then kill "$LB" 2>/dev/null || true; wait "$LB" 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+TMP=$(mktemp -d)
+WORK=$TMP
+trap lib_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 render() { # $1: weight of the first backend
   printf '[runtime]\nworkers = 2\npin_cpus = false\n'
@@ -44,6 +44,7 @@ render() { # $1: weight of the first backend
 render 1 >"$WORK/l4lb.toml"
 "$L4LB" --config "$WORK/l4lb.toml" 2>"$WORK/l4lb.log" &
 LB=$!
+PIDS+=("$LB")
 sleep 0.5
 for ((i = 2; i < RELOADS + 2; i++)); do
   render "$i" >"$WORK/l4lb.toml"

@@ -23,14 +23,13 @@ LOADGEN=${LOADGEN_BIN:-target/release/l4lb-loadgen}
 command -v strace >/dev/null || { echo "syscalls: strace is not installed" >&2; exit 1; }
 if [ ! -x "$L4LB" ] || [ ! -x "$LOADGEN" ]; then echo "syscalls: build first (make build)" >&2; exit 1; fi
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+TMP=$(mktemp -d)
+WORK=$TMP
+trap lib_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 BACKEND=127.0.0.1:24901
 FRONT=127.0.0.1:24900
@@ -40,6 +39,27 @@ sleep 0.3
 
 # total syscalls from a `strace -c` summary
 total_calls() { awk '/^100.00/ {print $4} /total$/ {print $(NF-2)}' "$1" | tail -1; }
+
+# warm_up ADDR: until a proxy there answers a short tcp-rr (5 s at most). The warm-up
+# connection is a negligible part of what is counted afterwards.
+warm_up() {
+  for _ in $(seq 1 50); do
+    "$LOADGEN" tcp-rr --target "$1" --conns 1 --duration 0.1 --quiet >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+}
+
+# stop_traced: stop the proxy running under strace as $spid (strace then writes its summary
+# and exits), and wait for strace.
+stop_traced() {
+  local lpid
+  lpid=$(pgrep -P "$spid" | head -1 || true)
+  [ -n "$lpid" ] && kill -TERM "$lpid" 2>/dev/null
+  wait "$spid" 2>/dev/null || true
+}
+
+# per CALLS N DIGITS: CALLS / N, or n/a.
+per() { awk -v c="$1" -v t="$2" -v d="$3" 'BEGIN { if (t > 0) printf "%." d "f", c / t; else print "n/a" }'; }
 
 printf '| splice | workload | transactions | syscalls | syscalls per transaction | top calls |\n'
 printf '|---|---|---|---|---|---|\n'
@@ -58,25 +78,18 @@ CONF
     strace -c -f -o "$WORK/strace.txt" "$L4LB" --config "$WORK/l4lb.toml" 2>"$WORK/l4lb.log" &
     spid=$!
     PIDS+=("$spid")
-    for _ in $(seq 1 50); do
-      "$LOADGEN" tcp-rr --target "$FRONT" --conns 1 --duration 0.1 --quiet >/dev/null 2>&1 && break
-      sleep 0.1
-    done
-    # Start counting from here: the warm-up connection above is a negligible part of the total.
+    warm_up "$FRONT"
     if [ "$workload" = tcp-rr ]; then
       json=$("$LOADGEN" tcp-rr --target "$FRONT" --conns 8 --size "$SIZE" --duration "$DURATION" --json --quiet 2>/dev/null | tail -1)
     else
       json=$("$LOADGEN" tcp-stream --target "$FRONT" --direction both --conns 2 --size 65536 --duration "$DURATION" --json --quiet 2>/dev/null | tail -1)
     fi
-    # Stop l4lb itself (strace then prints its summary and exits).
-    lpid=$(pgrep -P "$spid" | head -1 || true)
-    [ -n "$lpid" ] && kill -TERM "$lpid" 2>/dev/null
-    wait "$spid" 2>/dev/null || true
-    tx=$(printf '%s' "$json" | sed -n 's/.*"transactions":\([0-9]*\).*/\1/p')
+    stop_traced
+    tx=$(jget "$json" transactions 0)
     calls=$(total_calls "$WORK/strace.txt")
     top=$(awk 'NR>2 && $1 ~ /^[0-9.]+$/ && NF>=5 {print $NF"="$4}' "$WORK/strace.txt" | head -5 | tr '\n' ' ')
-    per=$(awk -v c="$calls" -v t="$tx" 'BEGIN { if (t > 0) printf "%.2f", c / t; else print "n/a" }')
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$mode" "$workload" "${tx:-0}" "${calls:-0}" "$per" "$top"
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$mode" "$workload" "$tx" "${calls:-0}" \
+      "$(per "$calls" "$tx" 2)" "$top"
   done
 done
 echo
@@ -86,18 +99,12 @@ echo "tcp-rr: $SIZE-byte request and response per transaction; tcp-stream: one 6
 # installed, HAProxy (1 thread, mode tcp), each traced the same way.
 crr_calls() { # $1: label, $2: front address; the proxy runs under strace as $spid
   local json tx calls
-  for _ in $(seq 1 50); do
-    "$LOADGEN" tcp-rr --target "$2" --conns 1 --duration 0.1 --quiet >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  warm_up "$2"
   json=$("$LOADGEN" tcp-crr --target "$2" --conns 8 --duration "$DURATION" --json --quiet 2>/dev/null | tail -1)
-  lpid=$(pgrep -P "$spid" | head -1 || true)
-  [ -n "$lpid" ] && kill -TERM "$lpid" 2>/dev/null
-  wait "$spid" 2>/dev/null || true
-  tx=$(printf '%s' "$json" | sed -n 's/.*"transactions":\([0-9]*\).*/\1/p')
+  stop_traced
+  tx=$(jget "$json" transactions 0)
   calls=$(total_calls "$WORK/strace.txt")
-  printf '| %s | %s | %s | %s |\n' "$1" "${tx:-0}" "${calls:-0}" \
-    "$(awk -v c="$calls" -v t="$tx" 'BEGIN { if (t > 0) printf "%.1f", c / t; else print "n/a" }')"
+  printf '| %s | %s | %s | %s |\n' "$1" "$tx" "${calls:-0}" "$(per "$calls" "$tx" 1)"
 }
 echo
 printf '| proxy (tcp-crr) | connections | syscalls | syscalls per connection |\n'

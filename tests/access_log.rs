@@ -208,6 +208,8 @@ fn off_by_default_no_access_line() {
     lb.signal(Signal::SIGTERM);
     let (status, stderr) = lb.wait_exit(EXIT_TIMEOUT).expect("l4lb did not exit");
     assert!(status.success(), "{status}\n{stderr}");
+    // Info lines do reach the captured stderr (so the absence below means something).
+    assert!(stderr.contains(" INFO "), "no info line captured: {stderr}");
     assert!(!stderr.contains("l4lb::access"), "{stderr}");
 }
 
