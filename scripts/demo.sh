@@ -12,6 +12,8 @@
 #                      backends 127.0.0.1:9001-9003, admin 127.0.0.1:9090)
 #   DEMO_DURATION      seconds of load (default 5)
 #   DEMO_CONNS         concurrent connections (default 16)
+#   DEMO_PORT_BASE     run on other ports: the listener on BASE, the backends on BASE+1..+3,
+#                      the admin API on BASE+4 (the config's ports are rewritten in a copy)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,9 +38,20 @@ CONFIG=${DEMO_CONFIG:-conf/demo.toml}
 DURATION=${DEMO_DURATION:-5}
 CONNS=${DEMO_CONNS:-16}
 FRONT_HOST=127.0.0.1
-FRONT_PORT=8080
-BACKENDS=(127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003)
-ADMIN=127.0.0.1:9090
+BASE=${DEMO_PORT_BASE:-}
+if [[ -n "$BASE" && ! "$BASE" =~ ^[0-9]+$ ]]; then
+  echo "demo: DEMO_PORT_BASE must be a port number, not $BASE" >&2
+  exit 2
+fi
+if [[ -n "$BASE" ]]; then
+  FRONT_PORT=$BASE
+  BACKENDS=("127.0.0.1:$((BASE + 1))" "127.0.0.1:$((BASE + 2))" "127.0.0.1:$((BASE + 3))")
+  ADMIN=127.0.0.1:$((BASE + 4))
+else
+  FRONT_PORT=8080
+  BACKENDS=(127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003)
+  ADMIN=127.0.0.1:9090
+fi
 
 for bin in "$L4LB_BIN" "$LOADGEN_BIN"; do
   if [[ ! -x "$bin" ]]; then
@@ -57,6 +70,14 @@ source scripts/lib.sh
 trap lib_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+if [[ -n "$BASE" ]]; then
+  sed -e "s/127\.0\.0\.1:8080/$FRONT_HOST:$FRONT_PORT/" \
+    -e "s/127\.0\.0\.1:9001/${BACKENDS[0]}/" -e "s/127\.0\.0\.1:9002/${BACKENDS[1]}/" \
+    -e "s/127\.0\.0\.1:9003/${BACKENDS[2]}/" -e "s/127\.0\.0\.1:9090/$ADMIN/" \
+    "$CONFIG" >"$TMP/demo.toml"
+  CONFIG=$TMP/demo.toml
+fi
 
 for addr in "$FRONT_HOST:$FRONT_PORT" "${BACKENDS[@]}"; do
   if port_open "${addr%:*}" "${addr##*:}"; then

@@ -189,12 +189,14 @@ fn http_crr_through_l4lb_reaches_every_backend() {
 #[test]
 fn make_demo_shows_all_three_backends() {
     let root = env!("CARGO_MANIFEST_DIR");
+    let base = five_free_ports();
     let mut child = Command::new("make")
         .args(["-s", "demo-run"])
         .current_dir(root)
         .env("L4LB_BIN", common::l4lb_bin())
         .env("LOADGEN_BIN", LOADGEN)
         .env("DEMO_DURATION", "2")
+        .env("DEMO_PORT_BASE", base.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -214,7 +216,7 @@ fn make_demo_shows_all_three_backends() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "demo failed:\n{text}");
-    for port in [9001, 9002, 9003] {
+    for port in [base + 1, base + 2, base + 3] {
         let line = format!("backend       127.0.0.1:{port}  responses=");
         assert!(
             text.contains(&line),
@@ -222,4 +224,22 @@ fn make_demo_shows_all_three_backends() {
         );
     }
     assert!(text.contains("p99="), "no latency summary:\n{text}");
+}
+
+/// The first of five consecutive loopback ports that nobody holds now (the demo's listener,
+/// three backends and the admin API), so parallel test runs never share the demo's ports.
+fn five_free_ports() -> u16 {
+    for _ in 0..200 {
+        let base = common::free_port(common::localhost());
+        if base > 65_530 {
+            continue;
+        }
+        let held: Vec<_> = (base..base + 5)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == 5 {
+            return base;
+        }
+    }
+    panic!("no five consecutive free ports on 127.0.0.1 in 200 tries");
 }
