@@ -156,13 +156,13 @@ fn main() {
 /// The per-client limiter on the accept path: one acquire + release of a concurrent-connection
 /// slot, and one token-bucket take, spread over 1,024 client IPs.
 fn bench_limiter(c: &mut Criterion) {
-    use l4lb::limits::{ClientTable, RateTable};
+    use l4lb::limits::{ClientKeys, ClientTable, RateTable};
     use std::net::{IpAddr, Ipv4Addr};
     let ips: Vec<IpAddr> = (0..1024u32)
         .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)))
         .collect();
     let mut group = c.benchmark_group("limiter");
-    let table = ClientTable::new(100_000);
+    let table = ClientTable::new(100_000, ClientKeys::new(32, 64));
     let mut i = 0;
     group.bench_function("client_cap_acquire_release", |b| {
         b.iter(|| {
@@ -172,7 +172,7 @@ fn bench_limiter(c: &mut Criterion) {
             }
         })
     });
-    let rates = RateTable::new(100_000, 1_000_000);
+    let rates = RateTable::new(100_000, 1_000_000, ClientKeys::new(32, 64));
     let mut now = 0u64;
     group.bench_function("client_rate_take", |b| {
         b.iter(|| {

@@ -21,10 +21,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
+pub mod access_queue;
 pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod net;

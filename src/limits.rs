@@ -1,9 +1,18 @@
-//! Per-client flow control shared by all workers: concurrent connections per client IP
-//! ([`ClientTable`]) and new connections per second per client IP ([`RateTable`]).
+//! Per-client flow control shared by all workers: concurrent connections per client
+//! ([`ClientTable`]), new connections per second per client ([`RateTable`]) and new
+//! connections per second for a whole listener ([`ListenerRate`]).
 //!
 //! Hot path (once per accepted connection, never per read). Lock-free: every entry is a single
 //! `AtomicU64` updated with compare-and-swap, so workers never block each other, and the tables
 //! are pre-sized from the config at startup and never grow.
+//!
+//! A "client" is its address cut to `client_ipv4_prefix` / `client_ipv6_prefix` bits
+//! ([`ClientKeys`]): one IPv6 host holds a whole /64, so counting /128s would let it escape
+//! every cap. Tables are indexed with a keyed hash whose key is random per table (drawn from
+//! the OS when the table is built): the tables need no agreement between hosts or restarts,
+//! and a secret key means nobody can compute offline a set of addresses that lands in a
+//! victim's bucket. (Selection hashing, `balancer::hash`, stays fixed-key: it must be
+//! reproducible.)
 //!
 //! Invariants of [`ClientTable`]:
 //! - an entry packs a 40-bit client fingerprint and a 24-bit count; 0 means empty;
@@ -11,13 +20,17 @@
 //!   while holding their bucket's insert flag (increments and decrements never take it);
 //! - an entry whose count drops to 0 becomes empty in the same CAS.
 //!
-//! IPv4 fingerprints are the address itself (exact). IPv6 fingerprints are a 39-bit fixed hash;
-//! two IPv6 clients share a count only on a 1-in-2^39 collision.
+//! IPv4 fingerprints are the (prefix-cut) address itself (exact). IPv6 fingerprints are 39
+//! bits of the keyed hash; two IPv6 clients share a count only on a 1-in-2^39 collision.
+//!
+//! Rates are GCRA (the "virtual scheduling" form of a token bucket): one `u64` per entry
+//! holds the theoretical arrival time in nanoseconds of the clock the caller passes in. It
+//! never wraps (584 years), so any real elapsed time refills, however long.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::balancer::hash::hash_bytes;
 
 /// Slots per bucket: 7 entries plus one insert flag fill one 64-byte cache line.
 const SLOTS: usize = 7;
@@ -26,6 +39,10 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 /// Upper bound on CAS retries; contention on one client's entry from more than a few workers
 /// at once is short-lived, and a bound keeps a pathological case from spinning forever.
 const MAX_CAS_RETRIES: usize = 1024;
+/// The window of every rate: burst = rate means a full bucket is one second of tokens.
+const RATE_WINDOW_NS: u64 = 1_000_000_000;
+/// Rates above this many per second are treated as this (1 ns between tokens).
+const MAX_RATE: u64 = RATE_WINDOW_NS;
 
 #[repr(align(64))]
 #[derive(Debug, Default)]
@@ -43,11 +60,60 @@ pub enum LimitError {
     TableFull,
 }
 
+/// How a table turns a client address into its key: the prefix lengths that make one client,
+/// and the table's secret hash key.
+#[derive(Debug, Clone)]
+pub struct ClientKeys {
+    v4_prefix: u8,
+    v6_prefix: u8,
+    /// SipHash-1-3 keyed from the OS's random source (getrandom) when built.
+    secret: RandomState,
+}
+
+impl ClientKeys {
+    /// Keys with a fresh random secret; prefixes are clamped to 32 and 128.
+    pub fn new(v4_prefix: u8, v6_prefix: u8) -> ClientKeys {
+        ClientKeys {
+            v4_prefix: v4_prefix.min(32),
+            v6_prefix: v6_prefix.min(128),
+            secret: RandomState::new(),
+        }
+    }
+
+    /// Whether two addresses count as the same client.
+    pub fn same_client(&self, a: IpAddr, b: IpAddr) -> bool {
+        self.fingerprint(a).0 == self.fingerprint(b).0
+    }
+
+    /// (fingerprint, bucket hash) of `ip`: fingerprints are non-zero and below 2^40.
+    fn fingerprint(&self, ip: IpAddr) -> (u64, u64) {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.v4_prefix))
+                    .unwrap_or(0);
+                let bits = u32::from(v4) & mask;
+                let h = self.secret.hash_one((4u8, bits));
+                ((1 << 39) | u64::from(bits), h)
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.v6_prefix))
+                    .unwrap_or(0);
+                let bits = u128::from(v6) & mask;
+                let h = self.secret.hash_one((6u8, bits));
+                ((h >> 25) % ((1 << 39) - 1) + 1, h)
+            }
+        }
+    }
+}
+
 /// Concurrent connections per client IP, exact across workers.
 #[derive(Debug)]
 pub struct ClientTable {
     buckets: Box<[Bucket]>,
     mask: usize,
+    keys: ClientKeys,
 }
 
 /// Proof that one connection of a client is counted; pass it back to [`ClientTable::release`].
@@ -56,39 +122,24 @@ pub struct ClientSlot {
     index: u32,
 }
 
-fn fingerprint(ip: IpAddr) -> (u64, u64) {
-    let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    };
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4) as u64;
-            ((1 << 39) | bits, hash_bytes(&v4.octets()))
-        }
-        IpAddr::V6(v6) => {
-            let h = hash_bytes(&v6.octets());
-            ((h >> 25) % ((1 << 39) - 1) + 1, h)
-        }
-    }
-}
-
 impl ClientTable {
-    /// A table that tracks up to about `capacity` distinct concurrent clients.
-    pub fn new(capacity: usize) -> ClientTable {
+    /// A table that tracks up to about `capacity` distinct concurrent clients, as `keys` cut
+    /// them.
+    pub fn new(capacity: usize, keys: ClientKeys) -> ClientTable {
         // Load factor at most 0.5 entries per bucket of 7: a full bucket is vanishingly rare.
         let buckets = (capacity.clamp(64, 1 << 22) / 2).next_power_of_two();
         let buckets: Box<[Bucket]> = (0..buckets).map(|_| Bucket::default()).collect();
         let mask = buckets.len() - 1;
-        ClientTable { buckets, mask }
+        ClientTable {
+            buckets,
+            mask,
+            keys,
+        }
     }
 
     /// Count one more connection of `ip`, unless it already has `limit`.
     pub fn acquire(&self, ip: IpAddr, limit: u32) -> Result<ClientSlot, LimitError> {
-        let (fp, h) = fingerprint(ip);
+        let (fp, h) = self.keys.fingerprint(ip);
         let bucket_index = (h as usize) & self.mask;
         let bucket = &self.buckets[bucket_index];
         let limit = (limit as u64).min(COUNT_MASK);
@@ -194,7 +245,7 @@ impl ClientTable {
 
     /// Current count of `ip` (for tests and the admin API).
     pub fn count(&self, ip: IpAddr) -> u32 {
-        let (fp, h) = fingerprint(ip);
+        let (fp, h) = self.keys.fingerprint(ip);
         let bucket = &self.buckets[(h as usize) & self.mask];
         bucket
             .slots
@@ -205,63 +256,100 @@ impl ClientTable {
     }
 }
 
-/// New connections per second per client IP: a token bucket per client whose burst equals the
+/// One GCRA step on `tat` (theoretical arrival time, ns) at `now_ns`: take one token when the
+/// bucket has one. Tokens come every `interval_ns`; the bucket holds one window's worth. A
+/// clock a little behind the stored time (another worker read it a moment earlier) only
+/// finds fewer tokens: the arithmetic has no wrap to mistake for a long pause.
+fn gcra_take(tat: &AtomicU64, now_ns: u64, interval_ns: u64) -> bool {
+    let mut v = tat.load(Ordering::Acquire);
+    for _ in 0..MAX_CAS_RETRIES {
+        let next = v.max(now_ns).saturating_add(interval_ns);
+        if next > now_ns.saturating_add(RATE_WINDOW_NS) {
+            return false;
+        }
+        match tat.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(actual) => v = actual,
+        }
+    }
+    false
+}
+
+/// Nanoseconds between tokens for `rate_per_s` (clamped to 1..=[`MAX_RATE`]).
+fn interval_ns(rate_per_s: u32) -> u64 {
+    RATE_WINDOW_NS / u64::from(rate_per_s).clamp(1, MAX_RATE)
+}
+
+fn ms_to_ns(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1_000_000)
+}
+
+/// New connections per second per client: a token bucket per client whose burst equals the
 /// rate. Direct-mapped: a client whose slot is taken by another evicts it and starts with a
 /// full bucket, which can only make the limit more lenient, never refuse a client wrongly.
 #[derive(Debug)]
 pub struct RateTable {
     keys: Box<[AtomicU64]>,
-    /// Packs milli-tokens (high 32 bits) and the last refill time in ms (low 32 bits).
-    states: Box<[AtomicU64]>,
+    /// GCRA theoretical arrival time per slot, ns of the caller's clock.
+    tats: Box<[AtomicU64]>,
     mask: usize,
-    /// Tokens per second = milli-tokens per millisecond.
-    rate: u64,
+    interval_ns: u64,
+    client_keys: ClientKeys,
 }
 
 impl RateTable {
-    pub fn new(capacity: usize, rate_per_s: u32) -> RateTable {
+    pub fn new(capacity: usize, rate_per_s: u32, client_keys: ClientKeys) -> RateTable {
         let n = capacity.clamp(64, 1 << 22).next_power_of_two();
         RateTable {
             keys: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            states: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            tats: (0..n).map(|_| AtomicU64::new(0)).collect(),
             mask: n - 1,
-            rate: (rate_per_s as u64).min(4_000_000),
+            interval_ns: interval_ns(rate_per_s),
+            client_keys,
         }
     }
 
     /// Take one token for `ip` at time `now_ms` (any monotonic millisecond clock).
     pub fn try_acquire(&self, ip: IpAddr, now_ms: u64) -> bool {
-        let (fp, h) = fingerprint(ip);
+        let (fp, h) = self.client_keys.fingerprint(ip);
         let i = (h as usize) & self.mask;
-        let burst = self.rate * 1000;
-        let now = now_ms as u32;
+        let now = ms_to_ns(now_ms);
         if self.keys[i].load(Ordering::Acquire) != fp {
             // New client (or eviction): full bucket minus this connection.
             self.keys[i].store(fp, Ordering::Release);
-            self.states[i].store(((burst - 1000) << 32) | now as u64, Ordering::Release);
+            self.tats[i].store(now + self.interval_ns, Ordering::Release);
             return true;
         }
-        let state = &self.states[i];
-        let mut v = state.load(Ordering::Acquire);
-        for _ in 0..MAX_CAS_RETRIES {
-            let tokens = v >> 32;
-            let last = v as u32;
-            let elapsed = now.wrapping_sub(last) as u64;
-            // A clock older than `last` (another worker stored a later time) wraps to a huge
-            // value; treat anything over a day as zero elapsed.
-            let elapsed = if elapsed > 86_400_000 { 0 } else { elapsed };
-            let refilled = (tokens + elapsed * self.rate).min(burst);
-            let stamp = if elapsed == 0 { last } else { now };
-            if refilled < 1000 {
-                return false;
-            }
-            let new = ((refilled - 1000) << 32) | stamp as u64;
-            match state.compare_exchange_weak(v, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(actual) => v = actual,
-            }
+        gcra_take(&self.tats[i], now, self.interval_ns)
+    }
+}
+
+/// New connections (UDP: sessions) per second for a whole listener, all clients and workers
+/// together (`conn_rate_limit`): one token bucket, burst = rate.
+#[derive(Debug)]
+pub struct ListenerRate {
+    tat: AtomicU64,
+    interval_ns: u64,
+    rate: u32,
+}
+
+impl ListenerRate {
+    pub fn new(rate_per_s: u32) -> ListenerRate {
+        ListenerRate {
+            tat: AtomicU64::new(0),
+            interval_ns: interval_ns(rate_per_s),
+            rate: rate_per_s,
         }
-        false
+    }
+
+    /// The configured rate (a reload keeps the bucket when it is unchanged).
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Take one token at `now_ms`.
+    pub fn try_acquire(&self, now_ms: u64) -> bool {
+        gcra_take(&self.tat, ms_to_ns(now_ms), self.interval_ns)
     }
 }
 
@@ -271,13 +359,17 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::Arc;
 
+    fn exact() -> ClientKeys {
+        ClientKeys::new(32, 128)
+    }
+
     fn v4(d: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, d))
     }
 
     #[test]
     fn cap_is_exact_and_released() {
-        let t = ClientTable::new(1000);
+        let t = ClientTable::new(1000, exact());
         let a = t.acquire(v4(2), 2).unwrap();
         let b = t.acquire(v4(2), 2).unwrap();
         assert_eq!(t.acquire(v4(2), 2), Err(LimitError::Limit));
@@ -291,7 +383,7 @@ mod tests {
 
     #[test]
     fn entry_is_freed_at_zero() {
-        let t = ClientTable::new(64);
+        let t = ClientTable::new(64, exact());
         for round in 0..1000u32 {
             let ip = IpAddr::V4(Ipv4Addr::from(round));
             let s = t.acquire(ip, 1).unwrap();
@@ -302,7 +394,7 @@ mod tests {
 
     #[test]
     fn ipv6_and_mapped_v4() {
-        let t = ClientTable::new(64);
+        let t = ClientTable::new(64, exact());
         let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 9).to_ipv6_mapped());
         t.acquire(v4(9), 1).unwrap();
         assert_eq!(t.acquire(mapped, 1), Err(LimitError::Limit));
@@ -313,7 +405,7 @@ mod tests {
 
     #[test]
     fn concurrent_acquire_never_exceeds_cap() {
-        let t = Arc::new(ClientTable::new(1024));
+        let t = Arc::new(ClientTable::new(1024, exact()));
         let limit = 10;
         let handles: Vec<_> = (0..4)
             .map(|_| {
@@ -346,7 +438,7 @@ mod tests {
 
     #[test]
     fn token_bucket_burst_then_refill() {
-        let r = RateTable::new(64, 5);
+        let r = RateTable::new(64, 5, exact());
         let ip = v4(4);
         let passed = (0..20).filter(|_| r.try_acquire(ip, 1000)).count();
         assert_eq!(passed, 5);
@@ -355,5 +447,93 @@ mod tests {
         assert!(r.try_acquire(ip, 1200));
         let passed = (0..20).filter(|_| r.try_acquire(ip, 3000)).count();
         assert_eq!(passed, 5);
+    }
+
+    /// Regression (issue 9.6): an elapsed time over a day counted as zero, so a client whose
+    /// bucket emptied a day ago stayed refused until the 32-bit clock wrapped (~49 days).
+    #[test]
+    fn token_bucket_refills_after_any_pause() {
+        let day_ms = 86_400_000;
+        for start in [0, 1_000, day_ms / 2, 49 * day_ms] {
+            for pause in [
+                day_ms + 1,
+                2 * day_ms,
+                30 * day_ms,
+                50 * day_ms,
+                400 * day_ms,
+            ] {
+                let r = RateTable::new(64, 2, exact());
+                let ip = v4(7);
+                let passed = (0..5).filter(|_| r.try_acquire(ip, start)).count();
+                assert_eq!(passed, 2, "burst at {start}");
+                assert!(!r.try_acquire(ip, start + 100), "empty at {start}");
+                assert!(r.try_acquire(ip, start + pause), "refill after {pause} ms");
+                assert!(r.try_acquire(ip, start + pause), "a whole burst is back");
+                assert!(!r.try_acquire(ip, start + pause), "but only the burst");
+            }
+        }
+    }
+
+    /// A worker whose clock reads a little behind the stored time gets no extra tokens.
+    #[test]
+    fn token_bucket_clock_behind_grants_nothing_extra() {
+        let r = RateTable::new(64, 4, exact());
+        let ip = v4(8);
+        let passed = (0..10).filter(|_| r.try_acquire(ip, 5_000)).count();
+        assert_eq!(passed, 4);
+        assert!(!r.try_acquire(ip, 4_990));
+        assert!(!r.try_acquire(ip, 5_000));
+        assert!(r.try_acquire(ip, 5_250));
+    }
+
+    #[test]
+    fn listener_rate_is_a_token_bucket_for_everyone() {
+        let r = ListenerRate::new(3);
+        let passed = (0..10).filter(|_| r.try_acquire(10_000)).count();
+        assert_eq!(passed, 3);
+        assert!(!r.try_acquire(10_100));
+        assert!(r.try_acquire(10_334));
+        assert!(r.try_acquire(10_000 + 86_400_000 * 60));
+    }
+
+    /// Clients are counted by prefix: a /64 is one IPv6 client, a /24 one IPv4 client when
+    /// asked, and v4-mapped addresses count as their IPv4 address.
+    #[test]
+    fn clients_are_counted_by_prefix() {
+        let keys = ClientKeys::new(24, 64);
+        let t = ClientTable::new(64, keys.clone());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        t.acquire(a, 1).unwrap();
+        assert_eq!(t.acquire(b, 1), Err(LimitError::Limit));
+        assert!(t.acquire(other, 1).is_ok());
+        t.acquire(v4(1), 1).unwrap();
+        assert_eq!(t.acquire(v4(200), 1), Err(LimitError::Limit));
+        assert!(t
+            .acquire(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1)), 1)
+            .is_ok());
+        assert!(keys.same_client(
+            v4(1),
+            IpAddr::V6(Ipv4Addr::new(127, 0, 0, 9).to_ipv6_mapped())
+        ));
+        let r = RateTable::new(64, 1, keys);
+        assert!(r.try_acquire(a, 0));
+        assert!(!r.try_acquire(b, 0), "same /64, same bucket");
+        assert!(r.try_acquire(other, 0));
+    }
+
+    /// The bucket hash is keyed per table: two tables place the same clients differently
+    /// (with 64 clients, the chance that two random keys agree on every bucket is nil).
+    #[test]
+    fn bucket_hash_is_keyed_per_table() {
+        let (a, b) = (ClientKeys::new(32, 64), ClientKeys::new(32, 64));
+        let differ = (0..64u8).any(|d| a.fingerprint(v4(d)).1 != b.fingerprint(v4(d)).1);
+        assert!(differ);
+        assert_eq!(
+            a.fingerprint(v4(3)).0,
+            b.fingerprint(v4(3)).0,
+            "fingerprints are exact"
+        );
     }
 }

@@ -16,16 +16,23 @@ pub enum RejectReason {
     GlobalLimit = 3,
     NoBackend = 4,
     Acl = 5,
+    /// The listener's `conn_rate_limit` (all clients together).
+    ListenerRate = 6,
+    /// No local port, address or descriptor for the backend side: this host's shortage,
+    /// never blamed on a backend.
+    LocalResources = 7,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::ClientLimit,
         RejectReason::ClientRate,
         RejectReason::ListenerLimit,
         RejectReason::GlobalLimit,
         RejectReason::NoBackend,
         RejectReason::Acl,
+        RejectReason::ListenerRate,
+        RejectReason::LocalResources,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +43,8 @@ impl RejectReason {
             RejectReason::GlobalLimit => "global_limit",
             RejectReason::NoBackend => "no_backend",
             RejectReason::Acl => "acl",
+            RejectReason::ListenerRate => "listener_rate",
+            RejectReason::LocalResources => "local_resources",
         }
     }
 }
@@ -67,7 +76,7 @@ impl UdpDrop {
 #[repr(align(64))]
 pub struct ListenerCounters {
     pub accepted: AtomicU64,
-    pub rejected: [AtomicU64; 6],
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Connections closed because a backend connect failed on every try.
     pub connect_failures: AtomicU64,
     /// UDP datagrams dropped, by [`UdpDrop`] reason.

@@ -15,10 +15,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::access_queue::AccessQueue;
 use crate::backend::{AdminState, Backend};
 use crate::balancer::Pool;
+use crate::config::Protocol;
 use crate::config::{Config, ListenerConfig, SpliceMode};
-use crate::limits::{ClientTable, RateTable};
+use crate::limits::{ClientKeys, ClientTable, ListenerRate, RateTable};
 use crate::metrics::ListenerMetrics;
 
 /// One listener as every worker sees it. Immutable but for atomics; a reload that changes its
@@ -35,6 +37,8 @@ pub struct ListenerState {
     pub clients: Option<Arc<ClientTable>>,
     /// Present when `conn_rate_per_client > 0`.
     pub rates: Option<Arc<RateTable>>,
+    /// Present when `conn_rate_limit > 0`: new connections (sessions) per second, all clients.
+    pub listener_rate: Option<Arc<ListenerRate>>,
     pub counters: Arc<ListenerMetrics>,
     /// Set by a worker that marked a backend down (passive check): the health thread then
     /// republishes the pool, which the data path must not do itself (O(table) rebuild).
@@ -49,6 +53,10 @@ fn table_capacity(config: &ListenerConfig, global_max: u64) -> usize {
         (l, 0) => l,
         (l, g) => l.min(g),
     }) as usize
+}
+
+fn client_keys(config: &ListenerConfig) -> ClientKeys {
+    ClientKeys::new(config.client_ipv4_prefix, config.client_ipv6_prefix)
 }
 
 fn new_backend(b: &crate::config::BackendConfig) -> Arc<Backend> {
@@ -66,10 +74,13 @@ impl ListenerState {
         let backends: Vec<Arc<Backend>> = config.backends.iter().map(new_backend).collect();
         let pool = Pool::new(config.balance, backends);
         let capacity = table_capacity(&config, global_max);
-        let clients =
-            (config.max_conns_per_client > 0).then(|| Arc::new(ClientTable::new(capacity)));
+        let keys = client_keys(&config);
+        let clients = (config.max_conns_per_client > 0)
+            .then(|| Arc::new(ClientTable::new(capacity, keys.clone())));
         let rates = (config.conn_rate_per_client > 0)
-            .then(|| Arc::new(RateTable::new(capacity, config.conn_rate_per_client)));
+            .then(|| Arc::new(RateTable::new(capacity, config.conn_rate_per_client, keys)));
+        let listener_rate = (config.conn_rate_limit > 0)
+            .then(|| Arc::new(ListenerRate::new(config.conn_rate_limit)));
         ListenerState {
             config,
             pool: ArcSwap::from_pointee(pool),
@@ -77,6 +88,7 @@ impl ListenerState {
             udp_sessions: Arc::new(AtomicU64::new(0)),
             clients,
             rates,
+            listener_rate,
             counters: Arc::new(ListenerMetrics::new(workers)),
             pool_dirty: AtomicBool::new(false),
         }
@@ -107,15 +119,27 @@ impl ListenerState {
             .collect();
         let pool = Pool::new(config.balance, backends);
         let capacity = table_capacity(&config, global_max);
+        // New prefixes make new tables (connections open under the old ones give their slot
+        // back to the table they hold an `Arc` of).
+        let same_keys = config.client_ipv4_prefix == self.config.client_ipv4_prefix
+            && config.client_ipv6_prefix == self.config.client_ipv6_prefix;
+        let keys = client_keys(&config);
         let clients = match (&self.clients, config.max_conns_per_client > 0) {
             (_, false) => None,
-            (Some(t), true) => Some(t.clone()),
-            (None, true) => Some(Arc::new(ClientTable::new(capacity))),
+            (Some(t), true) if same_keys => Some(t.clone()),
+            (_, true) => Some(Arc::new(ClientTable::new(capacity, keys.clone()))),
         };
         let rates = match (&self.rates, config.conn_rate_per_client) {
             (_, 0) => None,
-            (Some(r), rate) if rate == self.config.conn_rate_per_client => Some(r.clone()),
-            (_, rate) => Some(Arc::new(RateTable::new(capacity, rate))),
+            (Some(r), rate) if rate == self.config.conn_rate_per_client && same_keys => {
+                Some(r.clone())
+            }
+            (_, rate) => Some(Arc::new(RateTable::new(capacity, rate, keys))),
+        };
+        let listener_rate = match (&self.listener_rate, config.conn_rate_limit) {
+            (_, 0) => None,
+            (Some(r), rate) if r.rate() == rate => Some(r.clone()),
+            (_, rate) => Some(Arc::new(ListenerRate::new(rate))),
         };
         ListenerState {
             config,
@@ -124,6 +148,7 @@ impl ListenerState {
             udp_sessions: self.udp_sessions.clone(),
             clients,
             rates,
+            listener_rate,
             counters: self.counters.clone(),
             pool_dirty: AtomicBool::new(false),
         }
@@ -166,6 +191,9 @@ pub struct SharedState {
     pub active: AtomicU64,
     /// 0 = unlimited. Applied live on reload.
     pub max_connections: AtomicU64,
+    /// The part of `max_connections` UDP sessions may fill ([`udp_global_cap`]); 0 =
+    /// unlimited. Applied live on reload.
+    pub udp_max_connections: AtomicU64,
     pub splice: SpliceMode,
     pub workers: usize,
     pub started: Instant,
@@ -175,6 +203,8 @@ pub struct SharedState {
     pub shutdown: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_error: AtomicU64,
+    /// Access-log lines on their way to the writer thread (`access_queue::spawn_writer`).
+    pub access_log: AccessQueue,
 }
 
 /// The admin API's error for a state change.
@@ -201,6 +231,7 @@ impl SharedState {
             listeners: ArcSwap::from_pointee(listeners),
             active: AtomicU64::new(0),
             max_connections: AtomicU64::new(config.runtime.max_connections),
+            udp_max_connections: AtomicU64::new(udp_global_cap(config)),
             splice: config.runtime.splice,
             workers,
             started: Instant::now(),
@@ -208,6 +239,7 @@ impl SharedState {
             shutdown: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
+            access_log: AccessQueue::default(),
         }
     }
 
@@ -248,6 +280,30 @@ impl SharedState {
         log::info!("listener {listener}: backend {backend} set to {state:?} by the admin API");
         Ok(())
     }
+}
+
+/// How much of the global cap (`runtime.max_connections`) UDP sessions may hold, so that a
+/// flood of spoofed sources on a UDP listener can never take the last slot from a TCP
+/// listener: the global cap minus a TCP reserve, which is what the TCP listeners' own caps
+/// add up to (0 = unlimited counts as the whole global cap), but at most half the global cap.
+/// TCP connections may still use the whole global cap while UDP is quiet. 0 = unlimited
+/// (no global cap); never 0 otherwise.
+pub fn udp_global_cap(config: &Config) -> u64 {
+    let global = config.runtime.max_connections;
+    if global == 0 {
+        return 0;
+    }
+    let tcp_wants = config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == Protocol::Tcp)
+        .map(|l| match l.max_connections {
+            0 => global,
+            n => n.min(global),
+        })
+        .fold(0u64, u64::saturating_add);
+    let reserve = tcp_wants.min(global / 2);
+    (global - reserve).max(1)
 }
 
 /// Take one unit of `counter` unless it is at `max` (0 = unlimited). Exact under concurrency.

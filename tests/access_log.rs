@@ -269,7 +269,8 @@ fn a_missing_proxy_header_is_proxy_header() {
     let lb = L4lb::start(
         &Conf::new("round_robin", &[backend.addr])
             .access_log(true)
-            .extra("accept_proxy_protocol = true"),
+            .extra("accept_proxy_protocol = true")
+            .extra("trusted_proxies = [\"127.0.0.0/8\"]"),
     );
     let mut s = connect(lb.addr).expect("connect");
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");

@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use common::*;
 
+/// Every test peer is on loopback: trust it to send a header (an empty list is a config error).
+const TRUST_LOOPBACK: &str = "trusted_proxies = [\"127.0.0.0/8\", \"::1\"]";
+
 /// What the backend received first, in one line: `v1 <line without PROXY and CRLF>` or
 /// `v2 TCP4|TCP6 src dst sport dport` (`v2 LOCAL`, `v2 family=0xNN` for the rest), or
 /// `invalid <bytes>` when the stream did not start with a header.
@@ -201,6 +204,7 @@ fn accepted_header_address_is_sent_on_and_bytes_after_it_forwarded() {
     let lb = L4lb::start(
         &Conf::new("round_robin", &[b.addr])
             .extra("accept_proxy_protocol = true")
+            .extra(TRUST_LOOPBACK)
             .extra("proxy_protocol = \"v1\""),
     );
     let lb_port = lb.addr.port();
@@ -252,6 +256,7 @@ fn header_split_across_writes_still_works() {
     let lb = L4lb::start(
         &Conf::new("round_robin", &[b.addr])
             .extra("accept_proxy_protocol = true")
+            .extra(TRUST_LOOPBACK)
             .extra("proxy_protocol = \"v2\""),
     );
     let v1 = v1_header("192.0.2.9", "198.51.100.1", 1234, 80);
@@ -291,8 +296,11 @@ fn header_split_across_writes_still_works() {
 fn header_address_is_the_source_ip_hash_key() {
     let backends: Vec<Backend> = (0..3).map(|i| Backend::id(&format!("B{i}"))).collect();
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    let lb =
-        L4lb::start(&Conf::new("source_ip_hash", &addrs).extra("accept_proxy_protocol = true"));
+    let lb = L4lb::start(
+        &Conf::new("source_ip_hash", &addrs)
+            .extra("accept_proxy_protocol = true")
+            .extra(TRUST_LOOPBACK),
+    );
     let served = |peer: IpAddr, client: &str| -> String {
         match attempt_with(lb.addr, peer, &v1_header(client, "198.51.100.1", 4000, 80)) {
             Outcome::Served(id) => id,
@@ -323,6 +331,7 @@ fn header_address_is_checked_against_the_acl() {
     let (lb, admin) = L4lb::start_with_admin(
         &Conf::new("round_robin", &[b.addr])
             .extra("accept_proxy_protocol = true")
+            .extra(TRUST_LOOPBACK)
             .extra("allow = [\"192.0.2.0/24\"]")
             .extra("deny = [\"192.0.2.7\"]"),
     );
@@ -351,6 +360,7 @@ fn client_without_a_header_is_refused() {
     let (lb, admin) = L4lb::start_with_admin(
         &Conf::new("round_robin", &[b.addr])
             .extra("accept_proxy_protocol = true")
+            .extra(TRUST_LOOPBACK)
             .extra("client_first_byte_timeout_ms = 300"),
     );
     // Not a header.

@@ -342,6 +342,20 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(nix::libc::EPERM)
 }
 
+/// The bytes the admin thread would write back for `request` read whole from one connection
+/// (parse, then route), or `None` while it is incomplete. No socket: the fuzz target and its
+/// stable regression test (`l4lb::fuzzing`) drive the parser and router through this.
+pub fn respond_to_bytes(shared: &SharedState, request: &[u8]) -> Option<Vec<u8>> {
+    match parse_request(request) {
+        Parsed::Incomplete => None,
+        Parsed::Request(req) => {
+            let (response, head_only) = router::route(shared, &req);
+            Some(response.serialize(head_only))
+        }
+        Parsed::Error(response) => Some(response.serialize(false)),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

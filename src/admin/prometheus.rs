@@ -31,6 +31,7 @@ pub const UDP_SESSIONS_ACTIVE: &str = "l4lb_udp_sessions_active";
 pub const BACKEND_DATAGRAMS: &str = "l4lb_backend_datagrams_total";
 pub const UDP_DATAGRAMS_DROPPED: &str = "l4lb_udp_datagrams_dropped_total";
 pub const CONFIG_RELOADS: &str = "l4lb_config_reloads_total";
+pub const ACCESS_LOG_DROPPED: &str = "l4lb_access_log_dropped_total";
 pub const BUILD_INFO: &str = "l4lb_build_info";
 pub const UPTIME: &str = "l4lb_uptime_seconds";
 pub const WORKERS: &str = "l4lb_workers";
@@ -151,6 +152,12 @@ pub fn render(shared: &SharedState) -> String {
         &[("result", "error")],
         shared.reloads_error.load(Ordering::Relaxed),
     );
+    w.family(
+        ACCESS_LOG_DROPPED,
+        "counter",
+        "Access-log lines dropped because the writer's queue was full (slow stderr).",
+    );
+    w.sample(ACCESS_LOG_DROPPED, &[], shared.access_log.dropped());
 
     w.family(
         CONNECTIONS_ACCEPTED,

@@ -8,7 +8,7 @@
 mod raw;
 mod validate;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -124,6 +124,19 @@ pub struct ListenerConfig {
     /// One `l4lb::access` log line per connection (UDP: session) when it ends, and per
     /// refused connection. Read when the connection ends, so a reload applies at once.
     pub access_log: bool,
+    /// Once either side of a TCP connection has closed its direction: close after this long
+    /// without a byte moving.
+    pub fin_timeout: Duration,
+    /// New connections (UDP: sessions) per second for the whole listener; 0 = off.
+    pub conn_rate_limit: u32,
+    /// Per-client caps and rates count clients by these prefixes (0..=32, 0..=128).
+    pub client_ipv4_prefix: u8,
+    pub client_ipv6_prefix: u8,
+    /// Local addresses for backend connections and sessions, taken round robin (v4-mapped
+    /// addresses normalised to IPv4); empty = the kernel's choice.
+    pub source: Vec<IpAddr>,
+    /// UDP: a session ends once the backend sent this many datagrams back; 0 = off.
+    pub udp_responses: u32,
     pub backends: Vec<BackendConfig>,
     pub health_check: Option<HealthCheckConfig>,
 }

@@ -103,6 +103,12 @@ pub(crate) struct RawListener {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub access_log: Option<bool>,
+    pub fin_timeout_s: Option<i64>,
+    pub conn_rate_limit: Option<i64>,
+    pub client_ipv4_prefix: Option<i64>,
+    pub client_ipv6_prefix: Option<i64>,
+    pub source: Option<Vec<String>>,
+    pub udp_responses: Option<i64>,
     pub backends: Option<Vec<RawBackend>>,
     pub health_check: Option<RawHealthCheck>,
 }

@@ -58,6 +58,9 @@ const MAX_RISE_FALL: i64 = 1000;
 /// The checker reads at most this many bytes of a reply looking for `expect`, and sends at
 /// most this many; both are fixed buffers.
 const MAX_CHECK_PAYLOAD: usize = 4096;
+/// Source addresses per listener: each adds a full local port range; 64 is far beyond what a
+/// host has addresses for, and keeps the list a few cache lines.
+const MAX_SOURCES: usize = 64;
 /// Listener names appear in metric labels and admin URLs; keep them short.
 const MAX_NAME_LEN: usize = 64;
 
@@ -75,6 +78,9 @@ mod defaults {
     pub const TIMEOUT_MS: i64 = 1000;
     pub const RISE: i64 = 2;
     pub const FALL: i64 = 3;
+    pub const FIN_TIMEOUT_S: i64 = 30;
+    pub const CLIENT_IPV4_PREFIX: i64 = 32;
+    pub const CLIENT_IPV6_PREFIX: i64 = 64;
 }
 
 const SPLICE_MODES: &[(&str, SpliceMode)] = &[
@@ -233,9 +239,9 @@ impl Cx {
         let mut out = Vec::with_capacity(list.len());
         for (i, text) in list.iter().enumerate() {
             let net = match text.parse::<IpNet>() {
-                Ok(net) => net.trunc(),
+                Ok(net) => unmapped_net(net).map_err(|m| self.err(format!("{key}[{i}]"), m))?,
                 Err(_) => match text.parse::<IpAddr>() {
-                    Ok(ip) => IpNet::from(ip),
+                    Ok(ip) => IpNet::from(ip.to_canonical()),
                     Err(_) => {
                         return Err(
                             self.err(format!("{key}[{i}]"), format!("invalid CIDR {text:?}"))
@@ -247,6 +253,28 @@ impl Cx {
         }
         Ok(out)
     }
+}
+
+/// A network of IPv4-mapped IPv6 addresses (`::ffff:192.0.2.0/120`) as the IPv4 network it
+/// stands for (`192.0.2.0/24`): clients are always compared as IPv4 (a dual-stack socket's
+/// mapped peers are unmapped first), so the mapped form would silently match nothing. A
+/// prefix shorter than /96 spans more than the mapped range and is refused.
+fn unmapped_net(net: IpNet) -> Result<IpNet, String> {
+    let net = net.trunc();
+    let IpNet::V6(v6) = net else {
+        return Ok(net);
+    };
+    let Some(v4) = v6.addr().to_ipv4_mapped() else {
+        return Ok(net);
+    };
+    if v6.prefix_len() < 96 {
+        return Err(format!(
+            "{net} mixes IPv4-mapped and other IPv6 addresses; write the IPv4 network instead"
+        ));
+    }
+    ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+        .map(IpNet::V4)
+        .map_err(|e| format!("{net}: {e}"))
 }
 
 fn runtime(cx: &Cx, raw: RawRuntime) -> Result<RuntimeConfig, ConfigError> {
@@ -394,6 +422,15 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         ));
     }
     let trusted_proxies = cx.cidrs(&k("trusted_proxies"), raw.trusted_proxies)?;
+    if accept_proxy_protocol && trusted_proxies.is_empty() {
+        // Otherwise any client could claim any address and step around allow/deny and the
+        // per-client caps and rates.
+        return Err(cx.err(
+            k("trusted_proxies"),
+            "must list the proxies allowed to send a PROXY header when accept_proxy_protocol = true \
+             (write [\"0.0.0.0/0\", \"::/0\"] to trust every peer)",
+        ));
+    }
 
     let first_byte_ms = cx.int(
         &k("client_first_byte_timeout_ms"),
@@ -414,6 +451,33 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
     let allow = cx.cidrs(&k("allow"), raw.allow)?;
     let deny = cx.cidrs(&k("deny"), raw.deny)?;
     let access_log = raw.access_log.unwrap_or(false);
+    let fin_timeout_s = cx.int(
+        &k("fin_timeout_s"),
+        raw.fin_timeout_s,
+        defaults::FIN_TIMEOUT_S,
+        1,
+        MAX_IDLE_TIMEOUT_S,
+    )?;
+    let conn_rate_limit = cx.u32(&k("conn_rate_limit"), raw.conn_rate_limit, 0)?;
+    let client_ipv4_prefix = cx.int(
+        &k("client_ipv4_prefix"),
+        raw.client_ipv4_prefix,
+        defaults::CLIENT_IPV4_PREFIX,
+        0,
+        32,
+    )?;
+    let client_ipv6_prefix = cx.int(
+        &k("client_ipv6_prefix"),
+        raw.client_ipv6_prefix,
+        defaults::CLIENT_IPV6_PREFIX,
+        0,
+        128,
+    )?;
+    let source = sources(cx, &k("source"), raw.source)?;
+    let udp_responses = cx.u32(&k("udp_responses"), raw.udp_responses, 0)?;
+    if protocol == Protocol::Tcp && udp_responses > 0 {
+        return Err(cx.err(k("udp_responses"), "only applies to udp listeners"));
+    }
 
     let backends = backends(cx, &k("backends"), raw.backends)?;
     let health_check = raw
@@ -439,9 +503,51 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         allow,
         deny,
         access_log,
+        fin_timeout: Duration::from_secs(to_u64(fin_timeout_s)),
+        conn_rate_limit,
+        client_ipv4_prefix: u8::try_from(client_ipv4_prefix).unwrap_or(32),
+        client_ipv6_prefix: u8::try_from(client_ipv6_prefix).unwrap_or(64),
+        source,
+        udp_responses,
         backends,
         health_check,
     })
+}
+
+/// `source = [...]`: literal IP addresses (no ports: the kernel picks one per connection),
+/// distinct, v4-mapped IPv6 written as the IPv4 address it is.
+fn sources(cx: &Cx, key: &str, list: Option<Vec<String>>) -> Result<Vec<IpAddr>, ConfigError> {
+    let list = list.unwrap_or_default();
+    if list.len() > MAX_SOURCES {
+        return Err(cx.err(
+            key,
+            format!("at most {MAX_SOURCES} addresses, got {}", list.len()),
+        ));
+    }
+    let mut out: Vec<IpAddr> = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        let ip = text.parse::<IpAddr>().map_err(|_| {
+            cx.err(
+                format!("{key}[{i}]"),
+                format!("invalid IP address {text:?} (a source is an address, without a port)"),
+            )
+        })?;
+        let ip = ip.to_canonical();
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(cx.err(
+                format!("{key}[{i}]"),
+                format!("{ip} cannot be the source of a connection"),
+            ));
+        }
+        if let Some(j) = out.iter().position(|o| *o == ip) {
+            return Err(cx.err(
+                format!("{key}[{i}]"),
+                format!("duplicate address {ip} (also {key}[{j}])"),
+            ));
+        }
+        out.push(ip);
+    }
+    Ok(out)
 }
 
 /// Listener names are metric label values and admin URL segments: keep them plain.

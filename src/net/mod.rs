@@ -1,7 +1,8 @@
 //! Sockets and kernel plumbing: REUSEPORT listeners (TCP and UDP), splice pipes, recvmmsg/
-//! sendmmsg batches, and the classification of I/O errors into what the event loop does about
+//! sendmmsg batches, backend-side sockets (source addresses, local shortages), and the classification of I/O errors into what the event loop does about
 //! them.
 
+pub mod connect;
 pub mod io;
 pub mod listener;
 pub mod pipe;

@@ -67,6 +67,8 @@ pub struct Running {
     pub shared: Arc<SharedState>,
     config: Config,
     workers: Vec<WorkerHandle>,
+    /// The access-log writer thread (`access_queue`), until `stop` waits for it.
+    access_log: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Bind one socket per worker for a listener (TCP or UDP, each with SO_REUSEPORT).
@@ -101,6 +103,7 @@ impl Running {
     /// Bind, spawn and pin the workers. Returns once they run.
     pub fn start(config: Config) -> Result<Running, RuntimeError> {
         cpus::raise_nofile_limit();
+        cpus::warn_if_nofile_low(&config);
         let placement = cpus::placement(&config.runtime);
         let shared = Arc::new(SharedState::new(&config, placement.workers));
 
@@ -159,6 +162,8 @@ impl Running {
         }
         crate::backend::health::spawn(shared.clone())
             .map_err(io_err("cannot start the health checker"))?;
+        let access_log = crate::access_queue::spawn_writer(shared.clone())
+            .map_err(io_err("cannot start the access-log writer"))?;
         log::info!(
             "started {} workers{}",
             workers.len(),
@@ -168,6 +173,7 @@ impl Running {
             shared,
             config,
             workers,
+            access_log: Some(access_log),
         })
     }
 
@@ -198,10 +204,23 @@ impl Running {
                 let _ = t.join();
             }
         }
+        // The writer ends once the lines the workers queued are out; a stderr that blocks
+        // must not block the exit, so wait a bounded time only.
+        if let Some(t) = self.access_log.take() {
+            let deadline = Instant::now() + ACCESS_LOG_FLUSH;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
 const SIGNAL_TOKEN: Token = Token(0);
+/// How long an exit waits for the access-log writer to write out the queued lines.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 /// How often the control loop looks at draining workers.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 

@@ -91,6 +91,9 @@ pub(super) fn reload(running: &mut Running) {
     // Nothing can fail from here on.
     warn_restart_only(&running.config, &new);
     shared.max_connections.store(global_max, Ordering::Relaxed);
+    shared
+        .udp_max_connections
+        .store(crate::state::udp_global_cap(&new), Ordering::Relaxed);
     let (mut added, mut replaced, mut removed) = (0, 0, 0);
     for old in current.iter() {
         let kept = new

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use mio::Interest;
 
+use crate::access_queue::AccessQueue;
 use crate::limits::{ClientSlot, ClientTable};
 use crate::metrics::{ListenerCounters, RejectReason};
 use crate::net::io::{is_accept_resource_error, is_accept_transient_error};
@@ -92,16 +93,47 @@ impl Worker {
         let counters = state.counters.worker(self.id);
         let ip = peer.ip();
         if !state.acl_allows(ip) {
-            return refuse(&state, counters, stream, peer, RejectReason::Acl);
+            return refuse(
+                &self.shared.access_log,
+                &state,
+                counters,
+                stream,
+                peer,
+                RejectReason::Acl,
+            );
+        }
+        if !listener_rate_allows(&state, self.now) {
+            return refuse(
+                &self.shared.access_log,
+                &state,
+                counters,
+                stream,
+                peer,
+                RejectReason::ListenerRate,
+            );
         }
         if let Err(reason) = self.take_counts(&state) {
-            return refuse(&state, counters, stream, peer, reason);
+            return refuse(
+                &self.shared.access_log,
+                &state,
+                counters,
+                stream,
+                peer,
+                reason,
+            );
         }
         let client_slot = match client_admission(&state, ip, self.now) {
             Ok(slot) => slot,
             Err(reason) => {
                 self.undo_counts(&state);
-                return refuse(&state, counters, stream, peer, reason);
+                return refuse(
+                    &self.shared.access_log,
+                    &state,
+                    counters,
+                    stream,
+                    peer,
+                    reason,
+                );
             }
         };
         // TCP_NODELAY is inherited from the listening socket (net::listener): no setsockopt.
@@ -163,10 +195,34 @@ impl Worker {
     ) {
         let counters = state.counters.worker(self.id);
         if !is_trusted(&state.config.trusted_proxies, peer.ip()) {
-            return refuse(state, counters, stream, peer, RejectReason::Acl);
+            return refuse(
+                &self.shared.access_log,
+                state,
+                counters,
+                stream,
+                peer,
+                RejectReason::Acl,
+            );
+        }
+        if !listener_rate_allows(state, self.now) {
+            return refuse(
+                &self.shared.access_log,
+                state,
+                counters,
+                stream,
+                peer,
+                RejectReason::ListenerRate,
+            );
         }
         if let Err(reason) = self.take_counts(state) {
-            return refuse(state, counters, stream, peer, reason);
+            return refuse(
+                &self.shared.access_log,
+                state,
+                counters,
+                stream,
+                peer,
+                reason,
+            );
         }
         // TCP_NODELAY is inherited from the listening socket (net::listener): no setsockopt.
         let (key, generation) = self.conns.reserve_key();
@@ -239,6 +295,15 @@ impl Worker {
     }
 }
 
+/// `conn_rate_limit`: one token of the listener's bucket (always when it has none).
+#[inline]
+fn listener_rate_allows(state: &ListenerState, now_ms: u64) -> bool {
+    state
+        .listener_rate
+        .as_ref()
+        .is_none_or(|r| r.try_acquire(now_ms))
+}
+
 /// The per-client checks, in order: rate, then concurrent cap. On refusal nothing is held.
 #[inline]
 fn client_admission(
@@ -260,18 +325,16 @@ fn client_admission(
     }
 }
 
-/// Whether `peer` may send a PROXY header: any peer when the list is empty.
+/// Whether `peer` may send a PROXY header (the list is never empty: config validation).
 fn is_trusted(trusted: &[ipnet::IpNet], peer: IpAddr) -> bool {
-    let peer = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    trusted.is_empty() || trusted.iter().any(|n| n.contains(&peer))
+    let peer = peer.to_canonical();
+    trusted.iter().any(|n| n.contains(&peer))
 }
 
 /// Refuse a connection that never entered the slab: count it under `reason`, write its
 /// access-log line when the listener has one (no backend, duration 0), and reset it.
 fn refuse(
+    queue: &AccessQueue,
     state: &ListenerState,
     counters: &ListenerCounters,
     stream: TcpStream,
@@ -280,15 +343,18 @@ fn refuse(
 ) {
     counters.reject(reason);
     if state.config.access_log {
-        access_log::tcp(&TcpLine {
-            listener: &state.config.name,
-            client,
-            backend: None,
-            duration_ms: 0,
-            bytes_to_backend: 0,
-            bytes_to_client: 0,
-            end: End::Refused(reason),
-        });
+        access_log::tcp(
+            queue,
+            &TcpLine {
+                listener: &state.config.name,
+                client,
+                backend: None,
+                duration_ms: 0,
+                bytes_to_backend: 0,
+                bytes_to_client: 0,
+                end: End::Refused(reason),
+            },
+        );
     }
     reset(stream);
 }

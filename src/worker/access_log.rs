@@ -2,7 +2,9 @@
 //! the one line written for it when its listener has `access_log = true`, as HAProxy's
 //! `option tcplog` or nginx's stream `access_log` would.
 //!
-//! Lines go through `log` at info level with target [`TARGET`] (`l4lb::access`), so `RUST_LOG`
+//! Lines go through a bounded queue to a writer thread (`crate::access_queue`: a slow stderr
+//! never stalls a worker; a full queue drops and counts), which writes them through `log` at
+//! info level with target `crate::access_queue::TARGET` (`l4lb::access`), so `RUST_LOG`
 //! selects them like any module (`RUST_LOG=info`, or `RUST_LOG=warn,l4lb::access=info` for
 //! the access lines and warnings only). Format: `key=value` fields, one space apart, always
 //! all of them and in this order (no value contains a space: listener names and backend
@@ -20,18 +22,16 @@
 //!
 //! Hot path, but once per connection or session end, never per read or datagram. The caller
 //! tests the listener's `access_log` first, so with the log off the cost is that one bool;
-//! with it on, the fields are written by `Display` straight into the logger's buffer (no
+//! with it on, the fields are written by `Display` straight into a fixed-size queue slot (no
 //! `String` is built here).
 
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::access_queue::AccessQueue;
 use crate::metrics::RejectReason;
 
 use super::udp::session::SessionStats;
-
-/// The `log` target of every access line.
-pub const TARGET: &str = "l4lb::access";
 
 /// Why a TCP connection ended: the argument of `Worker::close`, its single exit, which also
 /// decides from it whether the sockets are reset ([`End::resets`]).
@@ -44,6 +44,8 @@ pub enum End {
     Reset,
     /// No byte either way for `idle_timeout_s`.
     IdleTimeout,
+    /// Half-closed (one side sent its FIN) and no byte either way for `fin_timeout_s`.
+    FinTimeout,
     /// The client sent nothing for `client_first_byte_timeout_ms`.
     FirstByteTimeout,
     /// Every connect attempt failed or timed out (`connect_retries` exhausted), or this
@@ -63,7 +65,11 @@ impl End {
     pub fn resets(self) -> bool {
         match self {
             End::Reset | End::ConnectFailed | End::ProxyHeader | End::Refused(_) => true,
-            End::Finished | End::IdleTimeout | End::FirstByteTimeout | End::Shutdown => false,
+            End::Finished
+            | End::IdleTimeout
+            | End::FinTimeout
+            | End::FirstByteTimeout
+            | End::Shutdown => false,
         }
     }
 
@@ -73,6 +79,7 @@ impl End {
             End::Finished => "finished",
             End::Reset => "reset",
             End::IdleTimeout => "idle_timeout",
+            End::FinTimeout => "fin_timeout",
             End::FirstByteTimeout => "first_byte_timeout",
             End::ConnectFailed => "connect_failed",
             End::ProxyHeader => "proxy_header",
@@ -93,6 +100,8 @@ pub enum SessionEnd {
     Error,
     /// Its listener's socket closed: drain, worker stop, or the listener removed by a reload.
     Shutdown,
+    /// The backend sent `udp_responses` datagrams back.
+    Responses,
 }
 
 impl SessionEnd {
@@ -103,6 +112,7 @@ impl SessionEnd {
             SessionEnd::Refused => "refused",
             SessionEnd::Error => "error",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Responses => "responses",
         }
     }
 }
@@ -175,14 +185,15 @@ impl fmt::Display for UdpLine<'_> {
     }
 }
 
-/// Write a TCP connection's line (the caller checked `access_log`).
-pub fn tcp(line: &TcpLine<'_>) {
-    log::info!(target: TARGET, "{line}");
+/// Queue a TCP connection's line for the access-log writer (the caller checked
+/// `access_log`); dropped and counted when the queue is full (`crate::access_queue`).
+pub fn tcp(queue: &AccessQueue, line: &TcpLine<'_>) {
+    queue.push(line);
 }
 
-/// Write a UDP session's line (the caller checked `access_log`).
-pub fn udp(line: &UdpLine<'_>) {
-    log::info!(target: TARGET, "{line}");
+/// Queue a UDP session's line, as [`tcp`].
+pub fn udp(queue: &AccessQueue, line: &UdpLine<'_>) {
+    queue.push(line);
 }
 
 #[cfg(test)]

@@ -173,8 +173,24 @@ impl Conn {
         if self.connecting {
             return self.connect_deadline.min(first_byte);
         }
-        let idle = self.last_active + config.idle_timeout.as_millis() as u64;
+        let idle = self.last_active + self.quiet_limit(config).as_millis() as u64;
         idle.min(first_byte)
+    }
+
+    /// Either side has closed its direction (its EOF was read).
+    pub fn half_closed(&self) -> bool {
+        self.c2b.read_eof || self.b2c.read_eof
+    }
+
+    /// How long the connection may go without a byte moving: `idle_timeout_s`, or
+    /// `fin_timeout_s` once half-closed (a peer that closed its side and leaves the other
+    /// open must not hold two sockets and their buffers for the whole idle time).
+    pub fn quiet_limit(&self, config: &ListenerConfig) -> std::time::Duration {
+        if self.half_closed() {
+            config.idle_timeout.min(config.fin_timeout)
+        } else {
+            config.idle_timeout
+        }
     }
 
     /// When a client that has sent nothing is closed (`client_first_byte_timeout_ms`);

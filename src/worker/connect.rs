@@ -6,17 +6,20 @@
 //! Hot path: runs once per connection and once per retry. Invariants: a backend's `active`
 //! counts a connection from the start of its connect and is given back on failure or at close
 //! (the unit `backend_ref` holds); a connection never tries a backend twice (`tried`); a
-//! failure of this process (out of descriptors or memory) does not blame the backend and
+//! shortage of this host (no local port or address, out of descriptors or memory:
+//! `net::connect::is_local_shortage`) never blames the backend: the connection is refused as
+//! `local_resources` with a rate-limited warning, and a descriptor or memory shortage also
 //! pauses accepting on every listener; no Maglev table is rebuilt here, only `pool_dirty` set.
+//! Backend sockets bind the listener's `source` addresses round robin (`next_source`).
 
 use std::sync::atomic::Ordering;
 
-use mio::net::TcpStream;
 use mio::Interest;
 
 use crate::backend::Backend;
 use crate::balancer::{Algorithm, FlowKey};
 use crate::metrics::RejectReason;
+use crate::net::connect::{is_local_shortage, pick_source, tcp_connect};
 use crate::net::io::is_accept_resource_error;
 use crate::state::ListenerState;
 
@@ -33,12 +36,16 @@ impl Worker {
         let outcome = self.connect(key);
         if outcome != ConnectStart::Started {
             let counters = self.listeners[li].state.counters.worker(self.id);
-            let end = if outcome == ConnectStart::NoBackend {
-                counters.reject(RejectReason::NoBackend);
-                End::Refused(RejectReason::NoBackend)
-            } else {
-                counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                End::ConnectFailed
+            let end = match outcome {
+                ConnectStart::NoBackend | ConnectStart::LocalError => {
+                    let reason = outcome.refusal();
+                    counters.reject(reason);
+                    End::Refused(reason)
+                }
+                _ => {
+                    counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    End::ConnectFailed
+                }
             };
             self.close(key, end);
             return;
@@ -88,7 +95,11 @@ impl Worker {
             let backend = pool.backends()[index].clone();
             backend.active.fetch_add(1, Ordering::Relaxed);
             backend.total.fetch_add(1, Ordering::Relaxed);
-            let started = TcpStream::connect(backend.addr).and_then(|mut s| {
+            let source = pick_source(&wl.state.config.source, backend.addr, wl.next_source);
+            if source.is_some() {
+                wl.next_source = wl.next_source.wrapping_add(1);
+            }
+            let started = tcp_connect(backend.addr, source).and_then(|mut s| {
                 let _ = s.set_nodelay(true);
                 self.poll.registry().register(
                     &mut s,
@@ -108,13 +119,18 @@ impl Worker {
                         self.now + wl.state.config.connect_timeout.as_millis() as u64;
                     return ConnectStart::Started;
                 }
-                Err(e) if is_accept_resource_error(&e) => {
-                    // Out of descriptors or memory here, not the backend's fault: no passive
-                    // failure, and no more accepting until the back-off is over.
+                Err(e) if is_local_shortage(&e) => {
+                    // This host's shortage, not the backend's fault: no passive failure. Out
+                    // of descriptors or memory also stops accepting until the back-off is
+                    // over (a port shortage does not: other backends or sources may have room).
                     backend.active.fetch_sub(1, Ordering::Relaxed);
                     backend.total.fetch_sub(1, Ordering::Relaxed);
-                    for l in &mut self.listeners {
-                        l.paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
+                    let name = &wl.state.config.name;
+                    warn_local_shortage(&mut self.last_local_warn, self.now, self.id, name, &e);
+                    if is_accept_resource_error(&e) {
+                        for l in &mut self.listeners {
+                            l.paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
+                        }
                     }
                     return ConnectStart::LocalError;
                 }
@@ -142,7 +158,16 @@ impl Worker {
         let index = conn.backend_index;
         conn.record_failed(index);
         let li = conn.listener;
-        if self.connect(key) != ConnectStart::Started {
+        let outcome = self.connect(key);
+        if outcome == ConnectStart::LocalError {
+            let reason = outcome.refusal();
+            self.listeners[li]
+                .state
+                .counters
+                .worker(self.id)
+                .reject(reason);
+            self.close(key, End::Refused(reason));
+        } else if outcome != ConnectStart::Started {
             self.listeners[li]
                 .state
                 .counters
@@ -163,8 +188,37 @@ enum ConnectStart {
     NoBackend,
     /// Every allowed attempt failed.
     Exhausted,
-    /// This process is out of descriptors or memory.
+    /// This host is out of local ports, descriptors or memory.
     LocalError,
+}
+
+impl ConnectStart {
+    /// The refusal reason of an outcome that refuses the client (no backend, local shortage).
+    fn refusal(self) -> RejectReason {
+        match self {
+            ConnectStart::LocalError => RejectReason::LocalResources,
+            _ => RejectReason::NoBackend,
+        }
+    }
+}
+
+/// Warn about a local shortage at most once a second per worker (`last` holds the time of the
+/// last warning): a flood of refusals must not become a flood of log lines.
+pub(super) fn warn_local_shortage(
+    last: &mut Option<u64>,
+    now: u64,
+    worker: usize,
+    listener: &str,
+    e: &std::io::Error,
+) {
+    if last.is_some_and(|t| now < t + 1000) {
+        return;
+    }
+    *last = Some(now);
+    log::warn!(
+        "worker {worker}: listener {listener}: no local resources for a backend socket ({e}); \
+         refusing as local_resources (see source = [...] and docs/operations.md)"
+    );
 }
 
 /// Failures in a row that mark a backend down when the listener has no `health_check` (and

@@ -74,6 +74,8 @@ impl Worker {
                 // connect is still in flight).
                 let end = if self.now >= conn.first_byte_deadline(config) {
                     End::FirstByteTimeout
+                } else if conn.half_closed() && config.fin_timeout < config.idle_timeout {
+                    End::FinTimeout
                 } else {
                     End::IdleTimeout
                 };
@@ -102,15 +104,18 @@ impl Worker {
         conn.report_bytes();
         let state = &self.listeners[conn.listener].state;
         if state.config.access_log {
-            access_log::tcp(&TcpLine {
-                listener: &state.config.name,
-                client: conn.client_addr,
-                backend: conn.backend_ref.as_deref().map(|b| b.name.as_str()),
-                duration_ms: self.now.saturating_sub(conn.accepted_at),
-                bytes_to_backend: conn.c2b.bytes,
-                bytes_to_client: conn.b2c.bytes,
-                end,
-            });
+            access_log::tcp(
+                &self.shared.access_log,
+                &TcpLine {
+                    listener: &state.config.name,
+                    client: conn.client_addr,
+                    backend: conn.backend_ref.as_deref().map(|b| b.name.as_str()),
+                    duration_ms: self.now.saturating_sub(conn.accepted_at),
+                    bytes_to_backend: conn.c2b.bytes,
+                    bytes_to_client: conn.b2c.bytes,
+                    end,
+                },
+            );
         }
         if let Some(b) = conn.backend_ref.take() {
             b.active.fetch_sub(1, Ordering::Relaxed);

@@ -42,6 +42,7 @@ impl Worker {
             selector: Selector::new(self.id as u64),
             paused_until: None,
             local: (!bind.ip().is_unspecified()).then_some(bind),
+            next_source: 0,
             state,
         });
         Ok(())

@@ -111,6 +111,8 @@ struct WorkerListener {
     /// The address to hash as "destination" for five_tuple_hash; `None` when the listener is
     /// bound to a wildcard and each connection's local address must be asked for.
     local: Option<SocketAddr>,
+    /// Round-robin position in the listener's `source` addresses.
+    next_source: usize,
 }
 
 #[derive(Debug)]
@@ -129,6 +131,8 @@ pub struct Worker {
     fired: Vec<TimerEntry>,
     now: u64,
     last_accept_warn: Option<u64>,
+    /// When a local shortage (ports, descriptors) was last warned about (`connect`).
+    last_local_warn: Option<u64>,
 }
 
 impl Worker {
@@ -160,6 +164,7 @@ impl Worker {
             fired: Vec::new(),
             now,
             last_accept_warn: None,
+            last_local_warn: None,
             shared,
         };
         for (state, socket) in listeners {

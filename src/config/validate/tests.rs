@@ -341,8 +341,9 @@ fn unknown_listener_key() {
         "conf/x.toml: listener[0].bakends: unknown key, expected one of name, protocol, bind, \
          balance, connect_timeout_ms, idle_timeout_s, connect_retries, max_connections, \
          max_conns_per_client, conn_rate_per_client, proxy_protocol, accept_proxy_protocol, \
-         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, backends, \
-         health_check"
+         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, fin_timeout_s, \
+         conn_rate_limit, client_ipv4_prefix, client_ipv6_prefix, source, udp_responses, \
+         backends, health_check"
     );
 }
 
@@ -859,4 +860,143 @@ fn unreadable_file_has_no_key_path() {
             .starts_with("/nonexistent/l4lb.toml: cannot read file: "),
         "{e}"
     );
+}
+
+// ---- issue 9: hostile traffic and safe defaults ---------------------------------------------
+
+/// Regression: `accept_proxy_protocol = true` with no `trusted_proxies` trusted every peer, so
+/// any client could claim any address.
+#[test]
+fn accepting_proxy_headers_needs_trusted_proxies() {
+    assert_eq!(
+        err(&one_backend("accept_proxy_protocol = true")),
+        "conf/x.toml: listener[0].trusted_proxies: must list the proxies allowed to send a PROXY \
+         header when accept_proxy_protocol = true (write [\"0.0.0.0/0\", \"::/0\"] to trust \
+         every peer)"
+    );
+    assert_eq!(
+        err(&one_backend(
+            "accept_proxy_protocol = true\ntrusted_proxies = []"
+        )),
+        err(&one_backend("accept_proxy_protocol = true"))
+    );
+    let c = parse(&one_backend(
+        "accept_proxy_protocol = true\ntrusted_proxies = [\"0.0.0.0/0\", \"::/0\"]",
+    ));
+    let nets: Vec<String> = c.listeners[0]
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["0.0.0.0/0", "::/0"]);
+    // Without accept_proxy_protocol an empty list is fine (and the default).
+    assert!(parse(MINIMAL).listeners[0].trusted_proxies.is_empty());
+}
+
+/// Regression: an IPv4-mapped IPv6 CIDR silently matched nothing (clients are compared as
+/// IPv4); it now stands for the IPv4 network.
+#[test]
+fn ipv4_mapped_cidrs_become_ipv4_networks() {
+    let c = parse(&one_backend(
+        "allow = [\"::ffff:192.0.2.0/120\", \"::ffff:10.1.2.3\"]\n\
+         deny = [\"::ffff:0:0/96\", \"2001:db8::/32\"]\n\
+         accept_proxy_protocol = true\ntrusted_proxies = [\"::ffff:127.0.0.1/128\"]",
+    ));
+    let l = &c.listeners[0];
+    let show = |v: &[ipnet::IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(show(&l.allow), ["192.0.2.0/24", "10.1.2.3/32"]);
+    assert_eq!(show(&l.deny), ["0.0.0.0/0", "2001:db8::/32"]);
+    assert_eq!(show(&l.trusted_proxies), ["127.0.0.1/32"]);
+}
+
+#[test]
+fn hostile_traffic_keys_defaults_and_ranges() {
+    let l = &parse(MINIMAL).listeners[0];
+    assert_eq!(l.fin_timeout, Duration::from_secs(30));
+    assert_eq!(l.conn_rate_limit, 0);
+    assert_eq!((l.client_ipv4_prefix, l.client_ipv6_prefix), (32, 64));
+    assert!(l.source.is_empty());
+    assert_eq!(l.udp_responses, 0);
+
+    let c = parse(&one_backend(
+        "protocol = \"udp\"\nfin_timeout_s = 5\nconn_rate_limit = 1000\nclient_ipv4_prefix = 24\n\
+         client_ipv6_prefix = 48\nsource = [\"127.0.0.2\", \"::ffff:127.0.0.3\", \"::1\"]\n\
+         udp_responses = 1",
+    ));
+    let l = &c.listeners[0];
+    assert_eq!(l.fin_timeout, Duration::from_secs(5));
+    assert_eq!(l.conn_rate_limit, 1000);
+    assert_eq!((l.client_ipv4_prefix, l.client_ipv6_prefix), (24, 48));
+    let sources: Vec<String> = l.source.iter().map(|s| s.to_string()).collect();
+    assert_eq!(sources, ["127.0.0.2", "127.0.0.3", "::1"]);
+    assert_eq!(l.udp_responses, 1);
+
+    assert_eq!(
+        err(&one_backend("client_ipv4_prefix = 33")),
+        "conf/x.toml: listener[0].client_ipv4_prefix: must be between 0 and 32, got 33"
+    );
+    assert_eq!(
+        err(&one_backend("client_ipv6_prefix = 129")),
+        "conf/x.toml: listener[0].client_ipv6_prefix: must be between 0 and 128, got 129"
+    );
+    assert_eq!(
+        err(&one_backend("fin_timeout_s = 0")),
+        "conf/x.toml: listener[0].fin_timeout_s: must be between 1 and 604800, got 0"
+    );
+    assert_eq!(
+        err(&one_backend("conn_rate_limit = -1")),
+        "conf/x.toml: listener[0].conn_rate_limit: must be between 0 and 4294967295, got -1"
+    );
+    assert_eq!(
+        err(&one_backend("udp_responses = 1")),
+        "conf/x.toml: listener[0].udp_responses: only applies to udp listeners"
+    );
+    assert_eq!(
+        err(&one_backend("source = [\"127.0.0.1:80\"]")),
+        "conf/x.toml: listener[0].source[0]: invalid IP address \"127.0.0.1:80\" (a source is \
+         an address, without a port)"
+    );
+    assert_eq!(
+        err(&one_backend(
+            "source = [\"127.0.0.2\", \"::ffff:127.0.0.2\"]"
+        )),
+        "conf/x.toml: listener[0].source[1]: duplicate address 127.0.0.2 (also \
+         listener[0].source[0])"
+    );
+    assert_eq!(
+        err(&one_backend("source = [\"0.0.0.0\"]")),
+        "conf/x.toml: listener[0].source[0]: 0.0.0.0 cannot be the source of a connection"
+    );
+}
+
+/// UDP sessions may fill the global cap only up to what leaves the TCP listeners their
+/// reserve (their own caps, at most half the global cap).
+#[test]
+fn udp_share_of_the_global_cap() {
+    use crate::state::udp_global_cap;
+    let two = |global: &str, tcp_max: &str| {
+        parse(&format!(
+            "[runtime]\nmax_connections = {global}\n{}\n{}",
+            listener(
+                &format!("max_connections = {tcp_max}"),
+                r#"{ addr = "127.0.0.1:9001" }"#
+            ),
+            listener(
+                "name = \"dns\"\nprotocol = \"udp\"",
+                r#"{ addr = "127.0.0.1:53" }"#
+            )
+            .replacen("name = \"web\"\n", "", 1)
+        ))
+    };
+    assert_eq!(udp_global_cap(&two("100000", "50000")), 50_000);
+    assert_eq!(udp_global_cap(&two("100000", "1000")), 99_000);
+    assert_eq!(udp_global_cap(&two("10", "0")), 5);
+    assert_eq!(udp_global_cap(&two("0", "10")), 0, "no global cap");
+    assert_eq!(udp_global_cap(&two("1", "10")), 1);
+    // Without a TCP listener UDP may use it all.
+    let udp_only = parse(&format!(
+        "[runtime]\nmax_connections = 10\n{}",
+        one_backend("protocol = \"udp\"")
+    ));
+    assert_eq!(udp_global_cap(&udp_only), 10);
 }

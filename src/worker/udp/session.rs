@@ -106,8 +106,10 @@ impl Admission {
 }
 
 /// Admission control for a datagram from a client without a session, in the order TCP uses:
-/// ACL (deny, then allow), global cap, listener cap (`max_connections` counts sessions),
-/// per-client rate (new sessions per second), per-client cap (concurrent sessions).
+/// ACL (deny, then allow), listener rate (`conn_rate_limit`), global cap (UDP's part of it,
+/// `SharedState::udp_max_connections`, so TCP listeners keep their reserve), listener cap
+/// (`max_connections` counts sessions), per-client rate (new sessions per second), per-client
+/// cap (concurrent sessions).
 pub fn admit(
     state: &ListenerState,
     shared: &SharedState,
@@ -117,9 +119,14 @@ pub fn admit(
     if !state.acl_allows(ip) {
         return Err(RejectReason::Acl);
     }
+    if let Some(rate) = &state.listener_rate {
+        if !rate.try_acquire(now_ms) {
+            return Err(RejectReason::ListenerRate);
+        }
+    }
     if !try_take(
         &shared.active,
-        shared.max_connections.load(Ordering::Relaxed),
+        shared.udp_max_connections.load(Ordering::Relaxed),
     ) {
         return Err(RejectReason::GlobalLimit);
     }
@@ -223,6 +230,13 @@ impl<S> Session<S> {
         self.stats.datagrams_to_client += 1;
         self.stats.bytes_to_client += bytes as u64;
         self.last_active = now_ms;
+    }
+
+    /// Whether the backend has sent `limit` datagrams back (`udp_responses`; 0 = never).
+    #[inline]
+    pub fn answered_enough(&self, limit: u32) -> bool {
+        limit > 0
+            && self.flushed.datagrams_to_client + self.stats.datagrams_to_client >= u64::from(limit)
     }
 
     /// Everything the session moved in its life.

@@ -18,12 +18,13 @@ use mio::Interest;
 
 use crate::balancer::FlowKey;
 use crate::metrics::{RejectReason, UdpDrop};
-use crate::net::io::{classify, is_accept_resource_error, IoClass};
-use crate::net::udp::{connect_udp, is_unreachable, Batch, BATCH};
+use crate::net::connect::{is_local_shortage, pick_source, udp_connect};
+use crate::net::io::{classify, IoClass};
+use crate::net::udp::{is_unreachable, Batch, BATCH};
 use crate::state::SharedState;
 use crate::worker::access_log::{self, SessionEnd, UdpLine};
 use crate::worker::conn::MAX_ATTEMPTS;
-use crate::worker::connect::passive_failure;
+use crate::worker::connect::{passive_failure, warn_local_shortage};
 use crate::worker::{ListenerSocket, Worker, WorkerListener};
 
 use super::session::{admit, Session};
@@ -168,7 +169,11 @@ impl Worker {
                 break;
             };
             let backend = pool.backends()[index].clone();
-            match connect_udp(backend.addr) {
+            let source = pick_source(&state.config.source, backend.addr, wl.next_source);
+            if source.is_some() {
+                wl.next_source = wl.next_source.wrapping_add(1);
+            }
+            match udp_connect(backend.addr, source) {
                 Ok(socket) => {
                     let session =
                         Session::new(li, client, reply_from, socket, backend, admission, now);
@@ -192,11 +197,17 @@ impl Worker {
                     counters.accepted.fetch_add(1, Ordering::Relaxed);
                     return Some(key);
                 }
-                Err(e) => {
-                    // Out of descriptors or memory is our trouble, not the backend's.
-                    if !is_accept_resource_error(&e) {
-                        passive_failure(&backend, &state, now);
-                    }
+                Err(e) if is_local_shortage(&e) => {
+                    // No local port (EAGAIN), descriptor or memory: our trouble, never the
+                    // backend's; refuse this session and go on.
+                    let (last, id) = (&mut self.last_local_warn, self.id);
+                    warn_local_shortage(last, now, id, &state.config.name, &e);
+                    admission.undo(&self.shared);
+                    counters.reject(RejectReason::LocalResources);
+                    return None;
+                }
+                Err(_) => {
+                    passive_failure(&backend, &state, now);
                     tried[tried_len] = index;
                     tried_len += 1;
                 }
@@ -267,8 +278,16 @@ impl Worker {
                     s.backend.consecutive_failures.store(0, Ordering::Relaxed);
                 }
             }
+            let answered_enough =
+                s.answered_enough(self.listeners[listener].state.config.udp_responses);
             if truncated > 0 {
                 self.udp_dropped(listener, UdpDrop::Truncated, truncated);
+            }
+            if answered_enough {
+                // udp_responses: the replies are already in the batch; the session (and its
+                // local port) ends now instead of after the idle timeout.
+                self.udp_close(key, SessionEnd::Responses);
+                return;
             }
             if start + n < BATCH {
                 // Short read: the socket's queue is empty.
@@ -392,14 +411,17 @@ fn end_session(
 ) {
     let config = &listeners[session.listener].state.config;
     if config.access_log {
-        access_log::udp(&UdpLine {
-            listener: &config.name,
-            client: session.client,
-            backend: &session.backend.name,
-            duration_ms: now_ms.saturating_sub(session.opened_at),
-            stats: session.totals(),
-            end,
-        });
+        access_log::udp(
+            &shared.access_log,
+            &UdpLine {
+                listener: &config.name,
+                client: session.client,
+                backend: &session.backend.name,
+                duration_ms: now_ms.saturating_sub(session.opened_at),
+                stats: session.totals(),
+                end,
+            },
+        );
     }
     drop(session.release(shared));
 }

@@ -1,0 +1,6 @@
+//! libFuzzer target: `l4lb::fuzzing::udp_session` (see that function for what it checks).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| l4lb::fuzzing::udp_session(data));

@@ -1,0 +1,126 @@
+//! Backend-side sockets: a non-blocking TCP connect and a connected UDP session socket, each
+//! optionally bound first to one of a listener's `source` addresses, and the test that tells
+//! a shortage of this host (no local port, address or descriptor) from a backend's failure.
+//!
+//! Hot path (once per backend connect or UDP session). Invariant: a socket bound to a source
+//! address for TCP sets `IP_BIND_ADDRESS_NO_PORT`, so the port is chosen at connect time from
+//! the 4-tuple: a bind alone would reserve a port per socket and shrink the space again.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use nix::libc;
+use nix::sys::socket::{setsockopt, sockopt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Errors of socket/bind/connect that mean this host ran short, not that the backend failed:
+/// no free local port (TCP connect: EADDRNOTAVAIL; UDP connect's implicit bind: EAGAIN; an
+/// explicit bind to port 0: EADDRINUSE), no descriptor (EMFILE, ENFILE) or no memory
+/// (ENOBUFS, ENOMEM). Such a failure must never count against a backend's health.
+pub fn is_local_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN)
+            | Some(libc::EADDRNOTAVAIL)
+            | Some(libc::EADDRINUSE)
+            | Some(libc::EMFILE)
+            | Some(libc::ENFILE)
+            | Some(libc::ENOBUFS)
+            | Some(libc::ENOMEM)
+    )
+}
+
+/// The entry of `sources` to use for connection number `n` to `backend`: round robin over the
+/// addresses of the backend's family; `None` (the kernel's choice) when there is none.
+pub fn pick_source(sources: &[IpAddr], backend: SocketAddr, n: usize) -> Option<IpAddr> {
+    let same = |ip: &&IpAddr| ip.is_ipv4() == backend.is_ipv4();
+    let count = sources.iter().filter(same).count();
+    if count == 0 {
+        return None;
+    }
+    sources.iter().filter(same).nth(n % count).copied()
+}
+
+fn new_socket(backend: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(backend), ty, Some(proto))?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    Ok(socket)
+}
+
+/// Start a non-blocking connect to `backend`, from `source` when given (port chosen at
+/// connect). In progress counts as success; the caller waits for writability.
+pub fn tcp_connect(backend: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net::TcpStream> {
+    let socket = new_socket(backend, Type::STREAM, Protocol::TCP)?;
+    if let Some(ip) = source {
+        // Best effort: without it (old kernels) the bind reserves a port, which still works.
+        let _ = setsockopt(&socket, sockopt::IpBindAddressNoPort, &true);
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match socket.connect(&backend.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
+}
+
+/// A non-blocking UDP socket connected to `backend` (a session's socket), bound to `source`
+/// first when given: the kernel then delivers only that backend's datagrams to it and reports
+/// its ICMP errors (port unreachable becomes ECONNREFUSED on the next call).
+pub fn udp_connect(backend: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net::UdpSocket> {
+    let socket = new_socket(backend, Type::DGRAM, Protocol::UDP)?;
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect(&backend.into())?;
+    Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_round_robin_within_the_backend_family() {
+        let sources: Vec<IpAddr> = ["127.0.0.2", "::1", "127.0.0.3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        let picks: Vec<_> = (0..4).map(|n| pick_source(&sources, v4, n)).collect();
+        let a = Some("127.0.0.2".parse().unwrap());
+        let b = Some("127.0.0.3".parse().unwrap());
+        assert_eq!(picks, [a, b, a, b]);
+        assert_eq!(pick_source(&sources, v6, 7), Some("::1".parse().unwrap()));
+        assert_eq!(pick_source(&[], v4, 0), None);
+    }
+
+    #[test]
+    fn shortages_are_local() {
+        for errno in [
+            libc::EAGAIN,
+            libc::EADDRNOTAVAIL,
+            libc::EMFILE,
+            libc::ENFILE,
+        ] {
+            assert!(is_local_shortage(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::EHOSTUNREACH] {
+            assert!(!is_local_shortage(&io::Error::from_raw_os_error(errno)));
+        }
+    }
+
+    #[test]
+    fn tcp_connect_binds_the_source_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let source: IpAddr = "127.0.0.7".parse().unwrap();
+        let _stream = tcp_connect(to, Some(source)).unwrap();
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), source);
+        let udp = udp_connect(to, Some(source)).unwrap();
+        assert_eq!(udp.local_addr().unwrap().ip(), source);
+    }
+}
