@@ -125,6 +125,13 @@ impl AccessQueue {
     }
 }
 
+/// Whether access lines are written at all (`RUST_LOG` may switch the target off): when not,
+/// the workers format nothing.
+#[inline]
+pub fn enabled() -> bool {
+    log::log_enabled!(target: TARGET, log::Level::Info)
+}
+
 /// Start the writer thread: it writes every queued line at info level with target
 /// `l4lb::access` and ends once `shared` shuts down and the queue is empty.
 pub fn spawn_writer(shared: Arc<SharedState>) -> std::io::Result<JoinHandle<()>> {

@@ -188,12 +188,16 @@ impl fmt::Display for UdpLine<'_> {
 /// Queue a TCP connection's line for the access-log writer (the caller checked
 /// `access_log`); dropped and counted when the queue is full (`crate::access_queue`).
 pub fn tcp(queue: &AccessQueue, line: &TcpLine<'_>) {
-    queue.push(line);
+    if crate::access_queue::enabled() {
+        queue.push(line);
+    }
 }
 
 /// Queue a UDP session's line, as [`tcp`].
 pub fn udp(queue: &AccessQueue, line: &UdpLine<'_>) {
-    queue.push(line);
+    if crate::access_queue::enabled() {
+        queue.push(line);
+    }
 }
 
 #[cfg(test)]
