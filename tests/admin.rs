@@ -867,7 +867,7 @@ fn cross_origin_and_rebound_posts_are_refused() {
         ),
         format!("POST {drain} HTTP/1.1\r\n\r\n"),
         // Even a path that does not exist: the guard answers before the router.
-        format!("POST /listeners/zz/backends/x/drain HTTP/1.1\r\nHost: rebound.example\r\n\r\n"),
+        "POST /listeners/zz/backends/x/drain HTTP/1.1\r\nHost: rebound.example\r\n\r\n".to_string(),
     ];
     for request in &refused {
         let (status, head, body) = raw_request(admin, request.as_bytes()).expect("answer");
