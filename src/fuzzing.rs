@@ -64,12 +64,25 @@ fn fuzz_state() -> SharedState {
     }
 }
 
-/// The admin API on `data` as one connection's request bytes: parse, then route (including
-/// state-changing POSTs). Checks: every complete request gets an HTTP/1.1 response with a
-/// status line, and an incomplete one is never larger than the request limit.
+/// The admin API on `data` as one connection's request bytes: parse, guard, route (including
+/// state-changing POSTs). An odd length means a bearer token is configured (`fuzz-token`). Checks: every complete request gets an HTTP/1.1 response with a status
+/// line, and an incomplete one is never larger than the request limit; with a token, no POST
+/// without it changes state (the response is never a 200 to a POST that lacks it).
 pub fn admin_http(data: &[u8]) {
     let shared = fuzz_state();
-    match crate::admin::respond_to_bytes(&shared, data) {
+    let token = crate::config::AdminToken::new(b"fuzz-token");
+    let with_token = data.len() % 2 == 1;
+    let bind = SocketAddr::from(([127, 0, 0, 1], 9090));
+    let answer = crate::admin::respond_to_bytes(&shared, bind, with_token.then_some(&token), data);
+    if with_token
+        && data.starts_with(b"POST ")
+        && memchr::memmem::find(data, b"Bearer fuzz-token").is_none()
+    {
+        if let Some(out) = &answer {
+            assert!(!out.starts_with(b"HTTP/1.1 200"), "a POST without the token succeeded");
+        }
+    }
+    match answer {
         Some(out) => {
             assert!(out.starts_with(b"HTTP/1.1 "), "no status line");
             assert!(

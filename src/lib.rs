@@ -25,6 +25,7 @@ pub mod access_queue;
 pub mod admin;
 pub mod backend;
 pub mod balancer;
+pub mod clock;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

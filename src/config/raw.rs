@@ -80,6 +80,7 @@ impl<'de> Deserialize<'de> for RawWorkers {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub bind: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// One `[[listener]]`.
@@ -109,6 +110,7 @@ pub(crate) struct RawListener {
     pub client_ipv6_prefix: Option<i64>,
     pub source: Option<Vec<String>>,
     pub udp_responses: Option<i64>,
+    pub slow_start_s: Option<i64>,
     pub backends: Option<Vec<RawBackend>>,
     pub health_check: Option<RawHealthCheck>,
 }
