@@ -79,7 +79,10 @@ pub fn admin_http(data: &[u8]) {
         && memchr::memmem::find(data, b"Bearer fuzz-token").is_none()
     {
         if let Some(out) = &answer {
-            assert!(!out.starts_with(b"HTTP/1.1 200"), "a POST without the token succeeded");
+            assert!(
+                !out.starts_with(b"HTTP/1.1 200"),
+                "a POST without the token succeeded"
+            );
         }
     }
     match answer {
