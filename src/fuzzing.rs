@@ -54,6 +54,9 @@ idle_timeout_s = 2
 max_connections = 8
 max_conns_per_client = 3
 conn_rate_per_client = 20
+conn_rate_limit = 50
+client_ipv4_prefix = 31
+udp_responses = 3
 backends = [{ addr = "127.0.0.1:18054" }, { addr = "127.0.0.1:18055" }]
 "#;
 
@@ -117,7 +120,8 @@ pub fn config(data: &[u8]) {
 }
 
 /// The UDP session core on `data` as a sequence of events (client datagrams, backend replies,
-/// clock steps, timer expiry, removals), each a few bytes. After every event the counts the
+/// clock steps, timer expiry, removals), each a few bytes, under every admission rule
+/// (listener rate, caps, per-client rate and cap by /31, `udp_responses`). After every event the counts the
 /// sessions hold must match the table exactly, and once every session is gone all of them
 /// must be back at zero.
 pub fn udp_session(data: &[u8]) {
@@ -154,8 +158,16 @@ pub fn udp_session(data: &[u8]) {
             },
             1 => {
                 if let Some(key) = table.find(1, client) {
+                    let mut done = false;
                     if let Some(s) = table.get_mut(key) {
                         s.to_client(usize::from(a), now);
+                        done = s.answered_enough(state.config.udp_responses);
+                    }
+                    // udp_responses: the shell closes the session after this many replies.
+                    if done {
+                        if let Some(s) = table.remove(key) {
+                            s.release(&shared);
+                        }
                     }
                 }
             }
@@ -189,6 +201,8 @@ pub fn udp_session(data: &[u8]) {
         for a in 0..4 {
             assert_eq!(clients.count(IpAddr::V4(Ipv4Addr::new(192, 0, 2, a))), 0);
         }
+    } else {
+        panic!("the fuzz config caps clients");
     }
 }
 
@@ -204,4 +218,20 @@ fn check_counts(
     let on_backends: u64 = backends.iter().map(|b| u64::from(b.active())).sum();
     assert_eq!(on_backends, n);
     assert!(n <= state.config.max_connections);
+    // Per-client counts by /31: 192.0.2.0 and .1 are one client, .2 and .3 another.
+    if let Some(clients) = &state.clients {
+        for pair in [0u8, 2] {
+            let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, pair));
+            let held = table
+                .keys()
+                .into_iter()
+                .filter_map(|k| table.get(k))
+                .filter(
+                    |s| matches!(s.client.ip(), IpAddr::V4(v4) if v4.octets()[3] / 2 == pair / 2),
+                )
+                .count() as u32;
+            assert_eq!(clients.count(ip), held, "client {ip}/31");
+            assert!(held <= state.config.max_conns_per_client);
+        }
+    }
 }

@@ -202,8 +202,10 @@ fn listener_and_global_caps_and_rate_and_acl() {
     );
     assert_eq!(shared.active.load(Ordering::Relaxed), 1);
 
+    // UDP's share of the global cap (here, without a TCP listener, all of it).
     let (state, shared) = setup("");
     shared.max_connections.store(1, Ordering::Relaxed);
+    shared.udp_max_connections.store(1, Ordering::Relaxed);
     let mut t = SessionTable::new(0);
     open(&mut t, &state, &shared, 1000, 0).unwrap();
     assert_eq!(
@@ -227,4 +229,34 @@ fn listener_and_global_caps_and_rate_and_acl() {
         Err(RejectReason::Acl)
     );
     assert_eq!(shared.active.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn listener_rate_counts_new_sessions_of_every_client() {
+    let (state, shared) = setup("conn_rate_limit = 2");
+    let mut t = SessionTable::new(0);
+    open(&mut t, &state, &shared, 1000, 0).unwrap();
+    open(&mut t, &state, &shared, 1001, 0).unwrap();
+    assert_eq!(
+        open(&mut t, &state, &shared, 1002, 0),
+        Err(RejectReason::ListenerRate)
+    );
+    // Refused before any count was taken.
+    assert_eq!(shared.active.load(Ordering::Relaxed), 2);
+    open(&mut t, &state, &shared, 1002, 500).unwrap();
+}
+
+#[test]
+fn answered_enough_after_udp_responses_replies() {
+    let (state, shared) = setup("udp_responses = 2");
+    let mut t = SessionTable::new(0);
+    let k = open(&mut t, &state, &shared, 1000, 0).unwrap();
+    let limit = state.config.udp_responses;
+    let s = t.get_mut(k).unwrap();
+    assert!(!s.answered_enough(limit));
+    s.to_client(10, 1);
+    assert!(!s.answered_enough(limit));
+    s.to_client(10, 2);
+    assert!(s.answered_enough(limit));
+    assert!(!s.answered_enough(0), "0 = off");
 }
