@@ -34,7 +34,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, UdpSocket};
@@ -189,8 +189,13 @@ impl Worker {
                 }
                 continue;
             }
-            self.now = self.shared.now_ms();
+            let woke = Instant::now();
+            self.now = woke
+                .saturating_duration_since(self.shared.started)
+                .as_millis() as u64;
+            let mut nevents = 0;
             for event in events.iter() {
+                nevents += 1;
                 self.dispatch(event);
             }
             // Swap in the spare list so that connections yielding again land in a new turn.
@@ -207,6 +212,8 @@ impl Worker {
             self.expire_timers();
             self.udp_expire();
             self.resume_listeners();
+            let ran = woke.elapsed().as_nanos() as u64;
+            self.shared.loops.worker(self.id).record(ran, nevents);
         }
         log::debug!(
             "worker {} stopping with {} connections",
