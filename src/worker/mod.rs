@@ -300,11 +300,8 @@ impl Worker {
             event.is_writable(),
             event.is_error() || event.is_write_closed(),
         ) {
-            ConnectState::InProgress => return,
-            ConnectState::Failed => {
-                self.connect_failed(key);
-                return;
-            }
+            ConnectState::InProgress => {}
+            ConnectState::Failed => self.connect_failed(key),
             ConnectState::Connected => {
                 if let Some(b) = &conn.backend_ref {
                     // Only write the shared line when there is something to reset.
