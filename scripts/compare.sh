@@ -180,10 +180,11 @@ B1=$((BASE_PORT + 1))
 B2=$((BASE_PORT + 2))
 L4LB_TCP=$((BASE_PORT + 80))
 L4LB_UDP=$((BASE_PORT + 81))
+L4LB_ADMIN=$((BASE_PORT + 90))
 HAPROXY_TCP=$((BASE_PORT + 180))
 NGINX_TCP=$((BASE_PORT + 280))
 NGINX_UDP=$((BASE_PORT + 281))
-for p in $B1 $B2 $L4LB_TCP $HAPROXY_TCP $NGINX_TCP; do
+for p in $B1 $B2 $L4LB_TCP $L4LB_ADMIN $HAPROXY_TCP $NGINX_TCP; do
   if port_open 127.0.0.1 "$p"; then
     log "port $p is in use; pick other ports with --base-port"
     exit 1
@@ -256,7 +257,7 @@ start_candidate() {
       TCP_T=127.0.0.1:$L4LB_TCP
       UDP_T=127.0.0.1:$L4LB_UDP
       render "$TEMPLATES/l4lb.toml.tmpl" "$TMP/l4lb.toml" \
-        "WORKERS=$WORKERS" "LISTEN_TCP=$TCP_T" "LISTEN_UDP=$UDP_T" \
+        "WORKERS=$WORKERS" "LISTEN_TCP=$TCP_T" "LISTEN_UDP=$UDP_T" "ADMIN=127.0.0.1:$L4LB_ADMIN" \
         "L4LB_TCP_BACKENDS=  { addr = \"127.0.0.1:$B1\" },
   { addr = \"127.0.0.1:$B2\" }," \
         "L4LB_UDP_BACKENDS=  { addr = \"127.0.0.1:$B1\" },
@@ -313,6 +314,7 @@ start_candidate() {
 # ------------------------------------------------------------------------- measurements
 declare -A RATE=() P99=() CPU_GB=() CPU_KC=() RSS_CONN=() UNIT=() ERRS=() NOTE=()
 declare -A MIX_RATE=() MIX_P50=() MIX_P90=() MIX_P99=() MIX_GBIT=() MIX_ERRS=() MIX_NOTE=()
+MIX_LOOP=()
 
 # cell CANDIDATE WORKLOAD: one run; appends its numbers to the cell's lists.
 cell() {
@@ -401,9 +403,49 @@ hold_cell() {
   fi
 }
 
+# loop_figures: l4lb's loop counters from /metrics on one line: iterations, the iteration
+# time sum in seconds, poll events, bytes moved, then the cumulative bucket counts; empty when
+# the build has no l4lb_worker_loop_seconds.
+loop_figures() {
+  curl -s --max-time 2 "http://127.0.0.1:$L4LB_ADMIN/metrics" 2>/dev/null | awk '
+    /^l4lb_worker_loop_seconds_count / { n = $2 }
+    /^l4lb_worker_loop_seconds_sum / { s = $2 }
+    /^l4lb_worker_poll_events_total / { e = $2 }
+    /^l4lb_backend_bytes_total\{listener="tcp"/ { b += $2 }
+    /^l4lb_worker_loop_seconds_bucket/ { k++; c[k] = $2; split($0, q, "\""); le[k] = q[2] }
+    END {
+      if (n == "") exit
+      printf "%s %s %s %s", n, s, e, b
+      for (i = 1; i <= k; i++) printf " %s=%s", le[i], c[i]
+      print ""
+    }'
+}
+
+# loop_delta BEFORE AFTER: what the loop did between two loop_figures lines: iterations,
+# mean µs, events per epoll_wait, KiB moved per iteration, share of iterations over 1 ms
+# and over 10 ms, and the bucket bound under which 99% of the iterations ran.
+loop_delta() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    na = split(a, x, " "); nb = split(b, y, " ")
+    if (na < 5 || nb != na) exit
+    n = y[1] - x[1]; if (n <= 0) exit
+    for (i = 5; i <= nb; i++) {
+      split(x[i], p, "="); split(y[i], q, "=")
+      le[i] = q[1]; d[i] = q[2] - p[2]
+      if (le[i] == "0.001") over1 = n - d[i]
+      if (le[i] == "0.01") over10 = n - d[i]
+      if (p99 == "" && d[i] >= 0.99 * n) p99 = le[i]
+    }
+    printf "%d iterations, mean %.0f µs, %.2f events/wait, %.0f KiB/iteration, %.2f%% over 1 ms, %.3f%% over 10 ms, p99 <= %s s\n",
+      n, (y[2] - x[2]) * 1e6 / n, (y[3] - x[3]) / n, (y[4] - x[4]) / 1024 / n,
+      100 * over1 / n, 100 * over10 / n, p99
+  }'
+}
+
 # mix_cell CANDIDATE: 2 bulk streams and, while they run, 8 connect-per-request clients.
 mix_cell() {
-  local cand=$1 spid crr stream
+  local cand=$1 spid crr stream loop0="" loop1=""
+  [[ $cand == l4lb ]] && loop0=$(loop_figures)
   "${CLIENT_PIN[@]}" "$LOADGEN_BIN" tcp-stream --target "$TCP_T" --conns 2 --direction both \
     --duration "$((MIX_DURATION + 2))" --threads "$CLIENT_THREADS" --json --quiet \
     >"$TMP/mix-stream.json" 2>/dev/null &
@@ -414,6 +456,12 @@ mix_cell() {
     --duration "$MIX_DURATION" --threads "$CLIENT_THREADS" --json --quiet 2>/dev/null |
     tail -n 1) || true
   wait "$spid" 2>/dev/null || true
+  if [[ -n $loop0 ]]; then
+    # The byte counters are reported from each connection's timer, about once a second.
+    sleep 0.5
+    loop1=$(loop_figures)
+    MIX_LOOP+=("$(loop_delta "$loop0" "$loop1")")
+  fi
   stream=$(tail -n 1 "$TMP/mix-stream.json" 2>/dev/null || true)
   if [[ $crr != "{"* || $stream != "{"* ]]; then
     MIX_NOTE[$cand]="failed"
@@ -578,6 +626,9 @@ if runs mix; then
   done
   echo
   sed 's/^/- /' "$TMP/mix-runs.txt" 2>/dev/null || true
+  for l in "${MIX_LOOP[@]}"; do
+    [[ -n $l ]] && echo "- l4lb worker loop during the mix (l4lb_worker_loop_seconds): $l"
+  done
 fi
 echo
 log "done in $(($(date +%s) - STARTED)) s"
