@@ -342,8 +342,9 @@ fn a_reload_loop_that_rebinds_listeners_keeps_the_rss_flat() {
     const LISTENERS: usize = 4;
     const WARMUP: usize = 10;
     const MEASURED: usize = 40;
-    /// Far below the ~40 MiB the old code grew by over `MEASURED` reloads.
-    const MAX_GROWTH_KIB: u64 = 8 * 1024;
+    /// The old code grew by about 9 MiB per reload here (370 MiB over `MEASURED`); a flat
+    /// process moves by allocator noise only (2-10 MiB seen on a busy 2-core host).
+    const MAX_GROWTH_KIB: u64 = 24 * 1024;
     let a = Backend::id("a");
     let backends: Vec<Backend> = (0..20).map(|i| Backend::id(&format!("b{i}"))).collect();
     let list = backends
