@@ -21,7 +21,7 @@ use crate::balancer::Pool;
 use crate::config::Protocol;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientKeys, ClientTable, ListenerRate, RateTable};
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{ListenerMetrics, LoopMetrics};
 
 /// One listener as every worker sees it. Immutable but for atomics; a reload that changes its
 /// settings publishes a new `ListenerState` built with [`ListenerState::reconfigured`].
@@ -160,6 +160,30 @@ impl ListenerState {
         }
     }
 
+    /// What a worker keeps of a retired listener once none of its connections or sessions is
+    /// left anywhere: the name and settings (for logs), no backends, no Maglev tables, no
+    /// per-client tables. The worker's slot then is free for the next added listener.
+    pub fn emptied(&self) -> ListenerState {
+        let mut config = self.config.clone();
+        config.backends = Vec::new();
+        ListenerState {
+            pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
+            config,
+            active: Arc::new(AtomicU64::new(0)),
+            udp_sessions: Arc::new(AtomicU64::new(0)),
+            clients: None,
+            rates: None,
+            listener_rate: None,
+            counters: self.counters.clone(),
+            pool_dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether no connection (TCP) or session (UDP) of this listener is open in any worker.
+    pub fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && self.udp_sessions.load(Ordering::Acquire) == 0
+    }
+
     /// Allow/deny lists: deny is checked first; an empty allow list allows everyone.
     pub fn acl_allows(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -211,6 +235,8 @@ pub struct SharedState {
     pub reloads_error: AtomicU64,
     /// Access-log lines on their way to the writer thread (`access_queue::spawn_writer`).
     pub access_log: AccessQueue,
+    /// Each worker's event-loop iteration times (`l4lb_worker_loop_seconds`).
+    pub loops: LoopMetrics,
 }
 
 /// The admin API's error for a state change.
@@ -246,6 +272,7 @@ impl SharedState {
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
             access_log: AccessQueue::default(),
+            loops: LoopMetrics::new(workers),
         }
     }
 
