@@ -4,12 +4,18 @@
 //! Control path. Binding happens before any worker starts, so a bind failure exits with code 1
 //! naming the address before traffic flows.
 
+pub mod control_socket;
 mod cpus;
+pub mod privileges;
 mod reload;
+pub mod sd_notify;
 mod signals;
+pub mod takeover;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,10 +26,15 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::{Config, ListenerConfig, Protocol};
+use crate::net::inherit::{self, Inherited};
 use crate::net::listener::bind_tcp_reuseport;
 use crate::net::udp::bind_udp_reuseport;
-use crate::state::SharedState;
+use crate::state::{ListenerState, SharedState};
 use crate::worker::{ListenerSocket, Worker, WorkerCommand, WorkerSetup, WAKER_TOKEN};
+use control_socket::ControlSocket;
+use privileges::PrivilegeError;
+use sd_notify::Notifier;
+use takeover::{Handover, TakeoverError};
 
 /// A failure that stops the process with exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +47,12 @@ pub enum RuntimeError {
     },
     #[error("admin: cannot bind {addr}: {source}")]
     AdminBind { addr: SocketAddr, source: io::Error },
+    #[error("runtime.control_socket: cannot listen on {path}: {source}")]
+    ControlSocket { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -67,23 +84,81 @@ pub struct Running {
     pub shared: Arc<SharedState>,
     config: Config,
     workers: Vec<WorkerHandle>,
+    /// A duplicate of every listening socket, for a takeover (emptied at drain).
+    handover: Handover,
 }
 
-/// Bind one socket per worker for a listener (TCP or UDP, each with SO_REUSEPORT).
-fn bind_listener(l: &ListenerConfig, workers: usize) -> Result<Vec<ListenerSocket>, RuntimeError> {
-    (0..workers)
-        .map(|_| {
+/// Every socket bound (or inherited), no thread started yet: the point at which root is
+/// dropped.
+#[derive(Debug)]
+pub struct Bound {
+    config: Config,
+    shared: Arc<SharedState>,
+    placement: cpus::Placement,
+    per_worker: Vec<Vec<(Arc<ListenerState>, Option<ListenerSocket>)>>,
+    admin: Option<mio::net::TcpListener>,
+    handover: Handover,
+}
+
+/// The sockets of a listener: every inherited one for its protocol and address (a worker may
+/// get several: none may be closed, see `takeover.rs`), then fresh SO_REUSEPORT binds up to one
+/// per worker. An inherited socket without SO_REUSEPORT (systemd's default) admits no sibling:
+/// the workers then share it, each through a descriptor of its own.
+fn bind_listener(
+    l: &ListenerConfig,
+    workers: usize,
+    inherited: &mut Inherited,
+) -> Result<Vec<ListenerSocket>, RuntimeError> {
+    let err = |source| RuntimeError::Bind {
+        listener: l.name.clone(),
+        addr: l.bind,
+        source,
+    };
+    let mut fds = inherited.take(l.protocol, l.bind);
+    let adopted = fds.len();
+    if let Some(first) = fds.first() {
+        if !inherit::reuses_port(first) {
+            for i in adopted..workers {
+                fds.push(inherit::dup(&fds[i % adopted]).map_err(err)?);
+            }
+        }
+        log::info!(
+            "listener {}: {adopted} inherited {} sockets on {}",
+            l.name,
+            l.protocol.as_str(),
+            l.bind
+        );
+    }
+    let mut sockets = Vec::with_capacity(fds.len().max(workers));
+    for fd in fds {
+        sockets.push(
+            match l.protocol {
+                Protocol::Tcp => inherit::adopt_tcp(fd).map(ListenerSocket::Tcp),
+                Protocol::Udp => inherit::adopt_udp(fd, l.bind).map(ListenerSocket::Udp),
+            }
+            .map_err(err)?,
+        );
+    }
+    while sockets.len() < workers {
+        sockets.push(
             match l.protocol {
                 Protocol::Tcp => bind_tcp_reuseport(l.bind).map(ListenerSocket::Tcp),
                 Protocol::Udp => bind_udp_reuseport(l.bind).map(ListenerSocket::Udp),
             }
-            .map_err(|source| RuntimeError::Bind {
-                listener: l.name.clone(),
-                addr: l.bind,
-                source,
-            })
-        })
-        .collect()
+            .map_err(err)?,
+        );
+    }
+    Ok(sockets)
+}
+
+/// Keep a duplicate of each of a listener's sockets for a takeover.
+fn record(handover: &mut Handover, l: &ListenerConfig, sockets: &[ListenerSocket]) {
+    for s in sockets {
+        match s {
+            ListenerSocket::Tcp(t) => handover.record(l.protocol, l.bind, t),
+            ListenerSocket::Udp(u) => handover.record(l.protocol, l.bind, u),
+        }
+    }
 }
 
 fn log_listener(l: &ListenerConfig) {
@@ -97,29 +172,68 @@ fn log_listener(l: &ListenerConfig) {
     );
 }
 
-impl Running {
-    /// Bind, spawn and pin the workers. Returns once they run.
-    pub fn start(config: Config) -> Result<Running, RuntimeError> {
+impl Bound {
+    /// Bind every listener once per worker (taking inherited sockets first) and the admin
+    /// socket. Nothing runs yet.
+    pub fn bind(config: Config, mut inherited: Inherited) -> Result<Bound, RuntimeError> {
         cpus::raise_nofile_limit();
         let placement = cpus::placement(&config.runtime);
         let shared = Arc::new(SharedState::new(&config, placement.workers));
+        let mut handover = Handover::default();
 
         let mut per_worker: Vec<Vec<_>> = (0..placement.workers).map(|_| Vec::new()).collect();
         for (l, state) in config.listeners.iter().zip(shared.listeners.load().iter()) {
-            let sockets = bind_listener(l, placement.workers)?;
-            for (w, socket) in sockets.into_iter().enumerate() {
-                per_worker[w].push((state.clone(), Some(socket)));
+            let sockets = bind_listener(l, placement.workers, &mut inherited)?;
+            record(&mut handover, l, &sockets);
+            for (i, socket) in sockets.into_iter().enumerate() {
+                per_worker[i % placement.workers].push((state.clone(), Some(socket)));
             }
             log_listener(l);
         }
 
-        if let Some(admin) = &config.admin {
-            crate::admin::spawn(admin.bind, shared.clone()).map_err(|source| {
-                RuntimeError::AdminBind {
-                    addr: admin.bind,
-                    source,
-                }
-            })?;
+        let admin = match &config.admin {
+            Some(admin) => {
+                let addr = admin.bind;
+                let err = |source| RuntimeError::AdminBind { addr, source };
+                let mut fds = inherited.take(Protocol::Tcp, addr).into_iter();
+                let listener = match fds.next() {
+                    Some(fd) => inherit::adopt_tcp(fd).map_err(err)?,
+                    None => mio::net::TcpListener::bind(addr).map_err(err)?,
+                };
+                handover.record(Protocol::Tcp, addr, &listener);
+                Some(listener)
+            }
+            None => None,
+        };
+        for (protocol, addr, n) in inherited.leftovers() {
+            log::info!(
+                "closing {n} inherited {} sockets on {addr}: no listener binds it now",
+                protocol.as_str()
+            );
+        }
+        Ok(Bound {
+            config,
+            shared,
+            placement,
+            per_worker,
+            admin,
+            handover,
+        })
+    }
+
+    /// Start the admin thread, the workers and the health checker. Returns once they run.
+    pub fn spawn(self) -> Result<Running, RuntimeError> {
+        let Bound {
+            config,
+            shared,
+            placement,
+            per_worker,
+            admin,
+            handover,
+        } = self;
+        if let (Some(listener), Some(admin)) = (admin, &config.admin) {
+            crate::admin::spawn_on(listener, shared.clone())
+                .map_err(io_err("cannot start the admin thread"))?;
             log::info!("admin API on http://{}", admin.bind);
         }
 
@@ -168,7 +282,15 @@ impl Running {
             shared,
             config,
             workers,
+            handover,
         })
+    }
+}
+
+impl Running {
+    /// Bind, spawn and pin the workers. Returns once they run.
+    pub fn start(config: Config) -> Result<Running, RuntimeError> {
+        Bound::bind(config, Inherited::default())?.spawn()
     }
 
     fn wake_all(&self) {
@@ -178,7 +300,10 @@ impl Running {
     }
 
     /// Stop accepting; connections already open go on until they end or `stop` is called.
-    pub fn begin_drain(&self) {
+    /// This process's duplicates of the listening sockets close here: without a takeover that
+    /// closes the sockets, so the kernel refuses new connections.
+    pub fn begin_drain(&mut self) {
+        self.handover.clear();
         self.shared.draining.store(true, Ordering::Release);
         self.wake_all();
     }
@@ -199,14 +324,57 @@ impl Running {
             }
         }
     }
+
+    /// Drain as `drain_timeout_s` says, blocking: for a start that fails after its workers
+    /// began to accept (its connections still finish).
+    fn drain_and_stop(mut self) {
+        self.begin_drain();
+        let deadline = Instant::now() + self.config.runtime.drain_timeout;
+        while !self.all_finished() && Instant::now() < deadline {
+            std::thread::sleep(DRAIN_POLL);
+        }
+        self.stop();
+    }
 }
 
 const SIGNAL_TOKEN: Token = Token(0);
-/// How often the control loop looks at draining workers.
+const CONTROL_TOKEN: Token = Token(1);
+/// How often the control loop looks at draining workers (and at an upgrade child).
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// Run until SIGTERM or SIGINT and the drain that follows.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// How the process comes by its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Bind them (taking any systemd passed, `LISTEN_FDS`).
+    Fresh,
+    /// Take them from the process on `runtime.control_socket`, then tell it to drain.
+    Takeover,
+}
+
+/// The control socket to listen on: the configured path, or for a takeover a staging path
+/// next to it that becomes the real one once the old process lets go.
+fn bind_control(config: &Config, start: Start) -> Result<Option<ControlSocket>, RuntimeError> {
+    let Some(path) = &config.runtime.control_socket else {
+        return Ok(None);
+    };
+    match start {
+        Start::Fresh => ControlSocket::bind(path),
+        Start::Takeover => takeover::bind_staging(path),
+    }
+    .map(Some)
+    .map_err(|source| RuntimeError::ControlSocket {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Run until SIGTERM or SIGINT and the drain that follows, or until a takeover and the drain
+/// that follows.
+pub fn run(config: Config, start: Start) -> Result<(), RuntimeError> {
+    let notifier = Notifier::from_env();
+    // The binary to start for an upgrade (SIGUSR2), named now: once a package replaces it,
+    // /proc/self/exe names the deleted file.
+    let exe = std::env::current_exe().ok();
     let signals = signals::block_and_listen().map_err(io_err("cannot set up signal handling"))?;
     let mut poll = Poll::new().map_err(io_err("cannot create the control loop"))?;
     poll.registry()
@@ -216,17 +384,92 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             Interest::READABLE,
         )
         .map_err(io_err("cannot watch signals"))?;
-    let mut running = Running::start(config)?;
+
+    let (client, inherited) = match (start, &config.runtime.control_socket) {
+        (Start::Takeover, Some(path)) => {
+            let (client, inherited) = takeover::Client::request(path)?;
+            log::info!(
+                "takeover: received {} listening sockets from process {}",
+                inherited.len(),
+                client.old_pid
+            );
+            (Some(client), inherited)
+        }
+        _ => (None, Inherited::from_listen_fds()),
+    };
+    let mut control = bind_control(&config, start)?;
+    let user = config.runtime.user.clone();
+    let target = privileges::resolve(user.as_deref())?;
+    let bound = Bound::bind(config, inherited)?;
+    if let (Some(target), Some(name)) = (target, &user) {
+        if let Some(c) = &control {
+            c.chown(target.uid, target.gid).map_err(io_err(format!(
+                "cannot give {} to {name}",
+                c.path().display()
+            )))?;
+        }
+        privileges::drop_to(name, target)?;
+    }
+    let mut running = bound.spawn()?;
+
+    match client {
+        Some(client) => match client.finish() {
+            Ok(old_pid) => {
+                if let (Some(c), Some(path)) =
+                    (&mut control, &running.config.runtime.control_socket)
+                {
+                    if let Err(e) = c.rename(path) {
+                        log::error!(
+                            "takeover: cannot move the control socket to {}: {e}; the next takeover needs a restart",
+                            path.display()
+                        );
+                    }
+                }
+                log::info!("takeover: process {old_pid} is draining; serving");
+                notifier.main_pid();
+            }
+            Err(e) => {
+                // The old process may still serve: finish what this one accepted, then fail.
+                log::error!("{e}; draining and exiting");
+                if let Some(c) = &control {
+                    c.remove();
+                }
+                running.drain_and_stop();
+                return Err(e.into());
+            }
+        },
+        None => notifier.ready(),
+    }
+    if let Some(c) = &control {
+        poll.registry()
+            .register(
+                &mut SourceFd(&c.raw_fd()),
+                CONTROL_TOKEN,
+                Interest::READABLE,
+            )
+            .map_err(io_err("cannot watch the control socket"))?;
+        log::info!("control socket on {}", c.path().display());
+    }
+
     let mut events = Events::with_capacity(8);
     let mut drain_deadline: Option<Instant> = None;
-    loop {
-        let timeout = drain_deadline.map(|_| DRAIN_POLL);
+    let mut upgrade: Option<Child> = None;
+    let result = loop {
+        let timeout = (drain_deadline.is_some() || upgrade.is_some()).then_some(DRAIN_POLL);
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(RuntimeError::Io {
+                break Err(RuntimeError::Io {
                     what: "control loop".into(),
                     source: e,
                 });
+            }
+        }
+        let mut drain = None;
+        if events.iter().any(|e| e.token() == CONTROL_TOKEN) {
+            if let Some(c) = &control {
+                if let Some(pid) = serve_control(c, &running, drain_deadline.is_some()) {
+                    drain = Some(format!("process {pid} took over"));
+                }
             }
         }
         while let Some(signal) = signals.next() {
@@ -234,35 +477,132 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 signals::Signal::Terminate if drain_deadline.is_some() => {
                     log::info!("second stop signal: exiting now");
                     running.shared.shutdown.store(true, Ordering::Release);
+                    remove_control(control.take(), &running);
                     return Ok(());
                 }
-                signals::Signal::Terminate => {
-                    let timeout = running.config.runtime.drain_timeout;
-                    log::info!(
-                        "stop signal: no longer accepting; draining {} connections for up to {:?}",
-                        running.shared.active.load(Ordering::Relaxed),
-                        timeout
-                    );
-                    running.begin_drain();
-                    drain_deadline = Some(Instant::now() + timeout);
+                signals::Signal::Terminate => drain = Some("stop signal".to_string()),
+                signals::Signal::Reload if drain_deadline.is_some() => {
+                    log::info!("reload signal while draining: ignored");
                 }
-                signals::Signal::Reload => reload::reload(&mut running),
+                signals::Signal::Reload => {
+                    notifier.reloading();
+                    reload::reload(&mut running);
+                    notifier.ready();
+                }
+                signals::Signal::Upgrade => {
+                    upgrade = start_upgrade(exe.as_deref(), &running, upgrade)
+                }
+            }
+        }
+        if let Some(why) = drain.filter(|_| drain_deadline.is_none()) {
+            let timeout = running.config.runtime.drain_timeout;
+            log::info!(
+                "{why}: no longer accepting; draining {} connections for up to {:?}",
+                running.shared.active.load(Ordering::Relaxed),
+                timeout
+            );
+            if running.shared.is_handed_over() {
+                // The socket file is the new process's now (or soon): leave it alone.
+                if let Some(c) = control.take() {
+                    let _ = poll.registry().deregister(&mut SourceFd(&c.raw_fd()));
+                }
+            } else {
+                notifier.stopping();
+            }
+            running.begin_drain();
+            drain_deadline = Some(Instant::now() + timeout);
+        }
+        if let Some(child) = &mut upgrade {
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    log::error!("upgrade: the new process exited with {status}; still serving");
+                }
+                upgrade = None;
             }
         }
         if let Some(deadline) = drain_deadline {
             if running.all_finished() {
                 log::info!("drained: every connection finished; exiting");
-                running.stop();
-                return Ok(());
+                break Ok(());
             }
             if Instant::now() >= deadline {
                 log::info!(
                     "drain timeout: closing {} remaining connections",
                     running.shared.active.load(Ordering::Relaxed)
                 );
-                running.stop();
-                return Ok(());
+                break Ok(());
             }
+        }
+    };
+    remove_control(control, &running);
+    running.stop();
+    result
+}
+
+/// Remove the control socket file, unless a takeover gave it to another process.
+fn remove_control(control: Option<ControlSocket>, running: &Running) {
+    if let Some(c) = control {
+        if !running.shared.is_handed_over() {
+            c.remove();
+        }
+    }
+}
+
+/// Answer the control connections that wait. `Some(pid)`: process `pid` took the sockets
+/// over; `handed_over` is set and this process must drain.
+fn serve_control(control: &ControlSocket, running: &Running, draining: bool) -> Option<u32> {
+    loop {
+        let conn = match control.accept(takeover::MESSAGE_TIMEOUT) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!("control socket: accept failed: {e}");
+                return None;
+            }
+        };
+        match takeover::serve(&conn, &running.handover, draining) {
+            Ok(Some(pid)) => {
+                running.shared.handed_over.store(true, Ordering::Release);
+                return Some(pid);
+            }
+            Ok(None) => log::warn!("takeover: the new process went away first; still serving"),
+            Err(e) => log::warn!("takeover: {e}; still serving"),
+        }
+    }
+}
+
+/// SIGUSR2: start `exe --config FILE --takeover` (in this service's cgroup, so systemd follows
+/// the new main PID). One at a time.
+fn start_upgrade(exe: Option<&Path>, running: &Running, current: Option<Child>) -> Option<Child> {
+    if current.is_some() {
+        log::warn!("upgrade signal: an upgrade is already running; ignored");
+        return current;
+    }
+    if running.config.runtime.control_socket.is_none() {
+        log::error!("upgrade signal: runtime.control_socket is not set; ignored");
+        return None;
+    }
+    let Some(exe) = exe else {
+        log::error!("upgrade signal: the path of this binary is unknown; ignored");
+        return None;
+    };
+    match Command::new(exe)
+        .arg("--config")
+        .arg(&running.config.path)
+        .arg("--takeover")
+        .spawn()
+    {
+        Ok(child) => {
+            log::info!(
+                "upgrade signal: started {} (pid {})",
+                exe.display(),
+                child.id()
+            );
+            Some(child)
+        }
+        Err(e) => {
+            log::error!("upgrade signal: cannot start {}: {e}", exe.display());
+            None
         }
     }
 }

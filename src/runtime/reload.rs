@@ -14,7 +14,9 @@ use crate::config::{Config, ListenerConfig};
 use crate::state::ListenerState;
 use crate::worker::{ListenerSocket, WorkerCommand};
 
-use super::{bind_listener, log_listener, Running};
+use crate::net::inherit::Inherited;
+
+use super::{bind_listener, log_listener, record, Running};
 
 /// What a listener becomes in the new config.
 enum Change {
@@ -36,6 +38,11 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("runtime.cpus", o.cpus != n.cpus),
         ("runtime.splice", o.splice != n.splice),
         ("admin.bind", old.admin != new.admin),
+        ("runtime.user", o.user != n.user),
+        (
+            "runtime.control_socket",
+            o.control_socket != n.control_socket,
+        ),
     ] {
         if changed {
             log::warn!("reload: {key} changed; it takes effect only after a restart");
@@ -70,7 +77,7 @@ pub(super) fn reload(running: &mut Running) {
                     Change::Replace(Arc::new(old.reconfigured(l.clone(), global_max)))
                 }
             }
-            _ => match bind_listener(l, workers) {
+            _ => match bind_listener(l, workers, &mut Inherited::default()) {
                 Ok(sockets) => Change::Add(
                     Arc::new(ListenerState::new(l.clone(), global_max, workers)),
                     sockets,
@@ -103,6 +110,9 @@ pub(super) fn reload(running: &mut Running) {
                 "reload: listener {} removed; its connections finish",
                 old.config.name
             );
+            running
+                .handover
+                .forget(old.config.protocol, old.config.bind);
             for w in &running.workers {
                 w.send(WorkerCommand::RemoveListener(old.config.name.clone()));
             }
@@ -114,6 +124,7 @@ pub(super) fn reload(running: &mut Running) {
             Change::Add(state, sockets) => {
                 added += 1;
                 log_listener(&state.config);
+                record(&mut running.handover, &state.config, &sockets);
                 for (w, socket) in running.workers.iter().zip(sockets) {
                     w.send(WorkerCommand::AddListener(state.clone(), Some(socket)));
                 }
