@@ -606,3 +606,47 @@ fn start_upgrade(exe: Option<&Path>, running: &Running, current: Option<Child>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn listener(toml_bind: &str) -> ListenerConfig {
+        let text = format!(
+            "[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nbind = \"{toml_bind}\"\n\
+             balance = \"round_robin\"\nbackends = [ {{ addr = \"127.0.0.1:9\" }} ]\n"
+        );
+        let c = Config::parse(&text, Path::new("t.toml")).expect("config");
+        c.listeners[0].clone()
+    }
+
+    fn inherited(addr: SocketAddr, n: usize) -> Inherited {
+        let mut set = Inherited::default();
+        for _ in 0..n {
+            let l = bind_tcp_reuseport(addr).expect("bind");
+            set.insert(
+                Protocol::Tcp,
+                addr,
+                OwnedFd::from(std::net::TcpListener::from(l)),
+            )
+            .expect("insert");
+        }
+        set
+    }
+
+    /// Closing a SO_REUSEPORT socket resets what waits in its queue: a takeover by a process
+    /// with fewer workers must keep every inherited socket (the test fails if it drops one).
+    #[test]
+    fn keeps_every_inherited_socket_and_binds_up_to_one_per_worker() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let l = listener(&port.to_string());
+        let mut set = inherited(port, 3);
+        assert_eq!(bind_listener(&l, 2, &mut set).expect("bind").len(), 3);
+        assert!(set.is_empty());
+        let mut set = inherited(port, 1);
+        assert_eq!(bind_listener(&l, 4, &mut set).expect("bind").len(), 4);
+    }
+}
