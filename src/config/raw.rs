@@ -82,6 +82,7 @@ impl<'de> Deserialize<'de> for RawWorkers {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub bind: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// One `[[listener]]`.

@@ -232,7 +232,7 @@ impl Bound {
             handover,
         } = self;
         if let (Some(listener), Some(admin)) = (admin, &config.admin) {
-            crate::admin::spawn_on(listener, shared.clone())
+            crate::admin::spawn_on(listener, admin.token.clone(), shared.clone())
                 .map_err(io_err("cannot start the admin thread"))?;
             log::info!("admin API on http://{}", admin.bind);
         }
