@@ -60,6 +60,8 @@ const MAX_RISE_FALL: i64 = 1000;
 /// The checker reads at most this many bytes of a reply looking for `expect`, and sends at
 /// most this many; both are fixed buffers.
 const MAX_CHECK_PAYLOAD: usize = 4096;
+/// One hour: a ramp longer than that is a maintenance plan, not a warm-up.
+const MAX_SLOW_START_S: i64 = 3600;
 /// Listener names appear in metric labels and admin URLs; keep them short.
 const MAX_NAME_LEN: usize = 64;
 
@@ -508,6 +510,7 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
     let allow = cx.cidrs(&k("allow"), raw.allow)?;
     let deny = cx.cidrs(&k("deny"), raw.deny)?;
     let access_log = raw.access_log.unwrap_or(false);
+    let slow_start_s = cx.int(&k("slow_start_s"), raw.slow_start_s, 0, 0, MAX_SLOW_START_S)?;
 
     let backends = backends(cx, &k("backends"), raw.backends)?;
     let health_check = raw
@@ -533,6 +536,7 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         allow,
         deny,
         access_log,
+        slow_start: Duration::from_secs(to_u64(slow_start_s)),
         backends,
         health_check,
     })

@@ -205,6 +205,7 @@ fn every_balance_name_is_accepted() {
         ("least_conn", Algorithm::LeastConn),
         ("weighted_least_conn", Algorithm::WeightedLeastConn),
         ("random_two", Algorithm::RandomTwo),
+        ("least_latency", Algorithm::LeastLatency),
         ("source_ip_hash", Algorithm::SourceIpHash),
         ("five_tuple_hash", Algorithm::FiveTupleHash),
     ] {
@@ -341,7 +342,7 @@ fn unknown_listener_key() {
         "conf/x.toml: listener[0].bakends: unknown key, expected one of name, protocol, bind, \
          balance, connect_timeout_ms, idle_timeout_s, connect_retries, max_connections, \
          max_conns_per_client, conn_rate_per_client, proxy_protocol, accept_proxy_protocol, \
-         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, backends, \
+         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, slow_start_s, backends, \
          health_check"
     );
 }
@@ -556,6 +557,7 @@ fn unknown_balance_lists_the_valid_ones() {
         err(&one_backend("balance = \"fastest\"")),
         "conf/x.toml: listener[0].balance: unknown value \"fastest\", expected one of: \
          round_robin, weighted_round_robin, least_conn, weighted_least_conn, random_two, \
+         least_latency, \
          source_ip_hash, five_tuple_hash"
     );
 }
