@@ -84,7 +84,8 @@ impl ListenerState {
 
     /// The same listener with new settings: counts, counters and per-client tables carry over;
     /// backends whose `addr` (as written) and resolved address are unchanged keep their
-    /// counters and state and take the new weight and cap.
+    /// counters and state and take the new weight and cap. Those change in place, for every
+    /// worker at once: call this only when the reload can no longer fail (all or nothing).
     pub fn reconfigured(&self, config: ListenerConfig, global_max: u64) -> ListenerState {
         let old_pool = self.pool.load();
         let backends: Vec<Arc<Backend>> = config

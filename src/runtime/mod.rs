@@ -339,7 +339,8 @@ impl Running {
 
 const SIGNAL_TOKEN: Token = Token(0);
 const CONTROL_TOKEN: Token = Token(1);
-/// How often the control loop looks at draining workers (and at an upgrade child).
+/// How often the control loop looks at draining workers, at a reload's load in flight and at
+/// an upgrade child.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// How the process comes by its listening sockets.
@@ -454,8 +455,10 @@ pub fn run(config: Config, start: Start) -> Result<(), RuntimeError> {
     let mut events = Events::with_capacity(8);
     let mut drain_deadline: Option<Instant> = None;
     let mut upgrade: Option<Child> = None;
+    let mut reloader = reload::Reloader::default();
     let result = loop {
-        let timeout = (drain_deadline.is_some() || upgrade.is_some()).then_some(DRAIN_POLL);
+        let busy = drain_deadline.is_some() || upgrade.is_some() || reloader.busy();
+        let timeout = busy.then_some(DRAIN_POLL);
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 break Err(RuntimeError::Io {
@@ -482,12 +485,17 @@ pub fn run(config: Config, start: Start) -> Result<(), RuntimeError> {
                 }
                 signals::Signal::Terminate => drain = Some("stop signal".to_string()),
                 signals::Signal::Reload if drain_deadline.is_some() => {
-                    log::info!("reload signal while draining: ignored");
+                    // New listeners would accept until the drain deadline (SPEC).
+                    log::warn!("SIGHUP while draining: ignored");
                 }
                 signals::Signal::Reload => {
-                    notifier.reloading();
-                    reload::reload(&mut running);
-                    notifier.ready();
+                    if !reloader.busy() {
+                        notifier.reloading();
+                    }
+                    reloader.request(&running);
+                    if !reloader.busy() {
+                        notifier.ready();
+                    }
                 }
                 signals::Signal::Upgrade => {
                     upgrade = start_upgrade(exe.as_deref(), &running, upgrade)
@@ -510,6 +518,10 @@ pub fn run(config: Config, start: Start) -> Result<(), RuntimeError> {
                 notifier.stopping();
             }
             running.begin_drain();
+            if reloader.busy() {
+                notifier.ready();
+            }
+            reloader.abandon();
             drain_deadline = Some(Instant::now() + timeout);
         }
         if let Some(child) = &mut upgrade {
@@ -518,6 +530,12 @@ pub fn run(config: Config, start: Start) -> Result<(), RuntimeError> {
                     log::error!("upgrade: the new process exited with {status}; still serving");
                 }
                 upgrade = None;
+            }
+        }
+        if reloader.busy() {
+            reloader.poll(&mut running);
+            if !reloader.busy() {
+                notifier.ready();
             }
         }
         if let Some(deadline) = drain_deadline {
