@@ -288,11 +288,6 @@ impl Bound {
 }
 
 impl Running {
-    /// Bind, spawn and pin the workers. Returns once they run.
-    pub fn start(config: Config) -> Result<Running, RuntimeError> {
-        Bound::bind(config, Inherited::default())?.spawn()
-    }
-
     fn wake_all(&self) {
         for w in &self.workers {
             let _ = w.waker.wake();
