@@ -713,3 +713,58 @@ fn drops_root_to_the_configured_user() {
         lb.log()
     );
 }
+
+/// SIGUSR2 (the systemd upgrade path): the running process starts its own binary with
+/// `--takeover`; the new process takes over and the old one exits 0.
+#[test]
+fn sigusr2_starts_the_takeover_itself() {
+    let backend = EchoBackend::start();
+    let dir = TempDir::new("usr2");
+    let tcp = free_tcp();
+    let ctl = dir.path().join("ctl.sock");
+    let runtime = [
+        "workers = 2".to_string(),
+        format!("control_socket = \"{}\"", ctl.display()),
+    ];
+    let conf = dir.write(
+        "c.toml",
+        &config(&runtime, &[("web", "tcp", tcp, backend.tcp)]),
+    );
+    let mut old = Lb::spawn(&conf, &[], &[]);
+    old.wait_log("control socket on", STARTUP_TIMEOUT);
+    old.signal(Signal::SIGUSR2);
+    old.wait_log("took over: no longer accepting", STARTUP_TIMEOUT);
+    let log = old.log();
+    // "upgrade signal: started PATH (pid N)": the new process, a child of the old one.
+    let new_pid: i32 = log
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no upgrade pid in:\n{log}"));
+    let new = Pid::from_raw(new_pid);
+    assert!(
+        old.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        old.log()
+    );
+    let served = tcp_echo(tcp);
+    let alive = kill(new, None).is_ok();
+    // Stop the new process before asserting (it is ours: started by the process we started).
+    let _ = kill(new, Signal::SIGTERM);
+    assert!(alive, "the upgraded process is not running");
+    served.expect("the upgraded process serves");
+    // Gone, or a zombie of whoever reaps orphans here.
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{new_pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), stopped),
+        "the upgraded process did not stop on SIGTERM"
+    );
+}
