@@ -217,6 +217,8 @@ done
 for w in iperf-p1 iperf-p4; do have iperf3 || WL_SKIP[$w]="iperf3 not installed"; done
 # Scheduler and IPI events, machine-wide, counted in --counters mode: wake-ups, wake-ups of
 # a polling idle CPU that need no IPI, and IPIs sent (what a wake-up across cores costs).
+# Per process (client, backends, proxy): context switches (wake-ups), syscalls, epoll_waits.
+PROC_EVENTS="context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait"
 SCHED_EVENTS="sched:sched_wakeup,sched:sched_wake_idle_without_ipi,ipi:ipi_send_cpu,irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry"
 CLIENT_CPU_LIST=$(expand_cpus "$CLIENT_CPUS_ARG")
 PROXY_CPU_LIST=$(expand_cpus "$PROXY_CPUS_ARG")
@@ -372,21 +374,9 @@ cpus_ticks() {
     s += $2 + $3 + $4 + $7 + $8 } END { print s + 0 }' /proc/stat
 }
 
-# ctx_switches ROOT: voluntary + involuntary context switches of every thread of ROOT's tree.
-ctx_switches() {
-  local total=0 p f v
-  [[ -n $1 ]] || { echo 0; return; }
-  for p in $(tree_pids "$1"); do
-    for f in /proc/"$p"/task/*/status; do
-      v=$(awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s + 0 }' "$f" 2>/dev/null || echo 0)
-      total=$((total + v))
-    done
-  done
-  echo "$total"
-}
-
 NSTAT_KEYS=(TcpInSegs TcpOutSegs TcpExtTCPOrigDataSent TcpExtTCPPureAcks TcpExtTCPHPAcks
-  TcpExtDelayedACKs TcpExtTCPHPHits TcpRetransSegs)
+  TcpExtDelayedACKs TcpExtTCPHPHits TcpRetransSegs TcpOutRsts TcpExtTW TcpExtTCPAbortOnData
+  TcpExtTCPAbortOnClose TcpExtListenOverflows TcpExtListenDrops)
 # nstat_snap FILE: the absolute TCP counters (nstat -as: no history file is touched).
 nstat_snap() {
   nstat -asz 2>/dev/null | awk '{ print $1, $2 }' >"$1"
@@ -413,10 +403,10 @@ to_us() {
     else if (x ~ /s$/) { sub(/s$/, "", x); print x * 1000000 } }'
 }
 
-# run_tool WL OUT: runs workload WL's client against the current targets, pinned to the
-# client CPUs, output in OUT; with --counters wrapped in /usr/bin/time for its wake-ups.
+# run_tool WL OUTFILE: runs workload WL's client against the current targets, pinned to the
+# client CPUs, output in OUTFILE; with --counters wrapped in /usr/bin/time for its wake-ups.
 run_tool() {
-  local wl=$1 out=$2 cmd=()
+  local wl=$1 outf=$2 cmd=()
   case "$wl" in
     wrk-ka) cmd=(wrk -t2 -c64 -d"${DURATION}s" --latency "http://$HTTP_T/") ;;
     wrk-close) cmd=(wrk -t2 -c64 -d"${DURATION}s" --latency -H "Connection: close" "http://$HTTP_T/") ;;
@@ -425,10 +415,11 @@ run_tool() {
     udp-echo) cmd=("$LOADGEN_BIN" udp-rr --target "$UDP_T" --conns 32 --size 64 --timeout-ms 500
       --duration "$DURATION" --threads 1 --json --quiet) ;;
   esac
-  if ((COUNTERS)) && [[ -x /usr/bin/time ]]; then
-    "${CLIENT_PIN[@]}" /usr/bin/time -f 'CTXSW %w %c' -o "$TMP/time.out" "${cmd[@]}" >"$out" 2>"$out.err" || true
+  if ((COUNTERS)); then
+    "${CLIENT_PIN[@]}" perf stat -x, -o "$TMP/perf-client.out" -e "$PROC_EVENTS" -- "${cmd[@]}" \
+      >"$outf" 2>"$outf.err" || true
   else
-    "${CLIENT_PIN[@]}" "${cmd[@]}" >"$out" 2>"$out.err" || true
+    "${CLIENT_PIN[@]}" "${cmd[@]}" >"$outf" 2>"$outf.err" || true
   fi
 }
 
@@ -443,33 +434,33 @@ backend_of() {
 
 # cell CAND WL REPEAT: one run of WL through CAND; appends to the cell's lists.
 cell() {
-  local cand=$1 wl=$2 r=$3 key="$1|$2" out="$TMP/out" units rate p99 p0 p1 m0 m1 bpid
-  local b0 b1 x0 x1 pst="" perf_pid="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid=""
+  local cand=$1 wl=$2 r=$3 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 bpid
+  local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who
   p0=$(cpu_ticks "$CAND_PID")
   m0=$(machine_ticks)
   if ((COUNTERS)); then
     bpid=$(backend_of "$wl")
-    b0=$(ctx_switches "$bpid")
-    x0=$(ctx_switches "$CAND_PID")
     nstat_snap "$TMP/n0"
     c0=$(cpus_ticks "$CLIENT_CPU_LIST")
     q0=$(cpus_ticks "$PROXY_CPU_LIST")
     perf stat -a -x, -o "$TMP/perf-sched.out" -e "$SCHED_EVENTS" >/dev/null 2>&1 &
     sched_pid=$!
+    perf stat -x, -o "$TMP/perf-backend.out" -e "$PROC_EVENTS" \
+      -p "$(tree_pids "$bpid" | tr ' ' ,)" >/dev/null 2>&1 &
+    perf_backend=$!
     if [[ -n $CAND_PID ]]; then
-      pst=$(tree_pids "$CAND_PID" | tr ' ' ,)
-      perf stat -x, -o "$TMP/perf.out" -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait \
-        -p "$pst" >/dev/null 2>&1 &
-      perf_pid=$!
-      sleep 0.3
+      perf stat -x, -o "$TMP/perf-proxy.out" -e "$PROC_EVENTS" \
+        -p "$(tree_pids "$CAND_PID" | tr ' ' ,)" >/dev/null 2>&1 &
+      perf_proxy=$!
     fi
+    sleep 0.3
   fi
   if [[ -n $PROFILE ]]; then
     perf record -a -g -q -o "$PROFILE/$cand-$wl-$r.data" >/dev/null 2>&1 &
     prof_pid=$!
     sleep 0.3
   fi
-  run_tool "$wl" "$out"
+  run_tool "$wl" "$outf"
   m1=$(machine_ticks)
   if ((COUNTERS)); then
     c1=$(cpus_ticks "$CLIENT_CPU_LIST")
@@ -482,25 +473,25 @@ cell() {
   fi
   case "$wl" in
     wrk-*)
-      rate=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-      units=$(awk '/requests in/ { print $1 }' "$out")
-      p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
-      if grep -q 'Non-2xx\|Socket errors' "$out"; then
-        NOTE[$key]="errors: $(grep 'Non-2xx\|Socket errors' "$out" | tr -s ' ' | tr '\n' ';')"
+      rate=$(awk '/^Requests\/sec:/ { print $2 }' "$outf")
+      units=$(awk '/requests in/ { print $1 }' "$outf")
+      p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$outf")")
+      if grep -q 'Non-2xx\|Socket errors' "$outf"; then
+        NOTE[$key]="errors: $(grep 'Non-2xx\|Socket errors' "$outf" | tr -s ' ' | tr '\n' ';')"
       fi
       UNIT[$key]=$([[ $wl == wrk-ka ]] && echo req/s || echo conn/s)
       CUNIT[$key]=$([[ $wl == wrk-ka ]] && echo "µs/req" || echo "µs/conn")
       ;;
     iperf-*)
       # end.sum_received: the bytes the server received and the rate over the run.
-      units=$(awk '/"sum_received"/ { f = 1 } f && /"bytes"/ { gsub(/[^0-9.]/, "", $2); print $2; exit }' "$out")
-      rate=$(awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); printf "%.3f", $2 / 1e9; exit }' "$out")
+      units=$(awk '/"sum_received"/ { f = 1 } f && /"bytes"/ { gsub(/[^0-9.]/, "", $2); print $2; exit }' "$outf")
+      rate=$(awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); printf "%.3f", $2 / 1e9; exit }' "$outf")
       p99=""
       UNIT[$key]="Gbit/s"
       CUNIT[$key]="s/GB"
       ;;
     udp-echo)
-      line=$(tail -n 1 "$out")
+      line=$(tail -n 1 "$outf")
       if [[ $line == "{"* ]]; then
         rate=$(jget "$line" rate)
         p99=$(jget "$line" p99)
@@ -513,7 +504,7 @@ cell() {
   esac
   if [[ -z ${rate:-} || -z ${units:-} || ${units:-0} == 0 ]]; then
     log "$cand $wl: no result; client output:"
-    tail -n 5 "$out" "$out.err" >&2 || true
+    tail -n 5 "$outf" "$outf.err" >&2 || true
     NOTE[$key]="failed"
     return 0
   fi
@@ -539,14 +530,20 @@ cell() {
   if ((COUNTERS)); then
     # Counters per request or connection; per GB for iperf3.
     [[ $wl == iperf-* ]] && units=$(awk -v b="$units" 'BEGIN { printf "%.6f", b / 1e9 }')
-    if [[ -n $perf_pid ]]; then
-      kill -INT "$perf_pid" 2>/dev/null || true
-      wait "$perf_pid" 2>/dev/null || true
-      v=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$TMP/perf.out")
-      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|syscalls]+=" $(per "$v" "$units" 1)"
-      v=$(awk -F, '/sys_enter_epoll_wait/ { print $1 }' "$TMP/perf.out")
-      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|epoll_waits]+=" $(per "$v" "$units" 1)"
-    fi
+    for v in $perf_proxy $perf_backend; do
+      kill -INT "$v" 2>/dev/null || true
+      wait "$v" 2>/dev/null || true
+    done
+    for who in client backend proxy; do
+      [[ -f $TMP/perf-$who.out ]] || continue
+      v=$(awk -F, '$3 == "context-switches" { print $1 }' "$TMP/perf-$who.out")
+      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|$who ctx switches]+=" $(per "$v" "$units" 1)"
+      v=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$TMP/perf-$who.out")
+      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|$who syscalls]+=" $(per "$v" "$units" 1)"
+      v=$(awk -F, '$3 == "syscalls:sys_enter_epoll_wait" { print $1 }' "$TMP/perf-$who.out")
+      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|$who epoll_waits]+=" $(per "$v" "$units" 1)"
+      rm -f "$TMP/perf-$who.out"
+    done
     kill -INT "$sched_pid" 2>/dev/null || true
     wait "$sched_pid" 2>/dev/null || true
     IFS=, read -ra sched_names <<<"$SCHED_EVENTS"
@@ -563,15 +560,6 @@ cell() {
     n0=$(nstat_delta "$TMP/n0" "$TMP/n1" TcpOutSegs)
     n1=$(nstat_delta "$TMP/n0" "$TMP/n1" TcpExtTCPOrigDataSent)
     CNT[$key|non-data segs out]+=" $(per "$((n0 - n1))" "$units" 1)"
-    b1=$(ctx_switches "$bpid")
-    x1=$(ctx_switches "$CAND_PID")
-    CNT[$key|backend wake-ups]+=" $(per "$((b1 - b0))" "$units" 1)"
-    [[ -n $CAND_PID ]] && CNT[$key|proxy ctx switches]+=" $(per "$((x1 - x0))" "$units" 1)"
-    if [[ -f $TMP/time.out ]]; then
-      read -r _ v k < <(grep CTXSW "$TMP/time.out") || true
-      [[ ${v:-} =~ ^[0-9]+$ ]] && CNT[$key|client wake-ups]+=" $(per "$((v + k))" "$units" 1)"
-      rm -f "$TMP/time.out"
-    fi
   fi
 }
 
@@ -758,13 +746,13 @@ best() { # best WL MAP lowest?: the anchors' best median of MAP (max rate, or mi
   [[ -n $b ]] && echo "$b $who"
 }
 summary_row() { # LABEL WL MAP DIR FORMAT
-  local label=$1 wl=$2 map=$3 dir=$4 f=$5 b who l
+  local label=$1 wl=$2 map=$3 dir=$4 vf=$5 b who l
   read -r b who <<<"$(best "$wl" "$map" "$dir")"
   local -n ref2=$map
   l=$(median "${ref2[l4lb|$wl]:-}")
   [[ -n ${b:-} && -n $l ]] || return 0
-  # shellcheck disable=SC2059 # f is the caller's constant
-  printf "| %s | $f (%s) | $f | %s |\n" "$label" "$b" "$who" "$l" \
+  # shellcheck disable=SC2059 # vf is the caller's constant
+  printf "| %s | $vf (%s) | $vf | %s |\n" "$label" "$b" "$who" "$l" \
     "$(awk -v a="$l" -v b="$b" 'BEGIN { if (b != 0) printf "%.2fx", a / b; else print "n/a" }')"
 }
 if [[ ",$CANDIDATES," == *",l4lb,"* && ${#ANCHORS[@]} -gt 0 ]]; then
@@ -803,10 +791,14 @@ if ((COUNTERS)); then
   echo "### Counters per unit of work (request, connection; iperf3: per GB)"
   echo
   echo "Machine-wide nstat deltas per unit (both hops of loopback: every segment is counted once"
-  echo "sent and once received); wake-ups: voluntary + involuntary context switches."
+  echo "sent and once received); ctx switches: the process's context switches (perf stat), each a"
+  echo "sleep and wake-up or a preemption; client: wrk, iperf3 or l4lb-loadgen; backend: nginx,"
+  echo "iperf3 -s or l4lb-loadgen serve."
   echo
   names=("client CPUs busy µs" "proxy CPUs busy µs" "${NSTAT_KEYS[@]}" "non-data segs out"
-    "client wake-ups" "backend wake-ups" "proxy ctx switches" syscalls epoll_waits)
+    "client ctx switches" "client syscalls" "client epoll_waits"
+    "backend ctx switches" "backend syscalls" "backend epoll_waits"
+    "proxy ctx switches" "proxy syscalls" "proxy epoll_waits")
   IFS=, read -ra sched_names <<<"$SCHED_EVENTS"
   names+=("${sched_names[@]}")
   for wl in "${WORKLOADS[@]}"; do
