@@ -374,6 +374,20 @@ cpus_ticks() {
     s += $2 + $3 + $4 + $7 + $8 } END { print s + 0 }' /proc/stat
 }
 
+# idle_entries "1": times those CPUs entered an idle state (cpuidle usage counters); each
+# entry means the next wake-up on that CPU needs an interrupt from another one.
+idle_entries() {
+  local c f total=0 v
+  for c in $1; do
+    for f in /sys/devices/system/cpu/cpu"$c"/cpuidle/state*/usage; do
+      [[ -r $f ]] || continue
+      read -r v <"$f"
+      total=$((total + v))
+    done
+  done
+  echo "$total"
+}
+
 NSTAT_KEYS=(TcpInSegs TcpOutSegs TcpExtTCPOrigDataSent TcpExtTCPPureAcks TcpExtTCPHPAcks
   TcpExtDelayedACKs TcpExtTCPHPHits TcpRetransSegs TcpOutRsts TcpExtTW TcpExtTCPAbortOnData
   TcpExtTCPAbortOnClose TcpExtListenOverflows TcpExtListenDrops)
@@ -435,7 +449,7 @@ backend_of() {
 # cell CAND WL REPEAT: one run of WL through CAND; appends to the cell's lists.
 cell() {
   local cand=$1 wl=$2 r=$3 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 bpid
-  local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who
+  local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who i0 i1
   p0=$(cpu_ticks "$CAND_PID")
   m0=$(machine_ticks)
   if ((COUNTERS)); then
@@ -443,6 +457,7 @@ cell() {
     nstat_snap "$TMP/n0"
     c0=$(cpus_ticks "$CLIENT_CPU_LIST")
     q0=$(cpus_ticks "$PROXY_CPU_LIST")
+    i0=$(idle_entries "$PROXY_CPU_LIST")
     perf stat -a -x, -o "$TMP/perf-sched.out" -e "$SCHED_EVENTS" >/dev/null 2>&1 &
     sched_pid=$!
     perf stat -x, -o "$TMP/perf-backend.out" -e "$PROC_EVENTS" \
@@ -465,6 +480,7 @@ cell() {
   if ((COUNTERS)); then
     c1=$(cpus_ticks "$CLIENT_CPU_LIST")
     q1=$(cpus_ticks "$PROXY_CPU_LIST")
+    i1=$(idle_entries "$PROXY_CPU_LIST")
   fi
   p1=$(cpu_ticks "$CAND_PID")
   if [[ -n $prof_pid ]]; then
@@ -553,6 +569,7 @@ cell() {
     done
     CNT[$key|client CPUs busy µs]+=" $(per "$((c1 - c0))" "$units" "$((1000000 / CLK_TCK))")"
     CNT[$key|proxy CPUs busy µs]+=" $(per "$((q1 - q0))" "$units" "$((1000000 / CLK_TCK))")"
+    CNT[$key|proxy CPUs idle entries]+=" $(per "$((i1 - i0))" "$units" 1)"
     nstat_snap "$TMP/n1"
     for k in "${NSTAT_KEYS[@]}"; do
       CNT[$key|$k]+=" $(per "$(nstat_delta "$TMP/n0" "$TMP/n1" "$k")" "$units" 1)"
@@ -795,7 +812,7 @@ if ((COUNTERS)); then
   echo "sleep and wake-up or a preemption; client: wrk, iperf3 or l4lb-loadgen; backend: nginx,"
   echo "iperf3 -s or l4lb-loadgen serve."
   echo
-  names=("client CPUs busy µs" "proxy CPUs busy µs" "${NSTAT_KEYS[@]}" "non-data segs out"
+  names=("client CPUs busy µs" "proxy CPUs busy µs" "proxy CPUs idle entries" "${NSTAT_KEYS[@]}" "non-data segs out"
     "client ctx switches" "client syscalls" "client epoll_waits"
     "backend ctx switches" "backend syscalls" "backend epoll_waits"
     "proxy ctx switches" "proxy syscalls" "proxy epoll_waits")

@@ -272,6 +272,7 @@ impl Worker {
         ready.readable |= readable;
         ready.writable |= writable;
         ready.read_closed |= event.is_read_closed() || event.is_error();
+        ready.fin |= event.is_read_closed() && !event.is_error();
         if conn.connecting {
             if !backend_side {
                 // Client bytes wait in the kernel until the backend is connected; only a PROXY
