@@ -361,11 +361,12 @@ start_candidate() {
 }
 
 # ------------------------------------------------------------------------------ counters
-# machine_ticks: busy CPU ticks of the whole machine (user nice system irq softirq).
+# machine_ticks: busy CPU ticks of the whole machine (user nice system irq softirq), then
+# the kernel's part of them (system irq softirq).
 machine_ticks() {
   local _cpu user nice system _idle _iowait irq softirq _rest
   read -r _cpu user nice system _idle _iowait irq softirq _rest </proc/stat
-  echo $((user + nice + system + irq + softirq))
+  echo "$((user + nice + system + irq + softirq)) $((system + irq + softirq))"
 }
 
 # cpus_ticks "0 1": busy ticks of those CPUs (the same fields as machine_ticks).
@@ -401,7 +402,7 @@ nstat_delta() {
 }
 
 # ------------------------------------------------------------------------------- results
-declare -A RATE=() P99=() PCPU=() MCPU=() ADDED=() UNIT=() CUNIT=() NOTE=() RSS=() CNT=()
+declare -A RATE=() P99=() PCPU=() MCPU=() KCPU=() ADDED=() UNIT=() CUNIT=() NOTE=() RSS=() CNT=()
 declare -A DIRECT_MCPU=()
 
 # per VALUE UNITS SCALE: VALUE * SCALE / UNITS, or empty when UNITS is 0.
@@ -448,10 +449,10 @@ backend_of() {
 
 # cell CAND WL REPEAT: one run of WL through CAND; appends to the cell's lists.
 cell() {
-  local cand=$1 wl=$2 r=$3 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 bpid
+  local cand=$1 wl=$2 r=$3 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 k0 k1 bpid
   local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who i0 i1
   p0=$(cpu_ticks "$CAND_PID")
-  m0=$(machine_ticks)
+  read -r m0 k0 <<<"$(machine_ticks)"
   if ((COUNTERS)); then
     bpid=$(backend_of "$wl")
     nstat_snap "$TMP/n0"
@@ -476,7 +477,7 @@ cell() {
     sleep 0.3
   fi
   run_tool "$wl" "$outf"
-  m1=$(machine_ticks)
+  read -r m1 k1 <<<"$(machine_ticks)"
   if ((COUNTERS)); then
     c1=$(cpus_ticks "$CLIENT_CPU_LIST")
     q1=$(cpus_ticks "$PROXY_CPU_LIST")
@@ -529,6 +530,7 @@ cell() {
   [[ $wl == iperf-* ]] && scale=1000000000
   local mcpu pcpu="" added=""
   mcpu=$(per "$((m1 - m0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")
+  KCPU[$key]+=" $(per "$((k1 - k0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")"
   if [[ $cand == direct ]]; then
     DIRECT_MCPU[$wl|$r]=$mcpu
   else
@@ -800,6 +802,25 @@ if [[ ",$CANDIDATES," == *",l4lb,"* && ${#ANCHORS[@]} -gt 0 ]]; then
         ;;
       hold) summary_row "$HOLD_CONNS idle connections, RSS B/conn" hold RSS min '%.0f' ;;
     esac
+  done
+fi
+
+# The kernel's floor under "added": a proxy adds at least one more TCP connection (or, for
+# UDP, two more datagrams each way) of kernel work, which is what direct's kernel CPU per
+# unit measures; and l4lb's added CPU minus its own process CPU is what it adds elsewhere.
+if [[ ",$CANDIDATES," == *",l4lb,"* && ",$CANDIDATES," == *",direct,"* && ${#ANCHORS[@]} -gt 0 ]]; then
+  echo
+  echo "| workload | direct's kernel CPU (floor of added) | 0.8 x best anchor's added | l4lb added | l4lb added minus its own CPU |"
+  echo "|---|---|---|---|---|"
+  for wl in wrk-ka wrk-close udp-echo; do
+    wants_wl "$wl" || continue
+    fl=$(median "${KCPU[direct|$wl]:-}")
+    read -r b _ <<<"$(best "$wl" ADDED min)"
+    la=$(median "${ADDED[l4lb|$wl]:-}")
+    lp=$(median "${PCPU[l4lb|$wl]:-}")
+    [[ -n $fl && -n ${b:-} && -n $la && -n $lp ]] || continue
+    printf '| %s | %.2f %s | %.2f | %.2f | %.2f |\n' "$wl" "$fl" "${CUNIT[l4lb|$wl]}" \
+      "$(awk -v b="$b" 'BEGIN { print 0.8 * b }')" "$la" "$(awk -v a="$la" -v p="$lp" 'BEGIN { print a - p }')"
   done
 fi
 
