@@ -544,7 +544,7 @@ cell() {
   RATE[$key]+=" $rate"
   [[ -n $p99 ]] && P99[$key]+=" $p99"
   MCPU[$key]+=" $mcpu"
-  [[ -n $RAW ]] && echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} added=${added:-} cpu_unit=${CUNIT[$key]}" >>"$RAW"
+  [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} added=${added:-} cpu_unit=${CUNIT[$key]}" >>"$RAW"
   if ((COUNTERS)); then
     # Counters per request or connection; per GB for iperf3.
     [[ $wl == iperf-* ]] && units=$(awk -v b="$units" 'BEGIN { printf "%.6f", b / 1e9 }')
@@ -582,13 +582,23 @@ cell() {
   fi
 }
 
+# fd_count ROOT: open descriptors of ROOT's process tree.
+fd_count() {
+  local total=0 p fds
+  for p in $(tree_pids "$1"); do
+    fds=(/proc/"$p"/fd/*)
+    total=$((total + ${#fds[@]}))
+  done
+  echo "$total"
+}
+
 RSS_BASE=0
 # hold_cell CAND: HOLD_CONNS idle connections through the TCP echo listener; the proxy's
 # RSS while they are held minus its RSS right after start, per connection.
 hold_cell() {
-  local cand=$1 key="$1|hold" rss1 lpid n json opened
+  local cand=$1 key="$1|hold" rss1 lpid n json opened fds
   "${CLIENT_PIN[@]}" "$LOADGEN_BIN" hold --target "$ECHO_T" --conns "$HOLD_CONNS" \
-    --hold 2 --timeout-ms 5000 --open-timeout 20 --threads 1 \
+    --hold 4 --timeout-ms 5000 --open-timeout 20 --threads 1 \
     --json >"$TMP/hold.json" 2>"$TMP/hold.err" &
   lpid=$!
   PIDS+=("$lpid")
@@ -597,8 +607,17 @@ hold_cell() {
     kill -0 "$lpid" 2>/dev/null || break
     sleep 0.1
   done
+  # "opened" means the kernel completed the handshakes; the proxy may still have some in its
+  # accept queue. Sample once it holds two descriptors per connection (at most 10 s).
+  opened=$(sed -n 's/^opened \([0-9]*\).*/\1/p' "$TMP/hold.err" 2>/dev/null | head -n 1)
+  for ((n = 0; n < 100; n++)); do
+    [[ -n $CAND_PID && -n $opened ]] || break
+    (($(fd_count "$CAND_PID") >= 2 * opened)) && break
+    sleep 0.1
+  done
   sleep 0.3
   rss1=$(rss_kb "$CAND_PID")
+  fds=$(fd_count "$CAND_PID")
   for ((n = 0; n < 600; n++)); do
     kill -0 "$lpid" 2>/dev/null || break
     sleep 0.1
@@ -616,7 +635,9 @@ hold_cell() {
   if [[ -n $CAND_PID ]] && ((opened > 0)); then
     RSS[$key]+=" $(awk -v a="$RSS_BASE" -v b="$rss1" -v n="$opened" 'BEGIN { print (b - a) * 1024 / n }')"
   fi
-  [[ -n $RAW ]] && echo "run=$REP cand=$cand wl=hold opened=$opened rss_kb=$rss1 rss_base_kb=$RSS_BASE" >>"$RAW"
+  if [[ -n $RAW ]]; then
+    echo "run=$REP cand=$cand wl=hold opened=$opened rss_kb=$rss1 rss_base_kb=$RSS_BASE fds=$fds" >>"$RAW"
+  fi
 }
 
 # io_sizes CAND: strace the proxy for 1 s of wrk keep-alive; calls per request and mean
