@@ -46,9 +46,13 @@ pub(super) fn owns_socket(pid: u32, addr: SocketAddr, ready: Ready) -> bool {
         return false;
     };
     let port_hex = format!("{:04X}", addr.port());
+    // A cheap test first: with tens of thousands of sockets on the host (other tests' TIME_WAIT
+    // connections), splitting every line made each check slow enough to miss the deadline.
+    let needle = format!(":{port_hex} ");
     let inodes: Vec<String> = text
         .lines()
         .skip(1)
+        .filter(|line| line.contains(&needle))
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
