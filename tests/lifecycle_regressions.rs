@@ -103,6 +103,12 @@ fn a_reload_whose_bind_fails_changes_no_weight() {
     let b = Backend::id("b");
     let conf = Conf::weighted("weighted_round_robin", &[(a.addr, 1), (b.addr, 1)]);
     let lb = Lb::start(&conf, |text, _| text);
+    // The log names the algorithm as the config spells it.
+    assert!(
+        lb.saw_log("balance weighted_round_robin)"),
+        "{:?}",
+        lb.lb.stderr_lines()
+    );
     let before = lb.status();
     assert!(
         before.contains(&format!("{{\"addr\":\"{}\",\"weight\":1,", a.addr)),

@@ -88,12 +88,12 @@ fn bind_listener(l: &ListenerConfig, workers: usize) -> Result<Vec<ListenerSocke
 
 fn log_listener(l: &ListenerConfig) {
     log::info!(
-        "listener {} bound on {} ({}, {} backends, balance {:?})",
+        "listener {} bound on {} ({}, {} backends, balance {})",
         l.name,
         l.bind,
         l.protocol.as_str(),
         l.backends.len(),
-        l.balance
+        l.balance.as_str()
     );
 }
 
