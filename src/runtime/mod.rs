@@ -5,6 +5,7 @@
 //! naming the address before traffic flows.
 
 mod cpus;
+pub mod health;
 mod reload;
 mod signals;
 
@@ -157,8 +158,7 @@ impl Running {
                 thread: Some(thread),
             });
         }
-        crate::backend::health::spawn(shared.clone())
-            .map_err(io_err("cannot start the health checker"))?;
+        health::spawn(shared.clone()).map_err(io_err("cannot start the health checker"))?;
         log::info!(
             "started {} workers{}",
             workers.len(),
