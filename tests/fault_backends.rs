@@ -231,12 +231,9 @@ fn run(fault: Signal) {
     drop(lb);
 }
 
+/// One after the other (not in parallel: each runs four processes and ten client threads).
 #[test]
-fn sigkill_of_a_backend_under_load() {
+fn sigkill_and_sigstop_of_a_backend_under_load() {
     run(Signal::SIGKILL);
-}
-
-#[test]
-fn sigstop_of_a_backend_under_load() {
     run(Signal::SIGSTOP);
 }

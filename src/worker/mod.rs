@@ -42,6 +42,7 @@ use mio::{Events, Poll, Token};
 
 use crate::balancer::Selector;
 use crate::config::ProxyProtocol;
+use crate::net::io::IoErrors;
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{ListenerState, SharedState};
 
@@ -161,6 +162,7 @@ impl Worker {
                 pipes: PipePool::new(MAX_IDLE_PIPES),
                 bufs: BufferPool::new(COPY_BUFFER, MAX_IDLE_BUFFERS),
                 splice: shared.splice,
+                errors: IoErrors::new(shared.io_errors.clone()),
             },
             timers: TimerWheel::new(now),
             udp: udp::UdpPlane::new(now),
@@ -223,6 +225,9 @@ impl Worker {
             self.udp.release_removed();
             if self.retiring > 0 {
                 self.sweep_retired();
+            }
+            if let Some(line) = self.io.errors.report(self.now) {
+                log::warn!("worker {}: {line}", self.id);
             }
         }
         log::debug!(
