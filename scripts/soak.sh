@@ -8,7 +8,8 @@
 # Binaries: L4LB_BIN and LOADGEN_BIN, else target/release/ (run `make build` first).
 # Ports: SOAK_PORT_BASE (default 27400) .. +6 on 127.0.0.1; they must be free.
 # Load: a few connections on one thread each (SOAK_CONNS, default 4), so that it can run beside
-# other work; run it under `nice` on a shared machine.
+# other work, and SOAK_CRR_S (default 1) second(s) of connect-request-close per interval; run it
+# under `nice` on a shared machine.
 #
 # Expected: RSS and descriptors flat after the first interval; TCP/UDP errors only in the
 # intervals with a backend restart (connections open on the killed backend are reset); zero
@@ -24,6 +25,8 @@ L4LB=${L4LB_BIN:-target/release/l4lb}
 LOADGEN=${LOADGEN_BIN:-target/release/l4lb-loadgen}
 BASE=${SOAK_PORT_BASE:-27400}
 CONNS=${SOAK_CONNS:-4}
+# Seconds of connect-request-close load per interval (see run_load).
+CRR_S=${SOAK_CRR_S:-1}
 command -v curl >/dev/null 2>&1 || { echo "soak: needs curl (reads /metrics)" >&2; exit 2; }
 for bin in "$L4LB" "$LOADGEN"; do
   [[ -x $bin ]] || { echo "soak: $bin not found (make build, or set L4LB_BIN/LOADGEN_BIN)" >&2; exit 2; }
@@ -103,23 +106,31 @@ LB_PID=$!
 PIDS+=("$LB_PID")
 wait_port "$LB" "$LB_PID" || { echo "soak: l4lb did not start" >&2; cat "$TMP/l4lb.log" >&2; exit 1; }
 
-# One load run per protocol per interval, each with its own JSON summary.
+# One load run per kind per interval, each with its own JSON summary: request/response on
+# persistent TCP connections and UDP sessions for the whole interval, and a short burst of
+# connect-request-close (each closed connection leaves a port in TIME_WAIT for 60 s, on the
+# client and on l4lb's backend side: a longer run of it would take every ephemeral port of a
+# shared machine).
 run_load() {
   local tag=$1
-  "$LOADGEN" tcp-crr --target "127.0.0.1:$LB" --conns "$CONNS" --threads 1 --duration "$INTERVAL" \
+  "$LOADGEN" tcp-rr --target "127.0.0.1:$LB" --conns "$CONNS" --threads 1 --duration "$INTERVAL" \
     --quiet --json >"$TMP/tcp-$tag.json" 2>/dev/null &
   local tcp=$!
   "$LOADGEN" udp-rr --target "127.0.0.1:$LB" --conns "$CONNS" --threads 1 --duration "$INTERVAL" \
     --quiet --json >"$TMP/udp-$tag.json" 2>/dev/null &
   local udp=$!
-  LOAD_PIDS=("$tcp" "$udp")
-  PIDS+=("$tcp" "$udp")
+  "$LOADGEN" tcp-crr --target "127.0.0.1:$LB" --conns 1 --threads 1 --duration "$CRR_S" \
+    --quiet --json >"$TMP/crr-$tag.json" 2>/dev/null &
+  local crr=$!
+  LOAD_PIDS=("$tcp" "$udp" "$crr")
+  PIDS+=("$tcp" "$udp" "$crr")
 }
 
 echo "soak: $DURATION s, a reload every $INTERVAL s (backend sets alternate), a backend restart every $((3 * INTERVAL)) s"
 echo "soak: l4lb $L4LB (pid $LB_PID), $(nproc) CPUs, $(uname -r), started $(date -u +%FT%TZ)"
-printf '%6s %9s %5s %7s %9s %9s %8s %9s %8s  %s\n' \
-  elapsed_s rss_kib fds threads reload_ok reload_err tcp_txn tcp_errs udp_txn udp_errs
+printf '%6s %8s %4s %7s %9s %10s %8s %8s %7s %8s %8s %8s\n' \
+  elapsed_s rss_kib fds threads reload_ok reload_err tcp_txn tcp_errs crr_txn crr_errs \
+  udp_txn udp_errs
 start=$(date +%s)
 round=0
 half=$((INTERVAL / 2))
@@ -140,13 +151,15 @@ while (($(date +%s) - start < DURATION)); do
   wait "${LOAD_PIDS[@]}" 2>/dev/null || true
   kill -0 "$LB_PID" 2>/dev/null || { echo "soak: l4lb died" >&2; cat "$TMP/l4lb.log" >&2; exit 1; }
   tcp=$(tail -n 1 "$TMP/tcp-$round.json" 2>/dev/null || true)
+  crr=$(tail -n 1 "$TMP/crr-$round.json" 2>/dev/null || true)
   udp=$(tail -n 1 "$TMP/udp-$round.json" 2>/dev/null || true)
-  printf '%6d %9d %5d %7d %9s %9s %8s %9s %8s  %s%s\n' \
+  printf '%6d %8d %4d %7d %9s %10s %8s %8s %7s %8s %8s %8s%s\n' \
     $(($(date +%s) - start)) "$(rss_kb "$LB_PID")" "$(find "/proc/$LB_PID/fd" -mindepth 1 | wc -l)" \
     "$(find "/proc/$LB_PID/task" -mindepth 1 -maxdepth 1 | wc -l)" \
     "$(metric l4lb_config_reloads_total 'result="ok"')" \
     "$(metric l4lb_config_reloads_total 'result="error"')" \
     "$(jget "$tcp" transactions '?')" "$(jget "$tcp" total '?')" \
+    "$(jget "$crr" transactions '?')" "$(jget "$crr" total '?')" \
     "$(jget "$udp" transactions '?')" "$(jget "$udp" total '?')" "$note"
   round=$((round + 1))
 done
