@@ -205,8 +205,7 @@ impl Bound {
                 thread: Some(thread),
             });
         }
-        super::health::spawn(shared.clone())
-            .map_err(io_err("cannot start the health checker"))?;
+        super::health::spawn(shared.clone()).map_err(io_err("cannot start the health checker"))?;
         log::info!(
             "started {} workers{}",
             workers.len(),
