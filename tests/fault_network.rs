@@ -7,13 +7,18 @@
 //! connection either completes or is reset: none ends early with a clean EOF (silently
 //! truncated) and none hangs past its deadline.
 //!
-//! Needs root, `ip`, `nft` and `tc`; skips with a message otherwise. Names carry the test's
+//! A second test puts the backend behind a pair of TUN devices joined by
+//! `tests/helpers/tun_delay.py` (this kernel has no netem): 50 ms each way plus up to 20 ms of
+//! random jitter per packet, so packets are also reordered; the same streams must come through.
+//!
+//! Needs root, `ip`, `nft`, `tc` (and `python3` for the relay); skips with a message otherwise. Names carry the test's
 //! PID (namespace `l4fPID`, links `l4fPIDh`/`l4fPIDb`), addresses are a /30 of 198.18.0.0/15
 //! picked from the PID, and the namespace (with its end of the link) is always deleted.
 
 mod common;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -78,14 +83,10 @@ impl Link {
         let pid = std::process::id();
         let ns = format!("l4f{pid}");
         let (outer, inner) = (format!("l4f{pid}h"), format!("l4f{pid}b"));
-        // A /30 per PID inside 198.18.0.0/15, so concurrent runs never share addresses.
-        let n = pid % (1 << 15);
-        let base = Ipv4Addr::new(
-            198,
-            18 + (n >> 14) as u8,
-            ((n >> 6) & 0xff) as u8,
-            ((n & 0x3f) << 2) as u8,
-        );
+        // A /30 per PID inside 198.18.0.0/16, so concurrent runs never share addresses (the
+        // jitter test below and tests/least_latency.rs use 198.19).
+        let n = pid % (1 << 14);
+        let base = Ipv4Addr::new(198, 18, (n >> 6) as u8, ((n & 0x3f) << 2) as u8);
         let [a, b, c, d] = base.octets();
         let host_ip = Ipv4Addr::new(a, b, c, d + 1);
         let backend_ip = Ipv4Addr::new(a, b, c, d + 2);
@@ -180,7 +181,7 @@ enum End {
 }
 
 /// One stream: `STREAM_BYTES` of generated data echoed back in `CHUNK` round trips.
-fn stream(lb: SocketAddr, seed: u64) -> End {
+fn stream(lb: SocketAddr, seed: u64, bytes: usize) -> End {
     let deadline = Instant::now() + STREAM_DEADLINE;
     let mut s = match connect(lb) {
         Ok(s) => s,
@@ -191,7 +192,7 @@ fn stream(lb: SocketAddr, seed: u64) -> End {
     let mut rng = XorShift::new(seed);
     let (mut out, mut back) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     let mut done = 0;
-    while done < STREAM_BYTES {
+    while done < bytes {
         rng.fill(&mut out);
         match s.write_all(&out) {
             Ok(()) => {}
@@ -228,7 +229,7 @@ fn stream(lb: SocketAddr, seed: u64) -> End {
 /// Run `STREAMS` streams at once while `fault` runs on this thread; returns their ends.
 fn under_fault(lb: SocketAddr, tag: u64, fault: impl FnOnce()) -> Vec<End> {
     let threads: Vec<_> = (0..STREAMS)
-        .map(|i| thread::spawn(move || stream(lb, tag * 1000 + i as u64)))
+        .map(|i| thread::spawn(move || stream(lb, tag * 1000 + i as u64, STREAM_BYTES)))
         .collect();
     fault();
     threads
@@ -308,4 +309,131 @@ fn loss_dead_link_and_rate_limit_between_l4lb_and_backend() {
     drop(lb);
     let _ = backend.kill();
     let _ = backend.wait();
+}
+
+const RELAY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/tun_delay.py");
+const DELAY_MS: u32 = 50;
+const JITTER_MS: u32 = 20;
+
+/// The backend behind the TUN relay: namespace `l4fjPID`, devices `l4jaPID` (here) and
+/// `l4jbPID` (moved into the namespace). Drop stops the backend and the relay (which takes
+/// its device with it) and deletes the namespace.
+struct Jittery {
+    ns: String,
+    relay: Option<Child>,
+    backend: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl Jittery {
+    fn new() -> Option<Jittery> {
+        if !is_root() {
+            eprintln!("SKIP: needs root for a network namespace");
+            return None;
+        }
+        for tool in [&["ip", "-V"][..], &["python3", "--version"]] {
+            if sh(tool).is_err() {
+                eprintln!("SKIP: needs {}", tool[0]);
+                return None;
+            }
+        }
+        let pid = std::process::id();
+        let (tun_a, tun_b) = (format!("l4ja{pid}"), format!("l4jb{pid}"));
+        // A /30 of 198.19.250.0-198.19.255.255 by PID (least_latency.rs stays below .250).
+        let n = pid % 384;
+        let (c, d) = (250 + (n / 64) as u8, ((n % 64) * 4) as u8);
+        let near = Ipv4Addr::new(198, 19, c, d + 1);
+        let far = Ipv4Addr::new(198, 19, c, d + 2);
+        let mut path = Jittery {
+            ns: format!("l4fj{pid}"),
+            relay: None,
+            backend: None,
+            addr: SocketAddr::new(IpAddr::V4(far), BACKEND_PORT),
+        };
+        let mut relay = Command::new("python3")
+            .args([
+                RELAY,
+                &tun_a,
+                &tun_b,
+                &DELAY_MS.to_string(),
+                &JITTER_MS.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the TUN relay");
+        let stdout = relay.stdout.take();
+        path.relay = Some(relay);
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        assert_eq!(line.trim(), "ready", "the TUN relay did not start");
+        let (near_s, far_s) = (format!("{near}/32"), format!("{far}/32"));
+        let ns = path.ns.clone();
+        for step in [
+            vec!["ip", "netns", "add", &ns],
+            vec!["ip", "addr", "add", &near_s, "peer", &far_s, "dev", &tun_a],
+            vec!["ip", "link", "set", &tun_a, "up"],
+            vec!["ip", "link", "set", &tun_b, "netns", &ns],
+            vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
+            vec![
+                "ip", "-n", &ns, "addr", "add", &far_s, "peer", &near_s, "dev", &tun_b,
+            ],
+            vec!["ip", "-n", &ns, "link", "set", &tun_b, "up"],
+        ] {
+            sh(&step).unwrap_or_else(|e| panic!("network setup failed: {e}"));
+        }
+        let backend = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, LOADGEN, "serve", "--mode", "echo", "--tcp",
+            ])
+            .arg(path.addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the backend");
+        path.backend = Some(backend);
+        let addr = path.addr;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            }),
+            "the backend behind the relay never answered"
+        );
+        Some(path)
+    }
+}
+
+impl Drop for Jittery {
+    fn drop(&mut self) {
+        for child in [self.backend.take(), self.relay.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = sh(&["ip", "netns", "del", &self.ns]);
+    }
+}
+
+#[test]
+fn delay_jitter_and_reordering_between_l4lb_and_backend() {
+    let Some(path) = Jittery::new() else { return };
+    let mut conf = Conf::new("round_robin", &[path.addr]);
+    conf.connect_timeout_ms = 5000;
+    let lb = L4lb::start(&conf);
+    let addr = lb.addr;
+    let threads: Vec<_> = (0..STREAMS)
+        .map(|i| thread::spawn(move || stream(addr, 5000 + i as u64, STREAM_BYTES / 4)))
+        .collect();
+    let ends: Vec<End> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or(End::Other("panicked".into())))
+        .collect();
+    check("50 ms + 0..20 ms jitter each way", &ends);
+    drop(lb);
 }
