@@ -1,6 +1,6 @@
-//! Maps a parsed request to its response: `/metrics`, `/status`, the backend state changes
-//! `POST /listeners/{listener}/backends/{addr}/{enable|disable|drain}` and the weight change
-//! `POST /listeners/{listener}/backends/{addr}/weight/{n}`.
+//! Maps a parsed request to its response: `/` (the dashboard), `/metrics`, `/status`, the
+//! backend state changes `POST /listeners/{listener}/backends/{addr}/{enable|disable|drain}`
+//! and the weight change `POST /listeners/{listener}/backends/{addr}/weight/{n}`.
 //!
 //! Control path. Order of checks for a change: the POST guard (403/401, `guard.rs`), shape of
 //! the path (404), method (405), percent-escapes (400), action and weight (400), then the
@@ -14,7 +14,7 @@ use crate::state::{LookupError, SharedState};
 use super::guard::Guard;
 use super::http::{percent_decode, Request, Response, JSON, PROMETHEUS_TEXT};
 use super::status::push_json_str;
-use super::{prometheus, status};
+use super::{dashboard, prometheus, status};
 
 use std::fmt::Write as _;
 
@@ -34,7 +34,8 @@ pub fn route(shared: &SharedState, guard: &Guard<'_>, req: &Request) -> (Respons
     let response = match path {
         "/metrics" if readable => Response::new(200, PROMETHEUS_TEXT, prometheus::render(shared)),
         "/status" if readable => Response::new(200, JSON, status::render(shared)),
-        "/metrics" | "/status" => Response::method_not_allowed(GET_HEAD),
+        "/" if readable => dashboard::response(),
+        "/metrics" | "/status" | "/" => Response::method_not_allowed(GET_HEAD),
         _ => match backend_action_path(path) {
             Some(_) if req.method != "POST" => Response::method_not_allowed("POST"),
             Some(segments) => backend_action(shared, segments),
@@ -166,7 +167,7 @@ fn backend_action(
     push_json_str(&mut body, verb);
     body.push_str(",\"state\":");
     push_json_str(&mut body, now);
-    let _ = write!(body, ",\"weight\":{weight}}}\n");
+    let _ = writeln!(body, ",\"weight\":{weight}}}");
     Response::new(200, JSON, body)
 }
 
@@ -255,7 +256,9 @@ backends = [ { addr = "127.0.0.1:81" }, { addr = "[::1]:82" } ]
         assert!(head_only);
         let p = call(&shared, "POST", "/metrics");
         assert_eq!((p.status, p.allow), (405, Some(GET_HEAD)));
-        assert_eq!(call(&shared, "GET", "/").status, 404);
+        let page = call(&shared, "GET", "/");
+        assert_eq!((page.status, page.content_type), (200, dashboard::HTML));
+        assert_eq!(call(&shared, "GET", "/index.html").status, 404);
         assert_eq!(call(&shared, "GET", "/metrics/").status, 404);
         let g = call(&shared, "GET", "/listeners/web/backends/127.0.0.1:81/drain");
         assert_eq!((g.status, g.allow), (405, Some("POST")));
