@@ -64,7 +64,7 @@ fn new_backend(b: &crate::config::BackendConfig) -> Arc<Backend> {
 impl ListenerState {
     pub fn new(config: ListenerConfig, global_max: u64, workers: usize) -> ListenerState {
         let backends: Vec<Arc<Backend>> = config.backends.iter().map(new_backend).collect();
-        let pool = Pool::new(config.balance, backends);
+        let pool = Pool::new(config.balance, backends).with_slow_start(config.slow_start);
         let capacity = table_capacity(&config, global_max);
         let clients =
             (config.max_conns_per_client > 0).then(|| Arc::new(ClientTable::new(capacity)));
@@ -84,7 +84,8 @@ impl ListenerState {
 
     /// The same listener with new settings: counts, counters and per-client tables carry over;
     /// backends whose `addr` (as written) and resolved address are unchanged keep their
-    /// counters and state and take the new weight and cap.
+    /// counters and state and take the new weight and cap. Those change in place, for every
+    /// worker at once: call this only when the reload can no longer fail (all or nothing).
     pub fn reconfigured(&self, config: ListenerConfig, global_max: u64) -> ListenerState {
         let old_pool = self.pool.load();
         let backends: Vec<Arc<Backend>> = config
@@ -101,11 +102,16 @@ impl ListenerState {
                         old.set_max_connections(b.max_connections);
                         old.clone()
                     }
-                    None => new_backend(b),
+                    None => {
+                        // Added to a running listener: it comes up now (slow start).
+                        let added = new_backend(b);
+                        added.came_up();
+                        added
+                    }
                 }
             })
             .collect();
-        let pool = Pool::new(config.balance, backends);
+        let pool = Pool::new(config.balance, backends).with_slow_start(config.slow_start);
         let capacity = table_capacity(&config, global_max);
         let clients = match (&self.clients, config.max_conns_per_client > 0) {
             (_, false) => None,

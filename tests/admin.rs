@@ -699,9 +699,20 @@ fn status_matches_the_spec_shape() {
     let backends = l.get("backends").array();
     assert_eq!(backends.len(), 2);
     for (json, backend) in backends.iter().zip(&setup.backends) {
-        assert_eq!(json.keys(), ["addr", "weight", "state", "active", "total"]);
+        assert_eq!(
+            json.keys(),
+            [
+                "addr",
+                "weight",
+                "effective_weight",
+                "state",
+                "active",
+                "total"
+            ]
+        );
         assert_eq!(json.get("addr").str(), backend.addr.to_string());
         assert_eq!(json.get("weight").num(), 1.0);
+        assert_eq!(json.get("effective_weight").num(), 1.0);
         assert_eq!(json.get("state").str(), "up");
         assert_eq!(json.get("active").num(), 0.0);
         assert_eq!(json.get("total").num(), 0.0);

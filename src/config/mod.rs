@@ -165,6 +165,9 @@ pub struct ListenerConfig {
     /// One `l4lb::access` log line per connection (UDP: session) when it ends, and per
     /// refused connection. Read when the connection ends, so a reload applies at once.
     pub access_log: bool,
+    /// A backend that comes up ramps from a small floor to its weight over this long; zero =
+    /// off. Honoured by every algorithm but round robin and the hashes.
+    pub slow_start: Duration,
     pub backends: Vec<BackendConfig>,
     pub health_check: Option<HealthCheckConfig>,
 }

@@ -104,6 +104,7 @@ pub(crate) struct RawListener {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub access_log: Option<bool>,
+    pub slow_start_s: Option<i64>,
     pub backends: Option<Vec<RawBackend>>,
     pub health_check: Option<RawHealthCheck>,
 }

@@ -110,6 +110,18 @@ fn health_check_defaults() {
     );
 }
 
+/// Issue 10, bug 5: a check timeout longer than the interval is a normal setting (HAProxy
+/// accepts `inter 2s` with `timeout check 5s`); it used to be refused.
+#[test]
+fn timeout_longer_than_the_interval_is_accepted() {
+    let c = parse(&format!(
+        "{MINIMAL}[listener.health_check]\ninterval_ms = 2000\ntimeout_ms = 5000\n"
+    ));
+    let hc = c.listeners[0].health_check.as_ref().unwrap();
+    assert_eq!(hc.interval, Duration::from_millis(2000));
+    assert_eq!(hc.timeout, Duration::from_millis(5000));
+}
+
 #[test]
 fn default_timeout_shrinks_to_a_short_interval() {
     let c = parse(&format!(
@@ -205,6 +217,7 @@ fn every_balance_name_is_accepted() {
         ("least_conn", Algorithm::LeastConn),
         ("weighted_least_conn", Algorithm::WeightedLeastConn),
         ("random_two", Algorithm::RandomTwo),
+        ("least_latency", Algorithm::LeastLatency),
         ("source_ip_hash", Algorithm::SourceIpHash),
         ("five_tuple_hash", Algorithm::FiveTupleHash),
     ] {
@@ -341,7 +354,7 @@ fn unknown_listener_key() {
         "conf/x.toml: listener[0].bakends: unknown key, expected one of name, protocol, bind, \
          balance, connect_timeout_ms, idle_timeout_s, connect_retries, max_connections, \
          max_conns_per_client, conn_rate_per_client, proxy_protocol, accept_proxy_protocol, \
-         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, backends, \
+         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, slow_start_s, backends, \
          health_check"
     );
 }
@@ -556,6 +569,7 @@ fn unknown_balance_lists_the_valid_ones() {
         err(&one_backend("balance = \"fastest\"")),
         "conf/x.toml: listener[0].balance: unknown value \"fastest\", expected one of: \
          round_robin, weighted_round_robin, least_conn, weighted_least_conn, random_two, \
+         least_latency, \
          source_ip_hash, five_tuple_hash"
     );
 }
@@ -804,12 +818,12 @@ fn health_check_rules() {
             "listener[0].health_check.interval_ms: must be between 10 and 3600000, got 5",
         ),
         (
-            "interval_ms = 1000\ntimeout_ms = 1500",
-            "listener[0].health_check.timeout_ms: must be between 1 and interval_ms (1000), got 1500",
+            "timeout_ms = 0",
+            "listener[0].health_check.timeout_ms: must be between 1 and 600000, got 0",
         ),
         (
-            "timeout_ms = 0",
-            "listener[0].health_check.timeout_ms: must be between 1 and interval_ms (2000), got 0",
+            "timeout_ms = 600001",
+            "listener[0].health_check.timeout_ms: must be between 1 and 600000, got 600001",
         ),
         (
             "rise = 0",
