@@ -367,7 +367,7 @@ return Array.from(document.querySelectorAll('section[data-listener="t"] tr[data-
     addr: r.dataset.backend,
     state: r.querySelector('.badge').textContent,
     badge: r.querySelector('.badge').dataset.state,
-    weight: r.querySelector('td.weight').textContent,
+    weight: r.querySelector('td.weight').dataset.value,
     total: Number(r.querySelector('td.total').dataset.value || -1),
     colour: getComputedStyle(r.querySelector('.badge')).backgroundColor,
   }));
