@@ -1099,5 +1099,9 @@ fn weights_change_at_run_time_and_a_reload_restores_them() {
             near(back, 0.5),
             "{balance}: b's share after the reload is {back}"
         );
+        eprintln!(
+            "{balance}: b's share of {N} connections: {even:.3} at 1:1, {heavy:.3} right after \
+             weight 4 (measured within {took:?} of the POST), {back:.3} after the reload"
+        );
     }
 }

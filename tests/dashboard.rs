@@ -530,8 +530,8 @@ fn the_dashboard_shows_live_traffic_drains_and_survives_a_restart() {
         std::fs::copy(&shot, docs.join("dashboard.png")).expect("copy to docs/img");
     }
 
-    // The balancer goes away: the page says so. It comes back on the same admin port: the
-    // page recovers by itself and shows the new process (b up again).
+    // The balancer goes away: the page says so. It comes back on the same admin port, now
+    // with `token_file`: the page recovers by itself and shows the new process (b up again).
     drop(held);
     drop(lb.take());
     let mut state = Value::Null;
@@ -546,13 +546,84 @@ fn the_dashboard_shows_live_traffic_drains_and_survives_a_restart() {
         down,
         "the page did not notice the balancer stopped: {state}"
     );
-    let again = L4lb::start(&conf);
+    let secrets = TempDir::new("dashboard-token");
+    let token_file = secrets.write("admin.token", "dash-Token-42\n");
+    let again = L4lb::start(
+        &conf
+            .clone()
+            .runtime(&format!("token_file = \"{}\"", token_file.display())),
+    );
     let back = wait_until(BROWSER_TIMEOUT, || {
         state = session.eval(LIVE);
         seen = rows(&session);
         state["live"] == json!("1") && row(&seen, &b).is_some_and(|r| r["state"] == json!("up"))
     });
     assert!(back, "the page did not recover: {state} {seen:?}");
+
+    // With a token: the first action is refused (401), the page asks for the token once,
+    // keeps it for the tab, and the next action needs no asking.
+    let button = |action: &str| {
+        format!(
+            "section[data-listener=\"t\"] tr[data-backend=\"{b}\"] button[data-action=\"{action}\"]"
+        )
+    };
+    let dialog = || {
+        let mut text = String::new();
+        let open = wait_until(BROWSER_TIMEOUT, || {
+            match session.call("GET", "/alert/text", None) {
+                Ok(t) => {
+                    text = t.as_str().unwrap_or_default().to_string();
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        assert!(open, "no dialog");
+        text
+    };
+    session.click(&button("disable"));
+    let question = dialog();
+    assert!(question.contains("Disable"), "{question:?}");
+    session
+        .call("POST", "/alert/accept", Some(json!({})))
+        .expect("accept");
+    let ask = dialog();
+    assert!(
+        ask.contains("token"),
+        "expected the token prompt, got {ask:?}"
+    );
+    session
+        .call(
+            "POST",
+            "/alert/text",
+            Some(json!({"text": "dash-Token-42"})),
+        )
+        .expect("type the token");
+    session
+        .call("POST", "/alert/accept", Some(json!({})))
+        .expect("send the token");
+    let disabled = wait_until(BROWSER_TIMEOUT, || {
+        seen = rows(&session);
+        row(&seen, &b).is_some_and(|r| r["state"] == json!("disabled"))
+    });
+    assert!(disabled, "not disabled with the token: {seen:?}");
+    let kept = session.eval("return sessionStorage.getItem('l4lb-admin-token');");
+    assert_eq!(kept, json!("dash-Token-42"));
+    session.click(&button("enable"));
+    let question = dialog();
+    assert!(question.contains("Enable"), "{question:?}");
+    session
+        .call("POST", "/alert/accept", Some(json!({})))
+        .expect("accept");
+    let enabled = wait_until(BROWSER_TIMEOUT, || {
+        seen = rows(&session);
+        row(&seen, &b).is_some_and(|r| r["state"] == json!("up"))
+    });
+    assert!(enabled, "enable with the kept token failed: {seen:?}");
+    assert!(
+        session.call("GET", "/alert/text", None).is_err(),
+        "asked for the token a second time"
+    );
     drop(load);
     drop(again);
 }
@@ -617,6 +688,7 @@ fn being_watched_does_not_grow_memory() {
     // 1,500 polls: 25 minutes of one open dashboard.
     poll(1500);
     let after = rss();
+    eprintln!("resident memory: {before} kB after 300 polls, {after} kB after 1,800");
     assert!(
         after <= before + 512,
         "resident memory grew from {before} kB to {after} kB over 1,500 polls"
