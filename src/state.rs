@@ -135,6 +135,29 @@ impl ListenerState {
         }
     }
 
+    /// What a worker keeps of a retired listener once none of its connections or sessions is
+    /// left anywhere: the name and settings (for logs), no backends, no Maglev tables, no
+    /// per-client tables. The worker's slot then is free for the next added listener.
+    pub fn emptied(&self) -> ListenerState {
+        let mut config = self.config.clone();
+        config.backends = Vec::new();
+        ListenerState {
+            pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
+            config,
+            active: Arc::new(AtomicU64::new(0)),
+            udp_sessions: Arc::new(AtomicU64::new(0)),
+            clients: None,
+            rates: None,
+            counters: self.counters.clone(),
+            pool_dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether no connection (TCP) or session (UDP) of this listener is open in any worker.
+    pub fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && self.udp_sessions.load(Ordering::Acquire) == 0
+    }
+
     /// Allow/deny lists: deny is checked first; an empty allow list allows everyone.
     pub fn acl_allows(&self, ip: IpAddr) -> bool {
         let ip = match ip {
