@@ -24,9 +24,16 @@ use crate::config::SpliceMode;
 use crate::net::io::{classify, IoClass};
 use crate::net::pipe::{BufferPool, Pipe, PipePool};
 
-/// Reads per direction per wake-up before yielding to other connections, so one bulk
-/// transfer cannot starve the rest of the worker.
+/// Reads per direction per wake-up before yielding to other connections (bounds the
+/// syscalls a trickle of small reads can take in one turn).
 const READ_BUDGET: usize = 16;
+/// Bytes per direction per wake-up before yielding: two full pipes when splicing, four copy
+/// buffers when copying. This, not the read count, is what bounds the time a bulk flow holds
+/// its worker: with two directions of a few bulk connections a loop turn stays around a
+/// tenth of a millisecond, so a new connection never waits behind megabytes. HAProxy stops
+/// after about one pipe per wake-up (a splice returning over `tune.recv_enough`, 10,136
+/// bytes); two pipes halve the extra `epoll_wait` calls per byte for the same bound.
+pub const BYTE_BUDGET: u64 = 128 * 1024;
 /// In `auto` mode a splice read this small means the stream has turned interactive: go back
 /// to copying, which costs the same syscalls without the pipe.
 const SPLICE_EXIT_BYTES: usize = 4096;
@@ -55,7 +62,8 @@ pub struct IoResources {
 pub enum Pump {
     /// Nothing more to do until the next readiness event.
     Idle,
-    /// The read budget ran out while the source was still readable: call again soon.
+    /// The budget ran out while the source was still readable: call again once everything
+    /// else that is ready has been served.
     Yielded,
 }
 
@@ -189,8 +197,8 @@ impl Flow {
         Ok(())
     }
 
-    /// Move bytes from `src` to `dst` until one of them would block, the budget runs out, or
-    /// EOF has been passed on. `other_done`: the opposite direction has finished, so passing
+    /// Move bytes from `src` to `dst` until one of them would block, the budget (reads or
+    /// bytes, whichever runs out first) runs out, or EOF has been passed on. `other_done`: the opposite direction has finished, so passing
     /// EOF on ends the connection.
     pub fn pump(
         &mut self,
@@ -202,6 +210,7 @@ impl Flow {
         other_done: bool,
     ) -> Result<Pump, Broken> {
         let mut reads = 0;
+        let start = self.bytes;
         loop {
             if self.pending() > 0 {
                 if !dst_ready.writable {
@@ -230,7 +239,7 @@ impl Flow {
             if !src_ready.readable {
                 return Ok(Pump::Idle);
             }
-            if reads == READ_BUDGET {
+            if reads == READ_BUDGET || self.bytes - start >= BYTE_BUDGET {
                 return Ok(Pump::Yielded);
             }
             reads += 1;
