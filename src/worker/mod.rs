@@ -431,4 +431,5 @@ fn note_readiness(conn: &mut Conn, backend_side: bool, event: &mio::event::Event
     ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
     ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
     ready.read_closed |= event.is_read_closed() || event.is_error();
+    ready.fin |= event.is_read_closed() && !event.is_error();
 }
