@@ -19,7 +19,7 @@ use crate::backend::{AdminState, Backend};
 use crate::balancer::Pool;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientTable, RateTable};
-use crate::metrics::{ListenerMetrics, LoopMetrics};
+use crate::metrics::{IoErrorCounters, ListenerMetrics, LoopMetrics};
 
 /// One listener as every worker sees it. Immutable but for atomics; a reload that changes its
 /// settings publishes a new `ListenerState` built with [`ListenerState::reconfigured`].
@@ -227,6 +227,8 @@ pub struct SharedState {
     pub handed_over: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_error: AtomicU64,
+    /// I/O errors that closed connections, by class (every worker adds to it).
+    pub io_errors: Arc<IoErrorCounters>,
     /// Each worker's event-loop iteration times (`l4lb_worker_loop_seconds`).
     pub loops: LoopMetrics,
 }
@@ -263,6 +265,7 @@ impl SharedState {
             handed_over: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
+            io_errors: Arc::new(IoErrorCounters::default()),
             loops: LoopMetrics::new(workers),
         }
     }
