@@ -97,12 +97,12 @@ pub(super) fn record(handover: &mut Handover, l: &ListenerConfig, sockets: &[Lis
 
 pub(super) fn log_listener(l: &ListenerConfig) {
     log::info!(
-        "listener {} bound on {} ({}, {} backends, balance {:?})",
+        "listener {} bound on {} ({}, {} backends, balance {})",
         l.name,
         l.bind,
         l.protocol.as_str(),
         l.backends.len(),
-        l.balance
+        l.balance.as_str()
     );
 }
 
@@ -206,8 +206,7 @@ impl Bound {
                 thread: Some(thread),
             });
         }
-        crate::backend::health::spawn(shared.clone())
-            .map_err(io_err("cannot start the health checker"))?;
+        super::health::spawn(shared.clone()).map_err(io_err("cannot start the health checker"))?;
         let access_log = crate::access_queue::spawn_writer(shared.clone())
             .map_err(io_err("cannot start the access-log writer"))?;
         log::info!(
