@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balancer;
+pub mod clock;
 pub mod config;
 pub mod limits;
 pub mod metrics;

@@ -64,7 +64,7 @@ fn new_backend(b: &crate::config::BackendConfig) -> Arc<Backend> {
 impl ListenerState {
     pub fn new(config: ListenerConfig, global_max: u64, workers: usize) -> ListenerState {
         let backends: Vec<Arc<Backend>> = config.backends.iter().map(new_backend).collect();
-        let pool = Pool::new(config.balance, backends);
+        let pool = Pool::new(config.balance, backends).with_slow_start(config.slow_start);
         let capacity = table_capacity(&config, global_max);
         let clients =
             (config.max_conns_per_client > 0).then(|| Arc::new(ClientTable::new(capacity)));
@@ -101,11 +101,16 @@ impl ListenerState {
                         old.set_max_connections(b.max_connections);
                         old.clone()
                     }
-                    None => new_backend(b),
+                    None => {
+                        // Added to a running listener: it comes up now (slow start).
+                        let added = new_backend(b);
+                        added.came_up();
+                        added
+                    }
                 }
             })
             .collect();
-        let pool = Pool::new(config.balance, backends);
+        let pool = Pool::new(config.balance, backends).with_slow_start(config.slow_start);
         let capacity = table_capacity(&config, global_max);
         let clients = match (&self.clients, config.max_conns_per_client > 0) {
             (_, false) => None,

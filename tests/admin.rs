@@ -28,10 +28,16 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_with(|conf| conf)
+    }
+
+    /// `start` with the config passed through `edit` (after the `[admin]` table is opened,
+    /// so `edit` may add `runtime` lines that land in it, e.g. `token_file`).
+    fn start_with(edit: impl FnOnce(Conf) -> Conf) -> Setup {
         let backends = vec![Backend::id("a"), Backend::id("b")];
         let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
         let admin = SocketAddr::new(localhost(), free_port(localhost()));
-        let conf = Conf::new("round_robin", &addrs).workers("2").admin(admin);
+        let conf = edit(Conf::new("round_robin", &addrs).workers("2").admin(admin));
         let lb = L4lb::start(&conf);
         let setup = Setup {
             lb,
@@ -107,7 +113,19 @@ impl Setup {
 
 /// Send a request and read the whole response (the server closes after one).
 fn try_http(admin: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String, String)> {
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nUser-Agent: l4lb-test\r\n\r\n");
+    try_http_with(admin, method, path, "")
+}
+
+/// `try_http` with `extra` header lines (each ending in CRLF) after Host.
+fn try_http_with(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nUser-Agent: l4lb-test\r\n{extra}\r\n"
+    );
     raw_request(admin, req.as_bytes())
 }
 
@@ -675,9 +693,20 @@ fn status_matches_the_spec_shape() {
     let backends = l.get("backends").array();
     assert_eq!(backends.len(), 2);
     for (json, backend) in backends.iter().zip(&setup.backends) {
-        assert_eq!(json.keys(), ["addr", "weight", "state", "active", "total"]);
+        assert_eq!(
+            json.keys(),
+            [
+                "addr",
+                "weight",
+                "effective_weight",
+                "state",
+                "active",
+                "total"
+            ]
+        );
         assert_eq!(json.get("addr").str(), backend.addr.to_string());
         assert_eq!(json.get("weight").num(), 1.0);
+        assert_eq!(json.get("effective_weight").num(), 1.0);
         assert_eq!(json.get("state").str(), "up");
         assert_eq!(json.get("active").num(), 0.0);
         assert_eq!(json.get("total").num(), 0.0);
@@ -766,25 +795,34 @@ fn malformed_requests_get_4xx_and_traffic_still_flows() {
         (b"\x16\x03\x01\x02\x00garbage\r\n\r\n".to_vec(), 400),
         (b"GET /nope HTTP/1.1\r\n\r\n".to_vec(), 404),
         (b"DELETE /metrics HTTP/1.1\r\n\r\n".to_vec(), 405),
-        (b"POST /status HTTP/1.1\r\n\r\n".to_vec(), 405),
+        (
+            format!("POST /status HTTP/1.1\r\nHost: {admin}\r\n\r\n").into_bytes(),
+            405,
+        ),
         (
             format!("GET /listeners/t/backends/{a}/drain HTTP/1.1\r\n\r\n").into_bytes(),
             405,
         ),
         (
-            format!("POST /listeners/t/backends/{a}/reboot HTTP/1.1\r\n\r\n").into_bytes(),
+            format!("POST /listeners/t/backends/{a}/reboot HTTP/1.1\r\nHost: {admin}\r\n\r\n")
+                .into_bytes(),
             400,
         ),
         (
-            format!("POST /listeners/zz/backends/{a}/drain HTTP/1.1\r\n\r\n").into_bytes(),
+            format!("POST /listeners/zz/backends/{a}/drain HTTP/1.1\r\nHost: {admin}\r\n\r\n")
+                .into_bytes(),
             404,
         ),
         (
-            b"POST /listeners/t/backends/127.0.0.1:1/drain HTTP/1.1\r\n\r\n".to_vec(),
+            format!(
+                "POST /listeners/t/backends/127.0.0.1:1/drain HTTP/1.1\r\nHost: {admin}\r\n\r\n"
+            )
+            .into_bytes(),
             404,
         ),
         (
-            b"POST /listeners/t/backends/%ZZ/drain HTTP/1.1\r\n\r\n".to_vec(),
+            format!("POST /listeners/t/backends/%ZZ/drain HTTP/1.1\r\nHost: {admin}\r\n\r\n")
+                .into_bytes(),
             400,
         ),
         (
@@ -818,4 +856,166 @@ fn malformed_requests_get_4xx_and_traffic_still_flows() {
         let id = served_by(setup.lb.addr, None);
         assert!(id == "a" || id == "b", "{id}");
     }
+}
+
+/// A web page in the operator's browser must not change state (issue 9, item 8): a POST whose
+/// `Origin` is another site, or whose `Host` is a rebinding name or missing, is refused with
+/// 403 and changes nothing; the admin page's own origin and plain clients (curl) still work.
+#[test]
+fn cross_origin_and_rebound_posts_are_refused() {
+    let setup = Setup::start();
+    let admin = setup.admin;
+    let a = setup.backend("a").addr;
+    let drain = format!("/listeners/t/backends/{a}/drain");
+    let port = admin.port();
+    let refused = [
+        format!("POST {drain} HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\r\n"),
+        format!("POST {drain} HTTP/1.1\r\nHost: {admin}\r\nOrigin: null\r\n\r\n"),
+        format!("POST {drain} HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n"),
+        format!(
+            "POST {drain} HTTP/1.1\r\nHost: evil.example:{port}\r\n\
+             Origin: http://evil.example:{port}\r\n\r\n"
+        ),
+        format!("POST {drain} HTTP/1.1\r\n\r\n"),
+        // Even a path that does not exist: the guard answers before the router.
+        "POST /listeners/zz/backends/x/drain HTTP/1.1\r\nHost: rebound.example\r\n\r\n".to_string(),
+    ];
+    for request in &refused {
+        let (status, head, body) = raw_request(admin, request.as_bytes()).expect("answer");
+        assert_eq!(status, 403, "{request:?} -> {head}{body}");
+        assert_eq!(setup.state_of(a), "up", "{request:?} changed the state");
+    }
+    // The dashboard's own POSTs (Origin = http:// + Host), by address or by localhost.
+    let own = format!("Origin: http://{admin}\r\n");
+    let (status, head, body) =
+        try_http_with(admin, "POST", &drain, &own).expect("same-origin POST");
+    assert_eq!(status, 200, "{head}{body}");
+    assert_eq!(setup.state_of(a), "drain");
+    let enable = format!(
+        "POST /listeners/t/backends/{a}/enable HTTP/1.1\r\nHost: localhost:{port}\r\n\
+         Origin: http://localhost:{port}\r\n\r\n"
+    );
+    let (status, head, body) = raw_request(admin, enable.as_bytes()).expect("answer");
+    assert_eq!(status, 200, "{head}{body}");
+    assert_eq!(setup.state_of(a), "up");
+    // GETs are not guarded: a scrape from anywhere with any Host still works.
+    let get = b"GET /status HTTP/1.1\r\nHost: whatever.example\r\n\r\n";
+    assert_eq!(raw_request(admin, get).expect("answer").0, 200);
+}
+
+/// `admin.token_file`: POSTs need `Authorization: Bearer <token>` (401 with a challenge
+/// otherwise); the file's trailing newline is not part of the token; GETs need none.
+#[test]
+fn token_file_guards_posts() {
+    let dir = TempDir::new("token");
+    let token_file = dir.write("admin.token", "Zq8-secret_token\n");
+    let setup = Setup::start_with(|conf| {
+        conf.runtime(&format!("token_file = \"{}\"", token_file.display()))
+    });
+    let admin = setup.admin;
+    let b = setup.backend("b").addr;
+    let drain = format!("/listeners/t/backends/{b}/drain");
+    for auth in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Bearer Zq8-secret_tokenX\r\n",
+        "Authorization: Bearer Zq8-secret_toke\r\n",
+        "Authorization: Basic Zq8-secret_token\r\n",
+        "Authorization: Zq8-secret_token\r\n",
+    ] {
+        let (status, head, body) = try_http_with(admin, "POST", &drain, auth).expect("answer");
+        assert_eq!(status, 401, "{auth:?} -> {head}{body}");
+        assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+        assert_eq!(setup.state_of(b), "up", "{auth:?} changed the state");
+    }
+    let (status, head, body) = try_http_with(
+        admin,
+        "POST",
+        &drain,
+        "Authorization: Bearer Zq8-secret_token\r\n",
+    )
+    .expect("answer");
+    assert_eq!(status, 200, "{head}{body}");
+    assert_eq!(setup.state_of(b), "drain");
+    // The right token from a foreign page is still refused.
+    let (status, _, _) = try_http_with(
+        admin,
+        "POST",
+        &format!("/listeners/t/backends/{b}/enable"),
+        "Authorization: Bearer Zq8-secret_token\r\nOrigin: http://evil.example\r\n",
+    )
+    .expect("answer");
+    assert_eq!(status, 403);
+    assert_eq!(setup.state_of(b), "drain");
+    // Reading needs no token.
+    let _ = setup.metrics();
+}
+
+/// A non-loopback `admin.bind` without `token_file` is a config error: exit 2, one line
+/// naming the file and the key.
+#[test]
+fn a_public_admin_bind_needs_a_token_file() {
+    let dir = TempDir::new("public-admin");
+    let port = free_port(localhost());
+    let conf = Conf::new("round_robin", &["127.0.0.1:9".parse().expect("addr")])
+        .runtime("\n[admin]\nbind = \"0.0.0.0:9090\"");
+    let path = dir.write(
+        "l4lb.toml",
+        &conf.render(SocketAddr::new(localhost(), port)),
+    );
+    for args in [
+        vec![std::ffi::OsStr::new("--config"), path.as_os_str()],
+        vec![
+            std::ffi::OsStr::new("--config"),
+            path.as_os_str(),
+            std::ffi::OsStr::new("--check"),
+        ],
+    ] {
+        let out = run_cli(&args, Duration::from_secs(10));
+        assert_eq!(out.code(), Some(2), "{out:?}");
+        let line = out.stderr.trim();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains(&format!(
+                "{}: admin.token_file: required when admin.bind (0.0.0.0:9090) is not a loopback address",
+                path.display()
+            )),
+            "{line}"
+        );
+    }
+}
+
+/// The bytes read per admin connection are bounded: a client that sends a request and then
+/// keeps streaming is cut off (reset) after a small, fixed amount, instead of making the admin
+/// thread read and discard at wire speed until the response deadline.
+#[test]
+fn a_client_that_keeps_sending_is_cut_off() {
+    let setup = Setup::start();
+    let mut s = TcpStream::connect_timeout(&setup.admin, Duration::from_secs(2)).expect("connect");
+    s.set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let head = format!("GET /status HTTP/1.1\r\nHost: {}\r\n\r\n", setup.admin);
+    s.write_all(head.as_bytes()).expect("request");
+    // Far more than any socket buffer on loopback (a few MiB), far less than what the admin
+    // thread would swallow in its 5 s response deadline without a bound (GiB/s on loopback).
+    const LIMIT: usize = 256 << 20;
+    let chunk = vec![b'x'; 64 * 1024];
+    let started = Instant::now();
+    let mut sent = 0;
+    let cut = loop {
+        if sent >= LIMIT || started.elapsed() > Duration::from_secs(4) {
+            break None;
+        }
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) => break Some(e),
+        }
+    };
+    assert!(
+        cut.is_some(),
+        "the admin API read {sent} bytes in {:?} without cutting the client off",
+        started.elapsed()
+    );
+    // And it still serves others.
+    let _ = setup.status();
 }

@@ -17,11 +17,16 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// A request line and what the router needs of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
     pub method: String,
     /// The request target as sent (origin form: path and optional query).
     pub target: String,
+    /// The headers the POST guard reads (`guard.rs`); `None` when absent. A repeated one
+    /// makes the request malformed (400), so no client can smuggle a second value past it.
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub authorization: Option<String>,
 }
 
 impl Request {
@@ -72,7 +77,26 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
         return Parsed::Error(Response::error(400, "request target must be a path"));
     }
     let mut body_len: Option<usize> = None;
+    let (mut host, mut origin, mut authorization) = (None, None, None);
     for h in req.headers.iter() {
+        let slot = if h.name.eq_ignore_ascii_case("host") {
+            Some(&mut host)
+        } else if h.name.eq_ignore_ascii_case("origin") {
+            Some(&mut origin)
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            Some(&mut authorization)
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            let Ok(value) = std::str::from_utf8(h.value) else {
+                return Parsed::Error(Response::error(400, "header value is not UTF-8"));
+            };
+            if slot.replace(value.trim().to_string()).is_some() {
+                return Parsed::Error(Response::error(400, &format!("repeated {} header", h.name)));
+            }
+            continue;
+        }
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Parsed::Error(Response::error(
                 400,
@@ -103,6 +127,9 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     Parsed::Request(Request {
         method: method.to_string(),
         target: target.to_string(),
+        host,
+        origin,
+        authorization,
     })
 }
 
@@ -142,6 +169,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// Value of an `Allow` header (405 only).
     pub allow: Option<&'static str>,
+    /// More header lines, fixed per kind of response (security and caching headers).
+    pub headers: &'static [(&'static str, &'static str)],
     pub body: Vec<u8>,
 }
 
@@ -154,6 +183,7 @@ impl Response {
             status,
             content_type,
             allow: None,
+            headers: &[],
             body: body.into(),
         }
     }
@@ -189,6 +219,9 @@ impl Response {
         if let Some(allow) = self.allow {
             let _ = write!(head, "Allow: {allow}\r\n");
         }
+        for (name, value) in self.headers {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
         head.push_str("\r\n");
         let mut out = head.into_bytes();
         if !head_only {
@@ -202,6 +235,8 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

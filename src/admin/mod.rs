@@ -1,19 +1,23 @@
 //! The admin HTTP API (SPEC.md, "Admin HTTP API"): `GET /metrics`, `GET /status` and
 //! `POST /listeners/{listener}/backends/{addr}/{enable|disable|drain}`, on a thread of its own
-//! ("l4lb-admin") with its own small mio loop.
+//! ("l4lb-admin") with its own small mio loop. Every POST passes `guard.rs` first (Host,
+//! Origin, bearer token).
 //!
 //! Control path, off the data path: it only reads snapshots and atomics of [`SharedState`]
 //! and flips backend admin states through [`SharedState::set_backend_admin`]; no worker ever
 //! waits on it. Invariants: at most [`MAX_CONNS`] connections at once (more wait in the
 //! kernel's backlog until a slot frees), each bounded in time ([`REQUEST_TIMEOUT`],
-//! [`RESPONSE_TIMEOUT`]) and in size (`http::MAX_REQUEST`, 64 KiB), so a slow or hostile
-//! client holds a slot for at most a few seconds and never blocks the others; one request per
-//! connection (`Connection: close`); nothing a client sends can panic the thread.
+//! [`RESPONSE_TIMEOUT`]) and in size (`http::MAX_REQUEST`, 64 KiB, and at most
+//! [`MAX_READ_PER_CONN`] bytes read in all, including what is discarded after the response),
+//! so a slow or hostile client holds a slot for at most a few seconds, costs a bounded amount
+//! of reading, and never blocks the others; one request per connection (`Connection: close`);
+//! nothing a client sends can panic the thread.
 //! The loop notices `shared.is_shutting_down()` within [`POLL_INTERVAL`].
 //!
-//! Files: `http.rs` (framing, sans-io), `router.rs` (paths to responses), `prometheus.rs`
-//! (`/metrics`), `status.rs` (`/status` and JSON strings).
+//! Files: `http.rs` (framing, sans-io), `guard.rs` (who may POST), `router.rs` (paths to
+//! responses), `prometheus.rs` (`/metrics`), `status.rs` (`/status` and JSON strings).
 
+mod guard;
 mod http;
 mod prometheus;
 mod router;
@@ -28,8 +32,10 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::config::AdminToken;
 use crate::state::SharedState;
 
+use guard::Guard;
 use http::{parse_request, Parsed, Response, MAX_REQUEST};
 
 /// Concurrent admin connections. Scrapers and operators open one or two at a time; 64 leaves
@@ -41,6 +47,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// From a complete request to the last byte written and the client's close. A scrape of a
 /// large table (~1 MB for thousands of backends) takes a reader milliseconds; 5 s is slack.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes read from one connection in all: a whole request (`MAX_REQUEST` plus the read that
+/// crossed it) and as much again discarded after the response (a client that sent more than
+/// it should have, e.g. a body we refused). A client that keeps sending past it is cut off
+/// at once instead of making the thread read (and discard) at wire speed until the deadline.
+pub const MAX_READ_PER_CONN: usize = 2 * MAX_REQUEST + READ_CHUNK;
 /// Poll timeout: how fast the loop notices shutdown and expires deadlines.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -50,9 +61,14 @@ const READ_CHUNK: usize = 4096;
 
 /// Bind `bind` now (so the caller can report a bind failure and exit 1 before traffic
 /// flows), then serve the admin API on a thread named "l4lb-admin" until
-/// `shared.is_shutting_down()`.
-pub fn spawn(bind: SocketAddr, shared: Arc<SharedState>) -> io::Result<JoinHandle<()>> {
-    let server = Server::bind(bind, shared)?;
+/// `shared.is_shutting_down()`. With `token`, POSTs need `Authorization: Bearer <token>`.
+pub fn spawn(
+    bind: SocketAddr,
+    token: Option<AdminToken>,
+    shared: Arc<SharedState>,
+) -> io::Result<JoinHandle<()>> {
+    let mut server = Server::bind(bind, shared)?;
+    server.token = token;
     log::debug!("admin API bound to {}", server.local_addr);
     std::thread::Builder::new()
         .name("l4lb-admin".to_string())
@@ -74,7 +90,11 @@ enum Phase {
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
+    /// The address the client reached (the Host check's reference under a wildcard bind).
+    local: SocketAddr,
     phase: Phase,
+    /// Bytes read from the client so far, request and discarded bytes together.
+    read_total: usize,
     /// The request so far (at most `MAX_REQUEST` + one read).
     buf: Vec<u8>,
     out: Vec<u8>,
@@ -90,10 +110,12 @@ enum Next {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, now: Instant) -> Conn {
+    fn new(stream: TcpStream, local: SocketAddr, now: Instant) -> Conn {
         Conn {
             stream,
+            local,
             phase: Phase::Reading,
+            read_total: 0,
             buf: Vec::new(),
             out: Vec::new(),
             written: 0,
@@ -111,13 +133,23 @@ impl Conn {
     }
 
     /// Advance as far as the socket allows (edge-triggered: every phase runs to WouldBlock).
-    fn drive(&mut self, shared: &SharedState) -> Next {
+    fn drive(
+        &mut self,
+        shared: &SharedState,
+        bind: SocketAddr,
+        token: Option<&AdminToken>,
+    ) -> Next {
         loop {
             match self.phase {
                 Phase::Reading => match self.read_request() {
                     Ok(Some(eof)) => match parse_request(&self.buf) {
                         Parsed::Request(req) => {
-                            let (response, head_only) = router::route(shared, &req);
+                            let guard = Guard {
+                                bind,
+                                local: self.local,
+                                token,
+                            };
+                            let (response, head_only) = router::route(shared, &guard, &req);
                             log::debug!(
                                 "admin: {} {} -> {}",
                                 req.method,
@@ -158,7 +190,12 @@ impl Conn {
                     loop {
                         match self.stream.read(&mut chunk) {
                             Ok(0) => return Next::Close,
-                            Ok(_) => {}
+                            Ok(n) => {
+                                self.read_total += n;
+                                if self.read_total > MAX_READ_PER_CONN {
+                                    return Next::Close;
+                                }
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Keep,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(_) => return Next::Close,
@@ -182,6 +219,7 @@ impl Conn {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(Some(true)),
                 Ok(n) => {
+                    self.read_total += n;
                     self.buf.extend_from_slice(&chunk[..n]);
                     got = true;
                 }
@@ -211,6 +249,8 @@ struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     shared: Arc<SharedState>,
+    /// `admin.token_file`'s token: POSTs must present it.
+    token: Option<AdminToken>,
     /// Slot `i` is token `Token(i)`; a fixed-size table, never grown.
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -231,6 +271,7 @@ impl Server {
             listener,
             local_addr,
             shared,
+            token: None,
             conns: (0..MAX_CONNS).map(|_| None).collect(),
             free: (0..MAX_CONNS).rev().collect(),
             backlogged: false,
@@ -287,7 +328,8 @@ impl Server {
                         self.free.push(slot);
                         continue;
                     }
-                    self.conns[slot] = Some(Conn::new(stream, Instant::now()));
+                    let local = stream.local_addr().unwrap_or(self.local_addr);
+                    self.conns[slot] = Some(Conn::new(stream, local, Instant::now()));
                     // Data may have arrived with the handshake; the edge is not lost (mio
                     // reports readiness on registration), but drive now to save a wakeup.
                     self.drive(slot);
@@ -309,7 +351,7 @@ impl Server {
         let Some(Some(conn)) = self.conns.get_mut(slot) else {
             return;
         };
-        if conn.drive(&self.shared) == Next::Close {
+        if conn.drive(&self.shared, self.local_addr, self.token.as_ref()) == Next::Close {
             self.close(slot);
         }
     }
@@ -528,10 +570,10 @@ backends = [ { addr = "127.0.0.1:81" } ]
         let shared = Arc::new(shared_from(CONFIG));
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = spawn(addr, shared.clone()).unwrap_err();
+        let err = spawn(addr, None, shared.clone()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         drop(taken);
-        let handle = spawn("127.0.0.1:0".parse().unwrap(), shared.clone()).unwrap();
+        let handle = spawn("127.0.0.1:0".parse().unwrap(), None, shared.clone()).unwrap();
         assert_eq!(handle.thread().name(), Some("l4lb-admin"));
         shared.shutdown.store(true, Ordering::Release);
         handle.join().unwrap();

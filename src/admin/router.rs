@@ -8,14 +8,21 @@
 use crate::backend::AdminState;
 use crate::state::{LookupError, SharedState};
 
+use super::guard::Guard;
 use super::http::{percent_decode, Request, Response, JSON, PROMETHEUS_TEXT};
 use super::status::push_json_str;
 use super::{prometheus, status};
 
 const GET_HEAD: &str = "GET, HEAD";
 
-/// The response to `req`, and whether to leave its body out (HEAD).
-pub fn route(shared: &SharedState, req: &Request) -> (Response, bool) {
+/// The response to `req`, and whether to leave its body out (HEAD). Every POST passes
+/// `guard` first, whatever its path.
+pub fn route(shared: &SharedState, guard: &Guard<'_>, req: &Request) -> (Response, bool) {
+    if req.method == "POST" {
+        if let Some(refused) = guard.check_post(req) {
+            return (refused, false);
+        }
+    }
     let head_only = req.method == "HEAD";
     let readable = req.method == "GET" || head_only;
     let path = req.path();
@@ -132,15 +139,27 @@ balance = "round_robin"
 backends = [ { addr = "127.0.0.1:81" }, { addr = "[::1]:82" } ]
 "#;
 
+    const ADMIN: &str = "127.0.0.1:9090";
+
     fn req(method: &str, target: &str) -> Request {
         Request {
             method: method.to_string(),
             target: target.to_string(),
+            host: Some(ADMIN.to_string()),
+            ..Request::default()
+        }
+    }
+
+    fn guard() -> Guard<'static> {
+        Guard {
+            bind: ADMIN.parse().unwrap(),
+            local: ADMIN.parse().unwrap(),
+            token: None,
         }
     }
 
     fn call(shared: &SharedState, method: &str, target: &str) -> Response {
-        route(shared, &req(method, target)).0
+        route(shared, &guard(), &req(method, target)).0
     }
 
     fn body(r: &Response) -> &str {
@@ -178,7 +197,7 @@ backends = [ { addr = "127.0.0.1:81" }, { addr = "[::1]:82" } ]
         assert_eq!((m.status, m.content_type), (200, PROMETHEUS_TEXT));
         let s = call(&shared, "GET", "/status?pretty");
         assert_eq!((s.status, s.content_type), (200, JSON));
-        let (h, head_only) = route(&shared, &req("HEAD", "/status"));
+        let (h, head_only) = route(&shared, &guard(), &req("HEAD", "/status"));
         assert_eq!(h.status, 200);
         assert!(head_only);
         let p = call(&shared, "POST", "/metrics");

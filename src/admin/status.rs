@@ -4,7 +4,9 @@
 //! Control path: reads one snapshot of the listener set and of each listener's pool, and
 //! the backend atomics, without blocking any worker. Shape (SPEC.md, "Admin HTTP API"):
 //! `{"version", "uptime_s", "workers", "listeners": [{"name", "protocol", "bind", "balance",
-//! "active", "backends": [{"addr", "weight", "state", "active", "total"}]}]}`.
+//! "active", "backends": [{"addr", "weight", "effective_weight", "state", "active", "total"}]}]}`.
+//! `effective_weight` is the weight the balancer uses now: below `weight` during a backend's
+//! slow-start ramp (`slow_start_s`), rounded to hundredths.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -66,13 +68,20 @@ pub fn render(shared: &SharedState) -> String {
         push_json_str(&mut out, l.config.balance.as_str());
         let _ = write!(out, ",\"active\":{},\"backends\":[", listener_active(l));
         let pool = l.pool.load();
+        let now_us = crate::clock::monotonic_us();
         for (j, b) in pool.backends().iter().enumerate() {
             if j > 0 {
                 out.push(',');
             }
             out.push_str("{\"addr\":");
             push_json_str(&mut out, &b.name);
-            let _ = write!(out, ",\"weight\":{},\"state\":", b.weight());
+            let effective = b.effective_weight(now_us, pool.slow_start_us());
+            let _ = write!(
+                out,
+                ",\"weight\":{},\"effective_weight\":{},\"state\":",
+                b.weight(),
+                (effective * 100.0).round() / 100.0
+            );
             push_json_str(&mut out, b.state().as_str());
             let _ = write!(
                 out,
@@ -134,8 +143,8 @@ backends = [ { addr = "127.0.0.1:81", weight = 3 }, { addr = "[::1]:82" } ]
         let expected_tail = concat!(
             r#","workers":2,"listeners":[{"name":"web","protocol":"tcp","bind":"127.0.0.1:8080","#,
             r#""balance":"weighted_least_conn","active":5,"backends":["#,
-            r#"{"addr":"127.0.0.1:81","weight":3,"state":"up","active":2,"total":40},"#,
-            r#"{"addr":"[::1]:82","weight":1,"state":"drain","active":0,"total":0}]}]}"#,
+            r#"{"addr":"127.0.0.1:81","weight":3,"effective_weight":3,"state":"up","active":2,"total":40},"#,
+            r#"{"addr":"[::1]:82","weight":1,"effective_weight":1,"state":"drain","active":0,"total":0}]}]}"#,
             "\n"
         );
         let head = format!(

@@ -14,6 +14,8 @@
 //! check never undoes an operator's drain, and enabling a backend that is down keeps it down.
 
 pub mod health;
+pub mod latency;
+pub mod slow_start;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -91,6 +93,11 @@ pub struct Backend {
     /// lives), never per datagram.
     pub datagrams_to_backend: AtomicU64,
     pub datagrams_to_client: AtomicU64,
+    /// `clock::monotonic_us` of the last time it came up (recovered, enabled, added by a
+    /// reload): the start of its slow-start ramp. 0 = up since the listener started.
+    up_since_us: AtomicU64,
+    /// Connect times (UDP: time to the first reply), for `least_latency`.
+    pub latency: latency::PeakEwma,
 }
 
 impl Backend {
@@ -119,6 +126,8 @@ impl Backend {
             bytes_to_client: AtomicU64::new(0),
             datagrams_to_backend: AtomicU64::new(0),
             datagrams_to_client: AtomicU64::new(0),
+            up_since_us: AtomicU64::new(0),
+            latency: latency::PeakEwma::default(),
         }
     }
 
@@ -172,17 +181,47 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Returns whether health changed.
+    /// Returns whether health changed. Recovering starts the slow-start ramp.
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::AcqRel) != healthy
+        let changed = self.healthy.swap(healthy, Ordering::AcqRel) != healthy;
+        if changed && healthy {
+            self.came_up();
+        }
+        changed
     }
 
     pub fn admin(&self) -> AdminState {
         AdminState::from_u8(self.admin.load(Ordering::Relaxed))
     }
 
+    /// Enabling a drained or disabled backend starts its slow-start ramp.
     pub fn set_admin(&self, a: AdminState) {
-        self.admin.store(a as u8, Ordering::Relaxed)
+        let before = self.admin.swap(a as u8, Ordering::Relaxed);
+        if a == AdminState::Enabled && before != AdminState::Enabled as u8 {
+            self.came_up();
+        }
+    }
+
+    /// The backend (re)joins its listener now: its slow-start ramp starts here.
+    pub fn came_up(&self) {
+        self.up_since_us
+            .store(crate::clock::monotonic_us(), Ordering::Relaxed);
+    }
+
+    /// Thousandths of its weight the balancer gives it at `now_us` under a slow start of
+    /// `period_us` (0 = off): see `slow_start::ramp_permille`.
+    #[inline]
+    pub fn ramp_permille(&self, now_us: u64, period_us: u64) -> u64 {
+        if period_us == 0 {
+            return slow_start::FULL;
+        }
+        slow_start::ramp_permille(self.up_since_us.load(Ordering::Relaxed), now_us, period_us)
+    }
+
+    /// The weight the balancer uses now (what `/status` shows as `effective_weight`).
+    pub fn effective_weight(&self, now_us: u64, period_us: u64) -> f64 {
+        f64::from(self.weight()) * self.ramp_permille(now_us, period_us) as f64
+            / slow_start::FULL as f64
     }
 
     #[inline]

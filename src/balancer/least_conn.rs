@@ -4,13 +4,15 @@
 //! Hot path, O(n) per pick. Ties are broken by scanning from a start that rotates on every pick
 //! (the worker's cursor), so with equal counts, e.g. all idle or short-lived connections that
 //! finish before the next accept, load still spreads instead of piling onto the first backend.
-//! Weights are ignored except that weight 0 takes nothing (see `weighted_least_conn`).
+//! Weights are ignored except that weight 0 takes nothing (see `weighted_least_conn`); a
+//! backend in its slow-start ramp counts as `(active + 1) / ramp` (it looks busier).
 
 use std::sync::Arc;
 
+use crate::backend::slow_start::FULL;
 use crate::backend::Backend;
 
-use super::rotating_scan;
+use super::{rotating_scan, Clock};
 
 #[inline]
 pub(super) fn pick(
@@ -18,18 +20,22 @@ pub(super) fn pick(
     backends: &[Arc<Backend>],
     members: &[usize],
     tried: &[usize],
+    clock: Clock,
 ) -> Option<usize> {
-    let mut best: Option<(usize, u32)> = None;
+    // (index, active + 1, ramp): load compared as (active + 1) / ramp by cross-multiplying;
+    // without a ramp (1000 everywhere) that is just the smallest active count.
+    let mut best: Option<(usize, u64, u64)> = None;
     for i in rotating_scan(cursor, backends, members, tried) {
-        let active = backends[i].active();
-        if best.is_none_or(|(_, a)| active < a) {
-            best = Some((i, active));
-            if active == 0 {
-                break; // nothing beats an idle backend
+        let load = u64::from(backends[i].active()) + 1;
+        let ramp = clock.ramp(&backends[i]);
+        if best.is_none_or(|(_, bl, br)| load * br < bl * ramp) {
+            best = Some((i, load, ramp));
+            if load == 1 && ramp == FULL {
+                break; // nothing beats an idle backend at full weight
             }
         }
     }
-    best.map(|(i, _)| i)
+    best.map(|(i, _, _)| i)
 }
 
 #[cfg(test)]

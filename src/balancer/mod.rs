@@ -3,7 +3,8 @@
 //! Owns the [`Pool`] (an immutable snapshot of one listener's backends plus the lookup tables
 //! precomputed from them) and the [`Selector`] (one worker's mutable selection state for one
 //! listener), and one file per algorithm: `round_robin`, `weighted_round_robin` (smooth),
-//! `least_conn`, `weighted_least_conn`, `random_two`, and the two hashes (`hash` for the fixed
+//! `least_conn`, `weighted_least_conn`, `random_two`, `least_latency` (peak-EWMA connect
+//! time), and the two hashes (`hash` for the fixed
 //! hash functions, `maglev` for the consistent-hash table they look up).
 //!
 //! Hot path: [`Selector::pick`], once per new connection and once per connect retry. It never
@@ -11,7 +12,9 @@
 //! active count), so an admin or health change is seen by the very next pick on every worker
 //! even before the control path publishes a rebuilt pool. Round robin and the hashes are O(1)
 //! in the common case; smooth weighted round robin, least_conn, weighted_least_conn and the
-//! hashes' last-resort fallback are O(backends).
+//! hashes' last-resort fallback are O(backends). A pick reads the monotonic clock once, and
+//! only for `least_latency` or a listener with `slow_start_s` (the ramp, see
+//! `backend::slow_start`; every algorithm but round robin and the hashes honours it).
 //!
 //! Control path: [`Pool::new`] / [`Pool::rebuilt`] build the Maglev tables (hash algorithms
 //! only); the runtime publishes the result through an `ArcSwap`.
@@ -27,6 +30,7 @@
 
 pub mod hash;
 mod least_conn;
+mod least_latency;
 pub mod maglev;
 mod random_two;
 mod round_robin;
@@ -37,8 +41,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::backend::{Backend, BackendState};
+use crate::backend::{slow_start, Backend, BackendState};
 
 use self::maglev::EMPTY;
 use self::random_two::WyRand;
@@ -51,18 +56,20 @@ pub enum Algorithm {
     LeastConn,
     WeightedLeastConn,
     RandomTwo,
+    LeastLatency,
     SourceIpHash,
     FiveTupleHash,
 }
 
 impl Algorithm {
     /// Every algorithm, in the order the spec lists them.
-    pub const ALL: [Algorithm; 7] = [
+    pub const ALL: [Algorithm; 8] = [
         Algorithm::RoundRobin,
         Algorithm::WeightedRoundRobin,
         Algorithm::LeastConn,
         Algorithm::WeightedLeastConn,
         Algorithm::RandomTwo,
+        Algorithm::LeastLatency,
         Algorithm::SourceIpHash,
         Algorithm::FiveTupleHash,
     ];
@@ -75,6 +82,7 @@ impl Algorithm {
             Algorithm::LeastConn => "least_conn",
             Algorithm::WeightedLeastConn => "weighted_least_conn",
             Algorithm::RandomTwo => "random_two",
+            Algorithm::LeastLatency => "least_latency",
             Algorithm::SourceIpHash => "source_ip_hash",
             Algorithm::FiveTupleHash => "five_tuple_hash",
         }
@@ -129,6 +137,8 @@ pub struct Pool {
     seeds: Box<[u64]>,
     /// Prime Maglev table size (unused by the non-hash algorithms).
     maglev_size: usize,
+    /// `slow_start_s` in µs; 0 = off.
+    slow_start_us: u64,
     /// Per class; `Some` only for the hash algorithms.
     tables: Option<[ClassTable; 2]>,
 }
@@ -189,10 +199,22 @@ impl Pool {
             classes,
             seeds,
             maglev_size: maglev::next_prime(maglev_size),
+            slow_start_us: 0,
             tables: None,
         };
         pool.tables = pool.build_tables(None);
         pool
+    }
+
+    /// The same pool with a slow-start period (`slow_start_s`); set before it is published.
+    pub fn with_slow_start(mut self, period: Duration) -> Pool {
+        self.slow_start_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The slow-start period in µs (0 = off).
+    pub fn slow_start_us(&self) -> u64 {
+        self.slow_start_us
     }
 
     /// The backends, in config order; [`Selector::pick`] returns indices into this.
@@ -228,6 +250,7 @@ impl Pool {
             classes: self.classes.clone(),
             seeds: self.seeds.clone(),
             maglev_size: self.maglev_size,
+            slow_start_us: self.slow_start_us,
             tables: None,
         };
         pool.tables = pool.build_tables(self.tables.as_ref());
@@ -355,6 +378,38 @@ impl fmt::Debug for Pool {
     }
 }
 
+/// What a pick knows about time: now (read once per pick, and only when the algorithm or a
+/// slow start needs it) and the listener's slow-start period.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    now_us: u64,
+    slow_start_us: u64,
+}
+
+impl Clock {
+    #[inline]
+    fn of(pool: &Pool) -> Clock {
+        let needed = pool.slow_start_us != 0 || pool.algorithm == Algorithm::LeastLatency;
+        Clock {
+            now_us: if needed {
+                crate::clock::monotonic_us()
+            } else {
+                0
+            },
+            slow_start_us: pool.slow_start_us,
+        }
+    }
+
+    /// The backend's slow-start ramp now, in thousandths of its weight.
+    #[inline]
+    fn ramp(&self, b: &Backend) -> u64 {
+        if self.slow_start_us == 0 {
+            return slow_start::FULL;
+        }
+        b.ramp_permille(self.now_us, self.slow_start_us)
+    }
+}
+
 /// Whether backend `i` may take this connection: available now and not already tried for it.
 #[inline]
 fn eligible(backends: &[Arc<Backend>], i: usize, tried: &[usize]) -> bool {
@@ -449,9 +504,11 @@ impl Selector {
                 pool.pick_hashed(hash::source_ip_hash(key.client.ip()), tried)
             }
             Algorithm::FiveTupleHash => pool.pick_hashed(hash::five_tuple_hash(key), tried),
-            _ => self
-                .pick_class(pool, Class::Primary, tried)
-                .or_else(|| self.pick_class(pool, Class::Backup, tried)),
+            _ => {
+                let clock = Clock::of(pool);
+                self.pick_class(pool, Class::Primary, tried, clock)
+                    .or_else(|| self.pick_class(pool, Class::Backup, tried, clock))
+            }
         }
     }
 
@@ -468,7 +525,13 @@ impl Selector {
         self.generation = pool.generation;
     }
 
-    fn pick_class(&mut self, pool: &Pool, class: Class, tried: &[usize]) -> Option<usize> {
+    fn pick_class(
+        &mut self,
+        pool: &Pool,
+        class: Class,
+        tried: &[usize],
+        clock: Clock,
+    ) -> Option<usize> {
         let members = pool.members(class);
         if members.is_empty() {
             return None;
@@ -478,13 +541,16 @@ impl Selector {
         match pool.algorithm {
             Algorithm::RoundRobin => round_robin::pick(cursor, backends, members, tried),
             Algorithm::WeightedRoundRobin => {
-                weighted_round_robin::pick(&mut self.wrr_current, backends, members, tried)
+                weighted_round_robin::pick(&mut self.wrr_current, backends, members, tried, clock)
             }
-            Algorithm::LeastConn => least_conn::pick(cursor, backends, members, tried),
+            Algorithm::LeastConn => least_conn::pick(cursor, backends, members, tried, clock),
             Algorithm::WeightedLeastConn => {
-                weighted_least_conn::pick(cursor, backends, members, tried)
+                weighted_least_conn::pick(cursor, backends, members, tried, clock)
             }
-            Algorithm::RandomTwo => random_two::pick(&mut self.rng, backends, members, tried),
+            Algorithm::RandomTwo => {
+                random_two::pick(&mut self.rng, backends, members, tried, clock)
+            }
+            Algorithm::LeastLatency => least_latency::pick(cursor, backends, members, tried, clock),
             // Handled by `pick` before classes are considered.
             Algorithm::SourceIpHash | Algorithm::FiveTupleHash => None,
         }
@@ -795,6 +861,44 @@ mod tests {
             assert_eq!(b.pick(&pool, k, &[first]), Some(retry));
             let third = a.pick(&pool, k, &[first, retry]).unwrap();
             assert!(third != first && third != retry);
+        }
+    }
+
+    /// Slow start: a backend that just came up takes about its ramp's share (1% at the floor)
+    /// under every algorithm that honours it, and its full share once the ramp is over (or
+    /// under round robin and the hashes, which ignore it).
+    #[test]
+    fn slow_start_ramp_is_honoured_by_the_weighted_and_load_algorithms() {
+        for alg in Algorithm::ALL {
+            let backends = equal(2);
+            let now = crate::clock::monotonic_us();
+            for b in &backends {
+                b.latency.observe(100, now);
+            }
+            backends[1].came_up();
+            let pool = Pool::with_table_size(alg, backends, SMALL)
+                .with_slow_start(Duration::from_secs(1000));
+            let mut sel = Selector::new(0);
+            let mut on_1 = 0;
+            for i in 0..2000 {
+                let got = sel.pick(&pool, &client(i), &[]).unwrap();
+                // Connections stay open, so the load-aware algorithms see the counts grow.
+                pool.backends()[got].active.fetch_add(1, Ordering::Relaxed);
+                on_1 += usize::from(got == 1);
+            }
+            if alg.is_hash() || alg == Algorithm::RoundRobin {
+                assert!((800..=1200).contains(&on_1), "{alg}: {on_1}");
+            } else {
+                assert!((5..=60).contains(&on_1), "{alg}: {on_1}");
+            }
+            let no_ramp = Pool::with_table_size(alg, equal(2), SMALL)
+                .with_slow_start(Duration::from_secs(1000));
+            assert_eq!(no_ramp.slow_start_us(), 1_000_000_000);
+            let mut sel = Selector::new(0);
+            let ones = (0..100)
+                .filter(|&i| sel.pick(&no_ramp, &client(i), &[]) == Some(1))
+                .count();
+            assert!(ones > 20, "{alg}: {ones}");
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 
-use super::{eligible, ring};
+use super::{eligible, ring, Clock};
 
 /// Random draws before falling back to a scan. With a fraction `p` of the class eligible, all
 /// draws miss with probability `(1-p)^4`: 6% at p = 0.5; the scan keeps the worst case bounded.
@@ -49,12 +49,15 @@ pub(super) fn pick(
     backends: &[Arc<Backend>],
     members: &[usize],
     tried: &[usize],
+    clock: Clock,
 ) -> Option<usize> {
     let first = draw(rng, backends, members, tried, usize::MAX)?;
     let Some(second) = draw(rng, backends, members, tried, first) else {
         return Some(first);
     };
-    if backends[second].active() < backends[first].active() {
+    // (active + 1) / ramp compared by cross-multiplying: plain active counts without a ramp.
+    let load = |i: usize| u64::from(backends[i].active()) + 1;
+    if load(second) * clock.ramp(&backends[first]) < load(first) * clock.ramp(&backends[second]) {
         Some(second)
     } else {
         Some(first)

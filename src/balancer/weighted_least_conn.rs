@@ -1,7 +1,8 @@
 //! Weighted least connections: the eligible backend with the smallest `(active + 1) / weight`,
 //! i.e. the one whose load relative to its weight is lowest once it takes this connection.
 //! Counting the new connection (`+ 1`, as the spec's `active/weight` after the pick) makes the
-//! heavier backend win when all are idle, instead of a tie.
+//! heavier backend win when all are idle, instead of a tie. The weight is the effective one
+//! (weight x slow-start ramp).
 //!
 //! Hot path, O(n) per pick. Ratios are compared by cross-multiplication in `u64`
 //! (`(a_i + 1) * w_j < (a_j + 1) * w_i`; both factors fit in 32 bits), so no floats and no
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 
-use super::rotating_scan;
+use super::{rotating_scan, Clock};
 
 #[inline]
 pub(super) fn pick(
@@ -20,13 +21,15 @@ pub(super) fn pick(
     backends: &[Arc<Backend>],
     members: &[usize],
     tried: &[usize],
+    clock: Clock,
 ) -> Option<usize> {
     // (index, active + 1, weight)
     let mut best: Option<(usize, u64, u64)> = None;
     for i in rotating_scan(cursor, backends, members, tried) {
         let b = &backends[i];
         let load = u64::from(b.active()) + 1;
-        let weight = u64::from(b.weight());
+        // Effective weight in thousandths (slow start); still fits 42 bits.
+        let weight = u64::from(b.weight()) * clock.ramp(b);
         // A weight that raced to 0 since `eligible` never wins (its ratio is infinite).
         let better = match best {
             None => true,

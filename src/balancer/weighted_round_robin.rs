@@ -1,7 +1,8 @@
 //! Smooth weighted round robin (nginx's `ngx_http_upstream_get_peer`): on each pick every
 //! eligible backend adds its weight to its current weight, the largest current weight wins and
 //! gives back the total. Weights 5,1,1 give `a a b a c a a`: the heavy backend's turns are
-//! spread out instead of sent in a burst.
+//! spread out instead of sent in a burst. A backend in its slow-start ramp adds its effective
+//! weight (weight x ramp, in thousandths: `backend::slow_start`).
 //!
 //! Hot path, O(n) per pick (the algorithm has to look at every backend; n is the class size).
 //! Weights are read from the backends' atomics on every pick, so an admin weight change applies
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 
-use super::eligible;
+use super::{eligible, Clock};
 
 #[inline]
 pub(super) fn pick(
@@ -21,6 +22,7 @@ pub(super) fn pick(
     backends: &[Arc<Backend>],
     members: &[usize],
     tried: &[usize],
+    clock: Clock,
 ) -> Option<usize> {
     let mut total: i64 = 0;
     let mut best: Option<(usize, i64)> = None;
@@ -31,7 +33,8 @@ pub(super) fn pick(
         let Some(c) = current.get_mut(i) else {
             continue;
         };
-        let w = i64::from(backends[i].weight());
+        // In thousandths, so a slow-start ramp scales it without losing precision.
+        let w = i64::from(backends[i].weight()) * clock.ramp(&backends[i]) as i64;
         *c += w;
         total += w;
         // Strictly greater: ties go to the earlier backend, as in nginx.

@@ -97,6 +97,43 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// `token_file` as written (relative paths are relative to the config file's directory).
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_file` at load, its trailing newline removed. POSTs must
+    /// carry it as `Authorization: Bearer <token>`.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token. Its `Debug` never shows it, so a logged `Config` cannot
+/// leak it; compare it only with [`AdminToken::matches`] (constant time).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Box<[u8]>);
+
+impl AdminToken {
+    pub fn new(bytes: &[u8]) -> AdminToken {
+        AdminToken(bytes.into())
+    }
+
+    /// Whether `presented` is the token, in time that depends only on `presented`'s length:
+    /// every byte is compared (against the token repeated), and the verdict is taken once
+    /// at the end, so a caller timing the answers learns nothing about which bytes matched.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let token = &self.0;
+        let mut diff = u8::from(presented.len() != token.len());
+        if token.is_empty() {
+            return false;
+        }
+        for (i, &b) in presented.iter().enumerate() {
+            diff |= b ^ token[i % token.len()];
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +161,9 @@ pub struct ListenerConfig {
     /// One `l4lb::access` log line per connection (UDP: session) when it ends, and per
     /// refused connection. Read when the connection ends, so a reload applies at once.
     pub access_log: bool,
+    /// A backend that comes up ramps from a small floor to its weight over this long; zero =
+    /// off. Honoured by every algorithm but round robin and the hashes.
+    pub slow_start: Duration,
     pub backends: Vec<BackendConfig>,
     pub health_check: Option<HealthCheckConfig>,
 }

@@ -80,6 +80,7 @@ impl<'de> Deserialize<'de> for RawWorkers {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub bind: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// One `[[listener]]`.
@@ -103,6 +104,7 @@ pub(crate) struct RawListener {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub access_log: Option<bool>,
+    pub slow_start_s: Option<i64>,
     pub backends: Option<Vec<RawBackend>>,
     pub health_check: Option<RawHealthCheck>,
 }

@@ -24,8 +24,8 @@ use ipnet::IpNet;
 use super::raw::RawWorkers;
 use super::raw::{RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawListener, RawRuntime};
 use super::{
-    AdminConfig, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig, ListenerConfig,
-    Protocol, ProxyProtocol, RuntimeConfig, SpliceMode, Workers,
+    AdminConfig, AdminToken, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig,
+    ListenerConfig, Protocol, ProxyProtocol, RuntimeConfig, SpliceMode, Workers,
 };
 
 /// Most workers one process may run: far above any single host's core count, low enough that a
@@ -58,6 +58,8 @@ const MAX_RISE_FALL: i64 = 1000;
 /// The checker reads at most this many bytes of a reply looking for `expect`, and sends at
 /// most this many; both are fixed buffers.
 const MAX_CHECK_PAYLOAD: usize = 4096;
+/// One hour: a ramp longer than that is a maintenance plan, not a warm-up.
+const MAX_SLOW_START_S: i64 = 3600;
 /// Listener names appear in metric labels and admin URLs; keep them short.
 const MAX_NAME_LEN: usize = 64;
 
@@ -97,7 +99,7 @@ pub(crate) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         file: path.display().to_string(),
     };
     let runtime = runtime(&cx, raw.runtime.unwrap_or_default())?;
-    let admin = raw.admin.map(|a| admin(&cx, a)).transpose()?;
+    let admin = raw.admin.map(|a| admin(&cx, a, path)).transpose()?;
 
     let raw_listeners = raw.listener.unwrap_or_default();
     if raw_listeners.is_empty() {
@@ -320,11 +322,84 @@ fn runtime(cx: &Cx, raw: RawRuntime) -> Result<RuntimeConfig, ConfigError> {
     })
 }
 
-fn admin(cx: &Cx, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
+fn admin(cx: &Cx, raw: RawAdmin, path: &Path) -> Result<AdminConfig, ConfigError> {
     let bind = cx.required("admin.bind", raw.bind)?;
+    let bind = cx.bind_addr("admin.bind", &bind)?;
+    let (token_file, token) = match raw.token_file {
+        Some(file) => {
+            let (file, token) = admin_token(cx, &file, path)?;
+            (Some(file), Some(token))
+        }
+        None => (None, None),
+    };
+    let loopback = match bind.ip() {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    if !loopback && token.is_none() {
+        // Anyone who can reach the port could drain every backend: state changes from other
+        // hosts need a secret.
+        return Err(cx.err(
+            "admin.token_file",
+            format!("required when admin.bind ({bind}) is not a loopback address"),
+        ));
+    }
     Ok(AdminConfig {
-        bind: cx.bind_addr("admin.bind", &bind)?,
+        bind,
+        token_file,
+        token,
     })
+}
+
+/// Longest admin token: far above any generated secret (`openssl rand -hex 32` is 64), and
+/// it bounds the `Authorization` header we compare against.
+const MAX_TOKEN_LEN: usize = 1024;
+
+/// Read `admin.token_file` (relative to the config file's directory): one line of visible
+/// ASCII, its trailing newline (LF or CRLF) not part of the token.
+fn admin_token(
+    cx: &Cx,
+    file: &str,
+    config_path: &Path,
+) -> Result<(std::path::PathBuf, AdminToken), ConfigError> {
+    const KEY: &str = "admin.token_file";
+    if file.is_empty() {
+        return Err(cx.err(KEY, "must not be empty"));
+    }
+    let full = match config_path.parent() {
+        Some(dir) => dir.join(file),
+        None => std::path::PathBuf::from(file),
+    };
+    let bytes = std::fs::read(&full)
+        .map_err(|e| cx.err(KEY, format!("cannot read {}: {e}", full.display())))?;
+    let mut token: &[u8] = &bytes;
+    if let Some(rest) = token.strip_suffix(b"\n") {
+        token = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    if token.is_empty() {
+        return Err(cx.err(KEY, format!("{} holds no token", full.display())));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(cx.err(
+            KEY,
+            format!(
+                "the token in {} is longer than {MAX_TOKEN_LEN} bytes",
+                full.display()
+            ),
+        ));
+    }
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(cx.err(
+            KEY,
+            format!(
+                "the token in {} must be one line of visible ASCII (no spaces)",
+                full.display()
+            ),
+        ));
+    }
+    Ok((full, AdminToken::new(token)))
 }
 
 fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, ConfigError> {
@@ -414,6 +489,7 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
     let allow = cx.cidrs(&k("allow"), raw.allow)?;
     let deny = cx.cidrs(&k("deny"), raw.deny)?;
     let access_log = raw.access_log.unwrap_or(false);
+    let slow_start_s = cx.int(&k("slow_start_s"), raw.slow_start_s, 0, 0, MAX_SLOW_START_S)?;
 
     let backends = backends(cx, &k("backends"), raw.backends)?;
     let health_check = raw
@@ -439,6 +515,7 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         allow,
         deny,
         access_log,
+        slow_start: Duration::from_secs(to_u64(slow_start_s)),
         backends,
         health_check,
     })

@@ -114,12 +114,12 @@ impl Running {
         }
 
         if let Some(admin) = &config.admin {
-            crate::admin::spawn(admin.bind, shared.clone()).map_err(|source| {
-                RuntimeError::AdminBind {
+            crate::admin::spawn(admin.bind, admin.token.clone(), shared.clone()).map_err(
+                |source| RuntimeError::AdminBind {
                     addr: admin.bind,
                     source,
-                }
-            })?;
+                },
+            )?;
             log::info!("admin API on http://{}", admin.bind);
         }
 

@@ -35,7 +35,7 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("runtime.pin_cpus", o.pin_cpus != n.pin_cpus),
         ("runtime.cpus", o.cpus != n.cpus),
         ("runtime.splice", o.splice != n.splice),
-        ("admin.bind", old.admin != new.admin),
+        ("admin", old.admin != new.admin),
     ] {
         if changed {
             log::warn!("reload: {key} changed; it takes effect only after a restart");

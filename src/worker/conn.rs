@@ -51,6 +51,9 @@ pub struct Conn {
     pub awaiting_header: bool,
     /// Connect timeout of the attempt in flight, or the PROXY header's deadline.
     pub connect_deadline: u64,
+    /// `clock::monotonic_us` when the connect in flight started, for `least_latency`'s
+    /// samples; 0 when the listener does not need them (no clock read then).
+    pub connect_started_us: u64,
     /// Indices (in the pool) of backends that failed for this connection.
     pub tried: [usize; MAX_ATTEMPTS],
     pub tried_len: usize,
@@ -121,6 +124,7 @@ impl Conn {
             connecting: true,
             awaiting_header: false,
             connect_deadline: 0,
+            connect_started_us: 0,
             tried: [0; MAX_ATTEMPTS],
             tried_len: 0,
             c2b: Flow::new(splice),

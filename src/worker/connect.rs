@@ -106,6 +106,11 @@ impl Worker {
                     conn.connecting = true;
                     conn.connect_deadline =
                         self.now + wl.state.config.connect_timeout.as_millis() as u64;
+                    conn.connect_started_us = if pool.algorithm() == Algorithm::LeastLatency {
+                        crate::clock::monotonic_us()
+                    } else {
+                        0
+                    };
                     return ConnectStart::Started;
                 }
                 Err(e) if is_accept_resource_error(&e) => {

@@ -300,6 +300,12 @@ impl Worker {
                         if b.consecutive_failures.load(Ordering::Relaxed) != 0 {
                             b.consecutive_failures.store(0, Ordering::Relaxed);
                         }
+                        if conn.connect_started_us != 0 {
+                            // least_latency: the handshake's duration is the sample.
+                            let now = crate::clock::monotonic_us();
+                            b.latency
+                                .observe(now.saturating_sub(conn.connect_started_us), now);
+                        }
                     }
                     conn.connecting = false;
                     conn.last_active = self.now;

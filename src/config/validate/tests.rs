@@ -205,6 +205,7 @@ fn every_balance_name_is_accepted() {
         ("least_conn", Algorithm::LeastConn),
         ("weighted_least_conn", Algorithm::WeightedLeastConn),
         ("random_two", Algorithm::RandomTwo),
+        ("least_latency", Algorithm::LeastLatency),
         ("source_ip_hash", Algorithm::SourceIpHash),
         ("five_tuple_hash", Algorithm::FiveTupleHash),
     ] {
@@ -341,7 +342,7 @@ fn unknown_listener_key() {
         "conf/x.toml: listener[0].bakends: unknown key, expected one of name, protocol, bind, \
          balance, connect_timeout_ms, idle_timeout_s, connect_retries, max_connections, \
          max_conns_per_client, conn_rate_per_client, proxy_protocol, accept_proxy_protocol, \
-         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, backends, \
+         trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, slow_start_s, backends, \
          health_check"
     );
 }
@@ -556,6 +557,7 @@ fn unknown_balance_lists_the_valid_ones() {
         err(&one_backend("balance = \"fastest\"")),
         "conf/x.toml: listener[0].balance: unknown value \"fastest\", expected one of: \
          round_robin, weighted_round_robin, least_conn, weighted_least_conn, random_two, \
+         least_latency, \
          source_ip_hash, five_tuple_hash"
     );
 }
@@ -859,4 +861,123 @@ fn unreadable_file_has_no_key_path() {
             .starts_with("/nonexistent/l4lb.toml: cannot read file: "),
         "{e}"
     );
+}
+
+/// A file in a fresh directory under the system temp dir; removed with the directory.
+struct TokenDir(std::path::PathBuf);
+
+impl TokenDir {
+    fn new(tag: &str) -> TokenDir {
+        let dir = std::env::temp_dir().join(format!("l4lb-token-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TokenDir(dir)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for TokenDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn admin_token_file() {
+    let dir = TokenDir::new("cfg");
+    let admin = |bind: &str, file: &str| {
+        format!("[admin]\nbind = \"{bind}\"\ntoken_file = \"{file}\"\n{MINIMAL}")
+    };
+    // The trailing newline (LF or CRLF) is not part of the token.
+    for (name, bytes) in [
+        ("lf", &b"tok-1\n"[..]),
+        ("crlf", b"tok-1\r\n"),
+        ("none", b"tok-1"),
+    ] {
+        let file = dir.write(name, bytes);
+        let c = parse(&admin("127.0.0.1:9090", &file));
+        let a = c.admin.unwrap();
+        let token = a.token.expect("token");
+        assert!(token.matches(b"tok-1"), "{name}");
+        assert!(!token.matches(b"tok-1\n"), "{name}");
+        assert_eq!(a.token_file.unwrap(), std::path::PathBuf::from(&file));
+    }
+    // With a token, any bind is allowed.
+    let file = dir.write("ok", b"tok-1\n");
+    assert!(parse(&admin("0.0.0.0:9090", &file))
+        .admin
+        .unwrap()
+        .token
+        .is_some());
+    for (bytes, why) in [
+        (&b""[..], "holds no token"),
+        (b"\n", "holds no token"),
+        (
+            b"two words\n",
+            "must be one line of visible ASCII (no spaces)",
+        ),
+        (b"a\nb\n", "must be one line of visible ASCII (no spaces)"),
+    ] {
+        let file = dir.write("bad", bytes);
+        let e = err(&admin("127.0.0.1:9090", &file));
+        assert!(
+            e.starts_with("conf/x.toml: admin.token_file: ") && e.contains(why),
+            "{bytes:?}: {e}"
+        );
+    }
+    let missing = dir.0.join("missing").display().to_string();
+    let e = err(&admin("127.0.0.1:9090", &missing));
+    assert!(
+        e.starts_with(&format!(
+            "conf/x.toml: admin.token_file: cannot read {missing}: "
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_non_loopback_admin_bind_needs_a_token() {
+    for bind in [
+        "0.0.0.0:9090",
+        "10.1.2.3:9090",
+        "[::]:9090",
+        "[2001:db8::1]:9090",
+    ] {
+        assert_eq!(
+            err(&format!("[admin]\nbind = \"{bind}\"\n{MINIMAL}")),
+            format!(
+                "conf/x.toml: admin.token_file: required when admin.bind ({bind}) is not a \
+                 loopback address"
+            )
+        );
+    }
+    for bind in [
+        "127.0.0.1:9090",
+        "127.9.9.9:9090",
+        "[::1]:9090",
+        "[::ffff:127.0.0.1]:9090",
+    ] {
+        let c = parse(&format!("[admin]\nbind = \"{bind}\"\n{MINIMAL}"));
+        assert!(c.admin.unwrap().token.is_none());
+    }
+}
+
+#[test]
+fn a_relative_token_file_is_next_to_the_config() {
+    let dir = TokenDir::new("rel");
+    dir.write("admin.token", b"rel-token\n");
+    let conf = dir.0.join("l4lb.toml");
+    std::fs::write(
+        &conf,
+        format!("[admin]\nbind = \"127.0.0.1:9090\"\ntoken_file = \"admin.token\"\n{MINIMAL}"),
+    )
+    .unwrap();
+    let c = Config::load(&conf).unwrap();
+    let a = c.admin.unwrap();
+    assert_eq!(a.token_file.unwrap(), dir.0.join("admin.token"));
+    assert!(a.token.unwrap().matches(b"rel-token"));
 }

@@ -177,6 +177,9 @@ pub struct Session<S> {
     flushed: SessionStats,
     /// The backend has answered at least once (its passive-failure streak was reset).
     pub answered: bool,
+    /// `clock::monotonic_us` of the session's first datagram when its listener balances with
+    /// `least_latency` (the time to the first reply is the backend's sample); else 0.
+    pub opened_us: u64,
     admission: Admission,
 }
 
@@ -205,6 +208,7 @@ impl<S> Session<S> {
             stats: SessionStats::default(),
             flushed: SessionStats::default(),
             answered: false,
+            opened_us: 0,
             admission,
         }
     }

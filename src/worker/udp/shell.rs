@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use mio::net::UdpSocket;
 use mio::Interest;
 
-use crate::balancer::FlowKey;
+use crate::balancer::{Algorithm, FlowKey};
 use crate::metrics::{RejectReason, UdpDrop};
 use crate::net::io::{classify, is_accept_resource_error, IoClass};
 use crate::net::udp::{connect_udp, is_unreachable, Batch, BATCH};
@@ -170,8 +170,11 @@ impl Worker {
             let backend = pool.backends()[index].clone();
             match connect_udp(backend.addr) {
                 Ok(socket) => {
-                    let session =
+                    let mut session =
                         Session::new(li, client, reply_from, socket, backend, admission, now);
+                    if pool.algorithm() == Algorithm::LeastLatency {
+                        session.opened_us = crate::clock::monotonic_us();
+                    }
                     let key = self.udp.sessions.insert(session, idle_ms);
                     let registered = match self.udp.sessions.get_mut(key) {
                         Some(s) => self.poll.registry().register(
@@ -265,6 +268,13 @@ impl Worker {
                 // Only write the shared line when there is something to reset.
                 if s.backend.consecutive_failures.load(Ordering::Relaxed) != 0 {
                     s.backend.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                if s.opened_us != 0 {
+                    // least_latency over UDP: the time to the first reply is the sample.
+                    let now_us = crate::clock::monotonic_us();
+                    s.backend
+                        .latency
+                        .observe(now_us.saturating_sub(s.opened_us), now_us);
                 }
             }
             if truncated > 0 {

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Delay relay between two TUN devices, for tests that need a slow network path (this kernel
+has no netem qdisc).
+
+Usage: tun_delay.py TUN_A TUN_B DELAY_MS
+
+Creates the two TUN devices (IFF_TUN | IFF_NO_PI; not persistent, so they vanish with this
+process), prints "ready", then copies every IP packet read from one device to the other
+DELAY_MS milliseconds later, in both directions: a TCP handshake through the pair takes
+2 x DELAY_MS longer. The test moves TUN_B into a network namespace and routes to it through
+TUN_A. Exits when its stdin closes (the test ended or died) or after MAX_LIFETIME_S.
+"""
+import fcntl
+import heapq
+import os
+import select
+import struct
+import sys
+import time
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+# A test never needs the relay longer; bounds a relay whose test was killed uncleanly.
+MAX_LIFETIME_S = 300
+# Packets per device per wake-up, so one direction cannot starve the other.
+BURST = 64
+
+
+def open_tun(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+
+def main():
+    if len(sys.argv) != 4:
+        print(__doc__, file=sys.stderr)
+        return 2
+    a, b = open_tun(sys.argv[1]), open_tun(sys.argv[2])
+    delay = float(sys.argv[3]) / 1000.0
+    other = {a: b, b: a}
+    print("ready", flush=True)
+    queue = []  # (due, seq, fd to write, packet)
+    seq = 0
+    end = time.monotonic() + MAX_LIFETIME_S
+    while time.monotonic() < end:
+        timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else 1.0
+        ready, _, _ = select.select([a, b, 0], [], [], timeout)
+        if 0 in ready and not os.read(0, 4096):
+            return 0
+        now = time.monotonic()
+        for fd in (a, b):
+            if fd not in ready:
+                continue
+            for _ in range(BURST):
+                try:
+                    packet = os.read(fd, 65535)
+                except BlockingIOError:
+                    break
+                heapq.heappush(queue, (now + delay, seq, other[fd], packet))
+                seq += 1
+        now = time.monotonic()
+        while queue and queue[0][0] <= now:
+            _, _, fd, packet = heapq.heappop(queue)
+            try:
+                os.write(fd, packet)
+            except OSError:
+                pass  # device gone or queue full: the packet is lost, as on a real link
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
