@@ -182,7 +182,8 @@ cmd_down() {
         stop_pid "$pid"
       fi
     done
-    rm -rf "$DIR"
+    # Only a directory this script made (marker written by up) is removed.
+    if [[ -e $DIR/.ecmp-lab ]]; then rm -rf "$DIR"; fi
   fi
   for ns in "${NS_ALL[@]}"; do
     [[ -e /run/netns/$ns ]] && die "namespace $ns is still there"
@@ -290,7 +291,9 @@ cmd_up() {
   [[ -x $L4LB_BIN && -x $LOADGEN_BIN ]] ||
     die "binaries not found ($L4LB_BIN, $LOADGEN_BIN): cargo build --release --bins"
   cmd_down
+  [[ ! -e $DIR ]] || die "$DIR exists and is not an ecmp-lab state directory; set ECMP_LAB_DIR"
   mkdir -p "$DIR"
+  echo "$P" >"$DIR/.ecmp-lab"
   log "== lab $P: namespaces ${NS_ALL[*]}"
   for ns in "${NS_ALL[@]}"; do
     ip netns add "$ns"
@@ -608,7 +611,7 @@ bench_measure() {
 }
 
 cmd_bench() {
-  local n h cpus mode port rate errs mach r
+  local n h cpus mode port rate errs mach r max_l4lb=0
   local -a set per
   require_up
   read -ra cpus <<<"$(allowed_cpus)"
@@ -616,7 +619,8 @@ cmd_bench() {
   log "   machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), kernel $(uname -r); binaries $L4LB_BIN"
   log "   l4lb: 1 worker per host; h1, h2, h3 pinned to CPU $(for i in 0 1 2; do printf '%s ' "${cpus[i % ${#cpus[@]}]}"; done)(CPUs allowed: ${cpus[*]})"
   log "   the load generator, the backends, BIRD and the kernel's forwarding in every namespace share these CPUs"
-  log "   CPU columns: % of one CPU over the run (machine: all CPUs together, of $((100 * $(nproc)))%)"
+  log "   CPU columns: % of one CPU over the run (machine: all CPUs together, of $((100 * $(nproc)))%,"
+  log "   including anything else running on the machine; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg))"
   printf '   %-5s %-9s %-8s %12s %7s %9s  %s\n' hosts announced load rate errors machine "l4lb per host"
   for n in 1 2 3; do
     set=("${HOSTS[@]:0:n}")
@@ -627,7 +631,10 @@ cmd_bench() {
       read -r rate errs mach r <<<"$(bench_measure "$mode" "$port" "${set[@]}")"
       read -ra per <<<"$r"
       r=""
-      for ((h = 0; h < n; h++)); do r+="${set[h]} ${per[h]}%  "; done
+      for ((h = 0; h < n; h++)); do
+        r+="${set[h]} ${per[h]}%  "
+        if ((per[h] > max_l4lb)); then max_l4lb=${per[h]}; fi
+      done
       printf '   %-5s %-9s %-8s %12.0f %7s %8s%%  %s\n' "$n" "$(
         IFS=,
         echo "${set[*]}"
@@ -635,7 +642,8 @@ cmd_bench() {
     done
   done
   set_hosts "h1 h2 h3"
-  log "   (all three hosts announced again)"
+  log "   (all three hosts announced again; load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
+  log "   The busiest l4lb used ${max_l4lb}% of one CPU in any run."
   if (($(nproc) < 8)); then
     log "   What the CPU count limits: this machine has $(nproc) CPUs for everything in the lab: the"
     log "   load generator, three l4lb processes, the backends, and the kernel's forwarding in the"

@@ -45,7 +45,19 @@ fn missing_prerequisite() -> Option<&'static str> {
             });
         }
     }
-    None
+    // Creating a namespace needs CAP_SYS_ADMIN, which a container's root may lack.
+    let probe = format!("l4ecmpprobe{}", std::process::id());
+    let made = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+        None
+    } else {
+        Some("cannot create a network namespace here")
+    }
 }
 
 /// One lab, named after this process; `down` on drop, whatever happened.
