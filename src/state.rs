@@ -19,7 +19,7 @@ use crate::backend::{AdminState, Backend};
 use crate::balancer::Pool;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientTable, RateTable};
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{ListenerMetrics, LoopMetrics};
 
 /// One listener as every worker sees it. Immutable but for atomics; a reload that changes its
 /// settings publishes a new `ListenerState` built with [`ListenerState::reconfigured`].
@@ -204,6 +204,8 @@ pub struct SharedState {
     pub shutdown: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_error: AtomicU64,
+    /// Each worker's event-loop iteration times (`l4lb_worker_loop_seconds`).
+    pub loops: LoopMetrics,
 }
 
 /// The admin API's error for a state change.
@@ -237,6 +239,7 @@ impl SharedState {
             shutdown: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
+            loops: LoopMetrics::new(workers),
         }
     }
 
