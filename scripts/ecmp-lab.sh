@@ -378,7 +378,7 @@ probe() {
     before[$h]=$(wc -l <"$DIR/l4lb-$h.log")
   done
   in_ns "$P-client" "$LOADGEN_BIN" probe --target "$VIP:$HTTP_PORT" --sources "$SOURCES" \
-    --per-source 2 --threads 8 --connect-timeout-ms 2000 --timeout-ms 2000 \
+    --per-source 2 --threads 8 --connect-timeout-ms 5000 --timeout-ms 5000 \
     >"$base.probe" 2>"$base.err" || true
   want=$(grep -vc ' error=' "$base.probe" || true)
   # Access lines are written when each connection closes: wait for all of them (bounded).
@@ -472,7 +472,6 @@ show_figures() {
     printf '   => %d/%d %s (%s%%)\n' "$ok" "$total" "$what" "$pct"
     if ((ok != total || total == 0)); then FIGURES_OK=0; fi
   done < <(grep '^figure ' "$1.fig")
-  grep -v '^figure ' "$1.fig" || true
 }
 
 # checker_lines: the number of lines in the three checkers' logs, "h1:N h2:N h3:N".
@@ -510,8 +509,12 @@ phase() {
   done
   analyse "$base" "${4:-}" "${5:-}" >"$base.fig"
   grep -v '^figure ' "$base.fig"
-  show_figures "$base" "${6:-}" | grep '=>'
+  # Not in a pipeline: show_figures sets FIGURES_OK in this shell.
+  show_figures "$base" "${6:-}"
   if [[ -s $base.err ]]; then sed 's/^/   /' "$base.err"; fi
+  if grep -q ' error=' "$base.probe"; then
+    echo "   failed connections by kind: $(grep -o 'error=[a-z_]*' "$base.probe" | sort | uniq -c | tr -s ' ' | tr '\n' ',')"
+  fi
 }
 
 cmd_test() {
