@@ -1,11 +1,12 @@
-//! The admin HTTP API (SPEC.md, "Admin HTTP API"): `GET /metrics`, `GET /status` and
-//! `POST /listeners/{listener}/backends/{addr}/{enable|disable|drain}`, on a thread of its own
-//! ("l4lb-admin") with its own small mio loop. Every POST passes `guard.rs` first (Host,
-//! Origin, bearer token).
+//! The admin HTTP API (SPEC.md, "Admin HTTP API"): `GET /` (the dashboard), `GET /metrics`,
+//! `GET /status`, `POST /listeners/{listener}/backends/{addr}/{enable|disable|drain}` and
+//! `.../weight/{n}`, on a thread of its own ("l4lb-admin") with its own small mio loop. Every
+//! POST passes `guard.rs` first (Host, Origin, bearer token).
 //!
 //! Control path, off the data path: it only reads snapshots and atomics of [`SharedState`]
-//! and flips backend admin states through [`SharedState::set_backend_admin`]; no worker ever
-//! waits on it. Invariants: at most [`MAX_CONNS`] connections at once (more wait in the
+//! and flips backend admin states and weights through [`SharedState::set_backend_admin`] and
+//! [`SharedState::set_backend_weight`] (which rebuild and republish the pool here); no worker
+//! ever waits on it. Invariants: at most [`MAX_CONNS`] connections at once (more wait in the
 //! kernel's backlog until a slot frees), each bounded in time ([`REQUEST_TIMEOUT`],
 //! [`RESPONSE_TIMEOUT`]) and in size (`http::MAX_REQUEST`, 64 KiB, and at most
 //! [`MAX_READ_PER_CONN`] bytes read in all, including what is discarded after the response),
@@ -15,8 +16,10 @@
 //! The loop notices `shared.is_shutting_down()` within [`POLL_INTERVAL`].
 //!
 //! Files: `http.rs` (framing, sans-io), `guard.rs` (who may POST), `router.rs` (paths to
-//! responses), `prometheus.rs` (`/metrics`), `status.rs` (`/status` and JSON strings).
+//! responses), `dashboard.rs` (`/`, the page in `dashboard.html`), `prometheus.rs`
+//! (`/metrics`), `status.rs` (`/status` and JSON strings).
 
+mod dashboard;
 mod guard;
 mod http;
 mod prometheus;
@@ -67,7 +70,18 @@ pub fn spawn(
     token: Option<AdminToken>,
     shared: Arc<SharedState>,
 ) -> io::Result<JoinHandle<()>> {
-    let mut server = Server::bind(bind, shared)?;
+    spawn_on(TcpListener::bind(bind)?, token, shared)
+}
+
+/// Like `spawn`, on a listening socket bound elsewhere (inherited from a takeover or from
+/// systemd). After a takeover (`shared.is_handed_over()`) the thread stops accepting, answers
+/// the requests it has, and ends; the socket stays open for the new process.
+pub fn spawn_on(
+    listener: TcpListener,
+    token: Option<AdminToken>,
+    shared: Arc<SharedState>,
+) -> io::Result<JoinHandle<()>> {
+    let mut server = Server::with_listener(listener, shared)?;
     server.token = token;
     log::debug!("admin API bound to {}", server.local_addr);
     std::thread::Builder::new()
@@ -260,8 +274,12 @@ struct Server {
 }
 
 impl Server {
+    #[cfg(test)]
     fn bind(addr: SocketAddr, shared: Arc<SharedState>) -> io::Result<Server> {
-        let mut listener = TcpListener::bind(addr)?;
+        Server::with_listener(TcpListener::bind(addr)?, shared)
+    }
+
+    fn with_listener(mut listener: TcpListener, shared: Arc<SharedState>) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -280,7 +298,15 @@ impl Server {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(MAX_CONNS + 1);
+        let mut handed_over = false;
         while !self.shared.is_shutting_down() {
+            if !handed_over && self.shared.is_handed_over() {
+                handed_over = true;
+                let _ = self.poll.registry().deregister(&mut self.listener);
+            }
+            if handed_over && self.free.len() == MAX_CONNS {
+                break;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(POLL_INTERVAL)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::warn!("admin API: poll failed: {e}");
@@ -295,7 +321,7 @@ impl Server {
                 }
             }
             self.expire(Instant::now());
-            if self.backlogged && !self.free.is_empty() {
+            if self.backlogged && !self.free.is_empty() && !handed_over {
                 // The listener is edge-triggered: no new event comes for what already waits.
                 self.backlogged = false;
                 self.accept();

@@ -16,6 +16,10 @@ use ipnet::IpNet;
 
 pub use crate::balancer::Algorithm;
 
+/// The largest backend weight (config and admin API). Weights are relative; 1000 gives 0.1%
+/// resolution, and keeps weighted round robin's per-pick arithmetic far from overflow.
+pub const MAX_WEIGHT: u32 = 1000;
+
 /// A configuration problem: `file: key.path: what is wrong`, on one line. When `path` is
 /// empty (unreadable file, TOML syntax error) the key path and its colon are left out:
 /// `file: line 3 column 5: what is wrong`.
@@ -92,6 +96,10 @@ pub struct RuntimeConfig {
     /// Across all listeners; 0 = unlimited.
     pub max_connections: u64,
     pub drain_timeout: Duration,
+    /// When started as root: the user (and its primary group) to run as once bound.
+    pub user: Option<String>,
+    /// Unix socket on which `l4lb --takeover` asks for the listening sockets.
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -45,6 +45,7 @@ use mio::{Events, Poll, Token};
 
 use crate::balancer::Selector;
 use crate::config::ProxyProtocol;
+use crate::net::io::IoErrors;
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{ListenerState, SharedState};
 
@@ -172,6 +173,7 @@ impl Worker {
                 pipes: PipePool::new(MAX_IDLE_PIPES),
                 bufs: BufferPool::new(COPY_BUFFER, MAX_IDLE_BUFFERS),
                 splice: shared.splice,
+                errors: IoErrors::new(shared.io_errors.clone()),
             },
             timers: TimerWheel::new(now),
             udp: udp::UdpPlane::new(now),
@@ -194,12 +196,14 @@ impl Worker {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         log::debug!("worker {} running", self.id);
         let mut accepting = true;
+        let mut drain_since = 0;
         while !self.shared.is_shutting_down() {
             if accepting && self.shared.is_draining() {
                 accepting = false;
+                drain_since = self.now;
                 self.stop_accepting();
             }
-            if !accepting && self.conns.is_empty() {
+            if !accepting && self.conns.is_empty() && self.udp_handover_done(drain_since) {
                 break;
             }
             let timeout = self.poll_timeout();
@@ -241,6 +245,9 @@ impl Worker {
             }
             let ran = woke.elapsed().as_nanos() as u64;
             self.shared.loops.worker(self.id).record(ran, nevents);
+            if let Some(line) = self.io.errors.report(self.now) {
+                log::warn!("worker {}: {line}", self.id);
+            }
         }
         log::debug!(
             "worker {} stopping with {} connections",
