@@ -43,6 +43,13 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# --tools [ARGS]: the same candidates measured with wrk, iperf3 and a UDP echo instead, with
+# whole-machine CPU per unit of work: scripts/compare-tools.sh ARGS (see its --help).
+if [[ ${1:-} == --tools ]]; then
+  shift
+  exec scripts/compare-tools.sh "$@"
+fi
+
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
 }

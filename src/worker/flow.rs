@@ -19,6 +19,8 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
+use nix::libc;
+use socket2::SockRef;
 
 use crate::config::SpliceMode;
 use crate::net::io::{classify, IoClass};
@@ -47,6 +49,10 @@ pub struct Readiness {
     /// The peer's FIN (or an error) was reported: a read will return 0 or fail, and no further
     /// edge will announce it, so a short read must not clear `readable`.
     pub read_closed: bool,
+    /// The peer's FIN was reported without an error: after a short read the stream's end is
+    /// (barring urgent data) next, so what was read goes out corked to share a segment with
+    /// the FIN that follows it.
+    pub fin: bool,
 }
 
 /// Per-worker resources a direction borrows while it pumps.
@@ -368,9 +374,21 @@ impl Flow {
             // A full buffer: this is bulk traffic, which splice moves with fewer copies.
             self.splicing = true;
         }
+        // The last bytes before the peer's FIN: send them with MSG_MORE, so that the FIN which
+        // the next read (EOF) makes us send -- shutdown(2), or close(2) when the other
+        // direction is done -- joins their segment (HAProxy does the same). One segment less
+        // per closing direction, and one wake-up less for the receiver. If the next read
+        // returns data instead (urgent data can cut a read short), that write pushes both.
+        let corked = n < io.scratch.len() && src_ready.fin;
         let mut written = 0;
         while written < n && dst_ready.writable {
-            match (&*dst).write(&io.scratch[written..n]) {
+            let chunk = &io.scratch[written..n];
+            let sent = if corked {
+                SockRef::from(dst).send_with_flags(chunk, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+            } else {
+                (&*dst).write(chunk)
+            };
+            match sent {
                 Ok(0) => return Err(Broken),
                 Ok(w) => {
                     written += w;

@@ -194,12 +194,14 @@ impl Worker {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         log::debug!("worker {} running", self.id);
         let mut accepting = true;
+        let mut drain_since = 0;
         while !self.shared.is_shutting_down() {
             if accepting && self.shared.is_draining() {
                 accepting = false;
+                drain_since = self.now;
                 self.stop_accepting();
             }
-            if !accepting && self.conns.is_empty() {
+            if !accepting && self.conns.is_empty() && self.udp_handover_done(drain_since) {
                 break;
             }
             let timeout = self.poll_timeout();
@@ -431,4 +433,5 @@ fn note_readiness(conn: &mut Conn, backend_side: bool, event: &mio::event::Event
     ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
     ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
     ready.read_closed |= event.is_read_closed() || event.is_error();
+    ready.fin |= event.is_read_closed() && !event.is_error();
 }
