@@ -31,7 +31,7 @@
 #   --duration S     seconds per cell (default 3)
 #   --hold-conns N   idle connections for the RSS measurement (default 9000)
 #   --candidates L   comma list from direct,l4lb,haproxy,nginx (default: all)
-#   --base-port P    ports used: P+1, P+2 backends; P+80/81 l4lb; P+180 HAProxy;
+#   --base-port P    ports used: P+1, P+2 backends; P+80/81 l4lb (P+90 its admin API); P+180 HAProxy;
 #                    P+280/281 nginx (default 24000)
 #   --no-install     do not apt-get install haproxy/nginx when missing (they are skipped)
 #   --workloads L    comma list from tcp-rr,tcp-crr,tcp-stream,udp-rr,hold,mix (default: all)
