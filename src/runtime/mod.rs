@@ -88,12 +88,13 @@ fn bind_listener(l: &ListenerConfig, workers: usize) -> Result<Vec<ListenerSocke
 
 fn log_listener(l: &ListenerConfig) {
     log::info!(
-        "listener {} bound on {} ({}, {} backends, balance {:?})",
+        "listener {} bound on {} ({}, {} backends, balance {:?}, {} SNI routes)",
         l.name,
         l.bind,
         l.protocol.as_str(),
-        l.backends.len(),
-        l.balance
+        l.all_backends().count(),
+        l.balance,
+        l.routes.len()
     );
 }
 
