@@ -100,7 +100,8 @@ impl ListenerState {
 
     /// The same listener with new settings: counts, counters and per-client tables carry over;
     /// backends whose `addr` (as written) and resolved address are unchanged keep their
-    /// counters and state and take the new weight and cap.
+    /// counters and state and take the new weight and cap. Those change in place, for every
+    /// worker at once: call this only when the reload can no longer fail (all or nothing).
     pub fn reconfigured(&self, config: ListenerConfig, global_max: u64) -> ListenerState {
         let old_pool = self.pool.load();
         let backends: Vec<Arc<Backend>> = config
@@ -147,6 +148,29 @@ impl ListenerState {
             counters: self.counters.clone(),
             pool_dirty: AtomicBool::new(false),
         }
+    }
+
+    /// What a worker keeps of a retired listener once none of its connections or sessions is
+    /// left anywhere: the name and settings (for logs), no backends, no Maglev tables, no
+    /// per-client tables. The worker's slot then is free for the next added listener.
+    pub fn emptied(&self) -> ListenerState {
+        let mut config = self.config.clone();
+        config.backends = Vec::new();
+        ListenerState {
+            pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
+            config,
+            active: Arc::new(AtomicU64::new(0)),
+            udp_sessions: Arc::new(AtomicU64::new(0)),
+            clients: None,
+            rates: None,
+            counters: self.counters.clone(),
+            pool_dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether no connection (TCP) or session (UDP) of this listener is open in any worker.
+    pub fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && self.udp_sessions.load(Ordering::Acquire) == 0
     }
 
     /// Allow/deny lists: deny is checked first; an empty allow list allows everyone.

@@ -2,9 +2,10 @@
 //!
 //! Control path. Every `interval_ms` it connects to each backend of each listener that has a
 //! `[listener.health_check]`, optionally sends `send` and waits for `expect`, all within
-//! `timeout_ms`; `rise` successes mark a down backend up and `fall` failures mark an up
-//! backend down. Workers count passive failures (refused or timed-out connects) into the
-//! same `consecutive_failures` and mark a backend down themselves when it reaches `fall`;
+//! `timeout_ms`; `rise` successes mark a down backend up and `fall` failures in a row mark an
+//! up backend down. Workers count passive failures (refused or timed-out connects) in a count
+//! of their own (`consecutive_failures`; a data-path success resets only that one, never the
+//! checks' `check_failures`) and mark a backend down themselves when it reaches `fall`;
 //! this thread then republishes the pool so the Maglev tables move only that backend's keys.
 //! Without active checks, a passively downed backend is probed with a plain TCP connect every
 //! [`PASSIVE_RETRY_MS`] and comes back on the first success.
@@ -18,7 +19,8 @@
 //! unreachable host, not a hung service. Set `send`/`expect` to detect that too. A passively
 //! downed UDP backend is re-probed that way as well.
 //!
-//! Invariants: at most one probe in flight per backend; every probe ends (success, failure or
+//! Invariants: at most one probe in flight per backend (a `timeout_ms` longer than
+//! `interval_ms` is allowed: a probe still running delays the next one); every probe ends (success, failure or
 //! timeout) and is accounted exactly once; backends are tracked by identity (`Arc` pointer),
 //! so a reload that keeps a backend keeps its check state.
 
@@ -427,11 +429,14 @@ fn record(shared: &SharedState, t: &Target, ok: bool, why: &str) {
     let l = &t.listener;
     let (rise, fall) = check_config(l).map_or((1, 1), |hc| (hc.rise, hc.fall));
     if ok {
-        b.consecutive_failures.store(0, Ordering::Relaxed);
+        b.check_failures.store(0, Ordering::Relaxed);
         if !b.is_healthy() {
             let n = b.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
             if n >= rise && b.set_healthy(true) {
                 b.consecutive_successes.store(0, Ordering::Relaxed);
+                // Back up: the passive count starts over too, or one failed connect would
+                // take it down again at once.
+                b.consecutive_failures.store(0, Ordering::Relaxed);
                 log::info!(
                     "listener {}: backend {} is UP ({n} successful checks)",
                     l.config.name,
@@ -442,7 +447,7 @@ fn record(shared: &SharedState, t: &Target, ok: bool, why: &str) {
         }
     } else {
         b.consecutive_successes.store(0, Ordering::Relaxed);
-        let n = b.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = b.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if b.is_healthy() && n >= fall && b.set_healthy(false) {
             b.down_since_ms.store(shared.now_ms(), Ordering::Relaxed);
             log::info!(

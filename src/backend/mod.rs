@@ -9,7 +9,8 @@
 //! it. State and weight change in place, so every worker sees a change on its next pick.
 //!
 //! A backend's state has two independent sources: health (active checks and passive connect
-//! failures: up or down) and the operator (admin API: enabled, drain or disabled). The state
+//! failures: up or down, each counted on its own, either one can mark it down, and `rise`
+//! successful checks, or the passive re-probe, bring it back) and the operator (admin API: enabled, drain or disabled). The state
 //! every algorithm sees combines them: disabled, else drain, else the health. So a health
 //! check never undoes an operator's drain, and enabling a backend that is down keeps it down.
 
@@ -74,8 +75,13 @@ pub struct Backend {
     weight: AtomicU32,
     healthy: AtomicBool,
     admin: AtomicU8,
-    /// Consecutive failed connects (data path) or checks (health thread); reset on success.
+    /// Passive evidence: consecutive failed connects of the data path (TCP connect, UDP
+    /// session without a reply); reset by a data-path success and when the backend comes up.
     pub consecutive_failures: AtomicU32,
+    /// Active evidence: consecutive failed health checks (health thread only). Kept apart
+    /// from the passive count, so that clients still connecting to a backend that fails
+    /// its `expect` cannot keep resetting it (issue 10, bug 4).
+    pub check_failures: AtomicU32,
     /// Consecutive successful checks while down (health thread only).
     pub consecutive_successes: AtomicU32,
     /// Coarse ms clock (runtime start) of the last time this backend went down.
@@ -117,6 +123,7 @@ impl Backend {
             healthy: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Enabled as u8),
             consecutive_failures: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
             consecutive_successes: AtomicU32::new(0),
             down_since_ms: AtomicU64::new(0),
             active: AtomicU32::new(0),

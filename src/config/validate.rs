@@ -2,7 +2,7 @@
 //!
 //! Control path only (load, `--check` and reload). Owns every rule of the configuration:
 //! defaults, ranges, choices, address syntax, cross-key rules (unique listener names and bind
-//! addresses, unique backends, timeout <= interval) and hostname resolution, which happens here
+//! addresses, unique backends) and hostname resolution, which happens here
 //! and only here, with the blocking system resolver.
 //!
 //! Invariants of the result (relied on by the runtime, the balancer and the admin API): at least
@@ -58,6 +58,8 @@ const MAX_WEIGHT: i64 = 1000;
 /// few thousand backends; one hour is the coarsest that still deserves the name.
 const MIN_INTERVAL_MS: i64 = 10;
 const MAX_INTERVAL_MS: i64 = 3_600_000;
+/// A check that takes longer than ten minutes to answer is a dead backend, not a slow one.
+const MAX_CHECK_TIMEOUT_MS: i64 = 600_000;
 /// Consecutive results needed to flip a backend's state.
 const MAX_RISE_FALL: i64 = 1000;
 /// The checker reads at most this many bytes of a reply looking for `expect`, and sends at
@@ -786,17 +788,16 @@ fn health_check(cx: &Cx, key: &str, raw: RawHealthCheck) -> Result<HealthCheckCo
         MIN_INTERVAL_MS,
         MAX_INTERVAL_MS,
     )?;
-    // The default never exceeds a short interval the user chose: only an explicit timeout
-    // longer than the interval is an error.
-    let timeout_ms = raw
-        .timeout_ms
-        .unwrap_or(defaults::TIMEOUT_MS.min(interval_ms));
-    if !(1..=interval_ms).contains(&timeout_ms) {
-        return Err(cx.err(
-            k("timeout_ms"),
-            format!("must be between 1 and interval_ms ({interval_ms}), got {timeout_ms}"),
-        ));
-    }
+    // The default never exceeds a short interval the user chose. An explicit timeout may be
+    // longer than the interval (HAProxy's `inter 2s` with `timeout check 5s`): a check still
+    // running then delays the next one of the same backend.
+    let timeout_ms = cx.int(
+        &k("timeout_ms"),
+        raw.timeout_ms,
+        defaults::TIMEOUT_MS.min(interval_ms),
+        1,
+        MAX_CHECK_TIMEOUT_MS,
+    )?;
     let rise = cx.int(&k("rise"), raw.rise, defaults::RISE, 1, MAX_RISE_FALL)?;
     let fall = cx.int(&k("fall"), raw.fall, defaults::FALL, 1, MAX_RISE_FALL)?;
     let send = payload(cx, &k("send"), raw.send)?;

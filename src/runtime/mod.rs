@@ -203,7 +203,7 @@ impl Running {
 }
 
 const SIGNAL_TOKEN: Token = Token(0);
-/// How often the control loop looks at draining workers.
+/// How often the control loop looks at draining workers and at a reload's load in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Run until SIGTERM or SIGINT and the drain that follows.
@@ -220,8 +220,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let mut running = Running::start(config)?;
     let mut events = Events::with_capacity(8);
     let mut drain_deadline: Option<Instant> = None;
+    let mut reloader = reload::Reloader::default();
     loop {
-        let timeout = drain_deadline.map(|_| DRAIN_POLL);
+        let timeout = (drain_deadline.is_some() || reloader.busy()).then_some(DRAIN_POLL);
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(RuntimeError::Io {
@@ -245,11 +246,17 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                         timeout
                     );
                     running.begin_drain();
+                    reloader.abandon();
                     drain_deadline = Some(Instant::now() + timeout);
                 }
-                signals::Signal::Reload => reload::reload(&mut running),
+                signals::Signal::Reload if drain_deadline.is_some() => {
+                    // New listeners would accept until the drain deadline (SPEC).
+                    log::warn!("SIGHUP while draining: ignored");
+                }
+                signals::Signal::Reload => reloader.request(&running),
             }
         }
+        reloader.poll(&mut running);
         if let Some(deadline) = drain_deadline {
             if running.all_finished() {
                 log::info!("drained: every connection finished; exiting");

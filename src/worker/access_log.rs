@@ -67,6 +67,16 @@ impl End {
         }
     }
 
+    /// Whether this end cuts a connection short by l4lb's own decision (a timeout or the
+    /// drain), so that bytes still held must turn the close into a reset (SPEC: a cut stream
+    /// must not look complete).
+    pub fn cuts(self) -> bool {
+        matches!(
+            self,
+            End::IdleTimeout | End::FirstByteTimeout | End::Shutdown
+        )
+    }
+
     /// The `end=` value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -7,9 +7,9 @@
 //! Hot path: runs every loop turn; each connection is visited about once per wheel revolution
 //! or deadline. Invariants: a connection in the slab has exactly one timer entry; an entry
 //! whose generation is not the slab's was left by a closed connection and is skipped; `close`
-//! is the only way out of the slab, every caller says why ([`End`], which also decides the
-//! reset), and it gives back every count the connection held (backend, listener, global,
-//! per-client).
+//! is the only way out of the slab, every caller says why ([`End`], which decides the reset,
+//! together with the bytes still held when a timeout or the drain cuts the connection), and it
+//! gives back every count the connection held (backend, listener, global, per-client).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -94,7 +94,10 @@ impl Worker {
         let Some(mut conn) = self.conns.remove(key) else {
             return;
         };
-        if end.resets() {
+        // A timeout or the drain that cuts a connection with bytes still held here resets
+        // both sides: a FIN would let the peer take the cut stream for a complete one.
+        let held = conn.c2b.holds_bytes() || conn.b2c.holds_bytes();
+        if end.resets() || (end.cuts() && held) {
             set_linger_zero(&conn.client);
             if let Some(b) = &conn.backend {
                 set_linger_zero(b);

@@ -93,6 +93,12 @@ impl Flow {
         }
     }
 
+    /// Whether bytes read from the source still wait here to be written to the destination.
+    #[inline]
+    pub fn holds_bytes(&self) -> bool {
+        self.pending() > 0
+    }
+
     /// Whether this direction is finished: EOF read and passed on.
     #[inline]
     pub fn done(&self) -> bool {

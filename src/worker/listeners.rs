@@ -5,8 +5,9 @@
 //! Not on the hot path: runs at start, on the control thread's wake-up and once at drain.
 //! Invariants: a listener keeps its index, and so its token (`listener_token`), for the life
 //! of the worker, since connections refer to it by index: a removed one stays in the vector,
-//! `retired` and without a socket, so that its connections can finish; a replaced one keeps
-//! its socket; UDP sessions close with their listener's socket (no reply could leave).
+//! `retired` and without a socket, so that its connections can finish; once none is left in
+//! any worker it becomes `vacant` (its backends and tables freed) and the next added listener
+//! takes its index; a replaced one keeps its socket; UDP sessions close with their listener's socket (no reply could leave).
 
 use std::io;
 use std::sync::Arc;
@@ -24,7 +25,12 @@ impl Worker {
         state: Arc<ListenerState>,
         mut socket: Option<ListenerSocket>,
     ) -> io::Result<()> {
-        let index = self.listeners.len();
+        // A vacant slot is reused: a reload loop keeps the vector (and the token range) flat.
+        let index = self
+            .listeners
+            .iter()
+            .position(|l| l.vacant)
+            .unwrap_or(self.listeners.len());
         let registry = self.poll.registry();
         match &mut socket {
             Some(ListenerSocket::Tcp(s)) => {
@@ -36,14 +42,19 @@ impl Worker {
             None => {}
         }
         let bind = state.config.bind;
-        self.listeners.push(WorkerListener {
+        let listener = WorkerListener {
             socket,
             retired: false,
+            vacant: false,
             selector: Selector::new(self.id as u64),
             paused_until: None,
             local: (!bind.ip().is_unspecified()).then_some(bind),
             state,
-        });
+        };
+        match self.listeners.get_mut(index) {
+            Some(slot) => *slot = listener,
+            None => self.listeners.push(listener),
+        }
         Ok(())
     }
 
@@ -74,13 +85,34 @@ impl Worker {
                         }
                         l.retired = true;
                         l.paused_until = None;
+                        self.retiring += 1;
                         // Dropping the socket closes it and takes it out of the epoll set.
                         // UDP sessions cannot answer without it: they close now.
                         if matches!(l.socket.take(), Some(ListenerSocket::Udp(_))) {
                             self.udp_close_sessions(Some(li));
                         }
                     }
+                    self.sweep_retired();
                 }
+            }
+        }
+    }
+
+    /// Free what retired listeners hold (backends, Maglev tables, client tables) once their
+    /// last connection or session has ended in every worker (issue 10, bug 7): the slot keeps
+    /// an emptied state and becomes vacant, for the next added listener to take.
+    pub(super) fn sweep_retired(&mut self) {
+        for l in &mut self.listeners {
+            if l.retired && !l.vacant && l.state.is_idle() {
+                l.state = Arc::new(l.state.emptied());
+                l.selector = Selector::new(self.id as u64);
+                l.vacant = true;
+                self.retiring -= 1;
+                log::debug!(
+                    "worker {}: retired listener {} freed",
+                    self.id,
+                    l.state.config.name
+                );
             }
         }
     }

@@ -62,6 +62,10 @@ pub const COPY_BUFFER: usize = 32 * 1024;
 const MAX_IDLE_PIPES: usize = 64;
 const MAX_IDLE_BUFFERS: usize = 64;
 
+/// How often a worker with a retired listener still in use looks whether it can free it: its
+/// last connection may end in another worker, which does not wake this one.
+const RETIRED_SWEEP_MS: u64 = 1000;
+
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
 }
@@ -106,6 +110,9 @@ struct WorkerListener {
     socket: Option<ListenerSocket>,
     /// Removed by a reload: kept only so that its open connections can finish.
     retired: bool,
+    /// Retired and none of its connections left in any worker: `state` is an emptied copy
+    /// (no pool, no tables) and the slot is reused by the next added listener.
+    vacant: bool,
     state: Arc<ListenerState>,
     selector: Selector,
     paused_until: Option<u64>,
@@ -130,6 +137,8 @@ pub struct Worker {
     fired: Vec<TimerEntry>,
     now: u64,
     last_accept_warn: Option<u64>,
+    /// Retired listeners whose connections have not all ended yet (see `sweep_retired`).
+    retiring: usize,
 }
 
 impl Worker {
@@ -161,6 +170,7 @@ impl Worker {
             fired: Vec::new(),
             now,
             last_accept_warn: None,
+            retiring: 0,
             shared,
         };
         for (state, socket) in listeners {
@@ -208,6 +218,13 @@ impl Worker {
             self.expire_timers();
             self.udp_expire();
             self.resume_listeners();
+            // Only now, after every event of the batch was dispatched, may a key closed in
+            // this turn go to a new connection or session (stale events, see `slab`).
+            self.conns.release_removed();
+            self.udp.release_removed();
+            if self.retiring > 0 {
+                self.sweep_retired();
+            }
         }
         log::debug!(
             "worker {} stopping with {} connections",
@@ -229,6 +246,10 @@ impl Worker {
         let mut ms = self.timers.timeout_ms(self.now);
         if let Some(udp) = self.udp.timeout_ms(self.now) {
             ms = Some(ms.map_or(udp, |m| m.min(udp)));
+        }
+        if self.retiring > 0 {
+            // Another worker may close the last connection of a retired listener: look again.
+            ms = Some(ms.map_or(RETIRED_SWEEP_MS, |m| m.min(RETIRED_SWEEP_MS)));
         }
         for l in &self.listeners {
             if let Some(until) = l.paused_until {

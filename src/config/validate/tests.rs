@@ -110,6 +110,18 @@ fn health_check_defaults() {
     );
 }
 
+/// Issue 10, bug 5: a check timeout longer than the interval is a normal setting (HAProxy
+/// accepts `inter 2s` with `timeout check 5s`); it used to be refused.
+#[test]
+fn timeout_longer_than_the_interval_is_accepted() {
+    let c = parse(&format!(
+        "{MINIMAL}[listener.health_check]\ninterval_ms = 2000\ntimeout_ms = 5000\n"
+    ));
+    let hc = c.listeners[0].health_check.as_ref().unwrap();
+    assert_eq!(hc.interval, Duration::from_millis(2000));
+    assert_eq!(hc.timeout, Duration::from_millis(5000));
+}
+
 #[test]
 fn default_timeout_shrinks_to_a_short_interval() {
     let c = parse(&format!(
@@ -806,12 +818,12 @@ fn health_check_rules() {
             "listener[0].health_check.interval_ms: must be between 10 and 3600000, got 5",
         ),
         (
-            "interval_ms = 1000\ntimeout_ms = 1500",
-            "listener[0].health_check.timeout_ms: must be between 1 and interval_ms (1000), got 1500",
+            "timeout_ms = 0",
+            "listener[0].health_check.timeout_ms: must be between 1 and 600000, got 0",
         ),
         (
-            "timeout_ms = 0",
-            "listener[0].health_check.timeout_ms: must be between 1 and interval_ms (2000), got 0",
+            "timeout_ms = 600001",
+            "listener[0].health_check.timeout_ms: must be between 1 and 600000, got 600001",
         ),
         (
             "rise = 0",

@@ -88,6 +88,11 @@ impl UdpPlane {
         }
     }
 
+    /// End of a loop turn: keys of sessions closed in it may be reused (see `Slab`).
+    pub fn release_removed(&mut self) {
+        self.sessions.release_removed();
+    }
+
     /// Sessions open in this worker.
     pub fn sessions(&self) -> usize {
         self.sessions.len()

@@ -332,6 +332,11 @@ impl<S> SessionTable<S> {
         Some(session)
     }
 
+    /// Keys of sessions removed this loop turn become free again (see `Slab`).
+    pub fn release_removed(&mut self) {
+        self.slab.release_removed();
+    }
+
     /// Keys of every session (control path: drain, listener removal).
     pub fn keys(&self) -> Vec<usize> {
         self.slab.keys().collect()

@@ -148,6 +148,7 @@ fn stale_timer_entries_are_skipped() {
     let mut t = SessionTable::new(0);
     let k = open(&mut t, &state, &shared, 1000, 0).unwrap();
     t.remove(k).unwrap().release(&shared);
+    t.release_removed();
     // Same key, new generation, opened later: the old entry must not expire it.
     let k2 = open(&mut t, &state, &shared, 1001, 900).unwrap();
     assert_eq!(k, k2);
