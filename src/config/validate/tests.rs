@@ -235,7 +235,7 @@ fn shipped_l4lb_toml_is_valid() {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners.len(), 3);
     let web = &c.listeners[0];
     assert_eq!(web.bind, sock("127.0.0.1:8080"));
     assert_eq!(web.protocol, Protocol::Tcp);
@@ -250,6 +250,11 @@ fn shipped_l4lb_toml_is_valid() {
     );
     assert!(web.health_check.is_some());
     assert_eq!(c.listeners[1].balance, Algorithm::SourceIpHash);
+    let tls = &c.listeners[2];
+    assert_eq!(tls.routes.len(), 2);
+    assert_eq!(tls.routes[0].balance, Algorithm::RoundRobin);
+    assert_eq!(tls.routes[1].balance, Algorithm::LeastConn);
+    assert_eq!(tls.client_first_byte_timeout, Some(Duration::from_secs(5)));
 }
 
 #[test]
