@@ -1,8 +1,8 @@
 # l4lb: `make demo` (first try), `make test` (what CI runs).
 CARGO ?= cargo
-SCRIPTS := $(wildcard scripts/*.sh)
+SCRIPTS := $(wildcard scripts/*.sh) debian/postinst debian/prerm debian/postrm
 
-.PHONY: all build release test fmt fmt-check clippy shellcheck bench demo demo-run run clean
+.PHONY: all build release test fmt fmt-check clippy shellcheck bench demo demo-run run deb clean
 
 all: build
 
@@ -44,6 +44,11 @@ demo-run:
 ## Run the balancer on the documented example config.
 run: build
 	./target/release/l4lb --config conf/l4lb.toml
+
+## A Debian package in target/debian/ (cargo-deb, installed from crates.io when missing).
+deb:
+	@command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install --locked cargo-deb
+	$(CARGO) deb
 
 clean:
 	$(CARGO) clean

@@ -12,13 +12,18 @@
 # generator plus backends on CPU 1.
 # HAProxy: nbthread, `option splice-auto`. nginx: reuseport listeners. UDP: HAProxy has no
 # UDP proxying (n/a); nginx and l4lb use their UDP listeners.
+# Mixed load (workload "mix", its own table): 2 tcp-stream bulk connections (both directions)
+# and, at the same time, tcp-crr --conns 8 (connect, 1-byte request, answer, close) through
+# the same candidate; reported: the short connections' conn/s and p50/p90/p99 and the bulk
+# Gbit/s. It shows whether a bulk transfer makes new connections wait (issue 16).
 # Each cell is repeated (--repeat, default 3; every repeat restarts each candidate, in an order
 # rotated per repeat) and the median is reported.
-# Bounded: about 4 minutes by default, under 1 minute with --quick.
+# Bounded: about 6 minutes by default, under 1.5 minutes with --quick.
 #
 # Usage: scripts/compare.sh [--quick] [--repeat N] [--workers N] [--cpus LIST]
 #                           [--duration S] [--hold-conns N] [--candidates LIST]
-#                           [--base-port P] [--no-install]
+#                           [--base-port P] [--no-install] [--workloads LIST]
+#                           [--mix-duration S]
 #   --quick          1 repeat, 1 s per cell, 1 s hold
 #   --repeat N       runs per cell, the median is reported (default 3)
 #   --workers N      proxy workers/threads/processes (default: half the CPUs, at least 1)
@@ -29,11 +34,21 @@
 #   --base-port P    ports used: P+1, P+2 backends; P+80/81 l4lb; P+180 HAProxy;
 #                    P+280/281 nginx (default 24000)
 #   --no-install     do not apt-get install haproxy/nginx when missing (they are skipped)
+#   --workloads L    comma list from tcp-rr,tcp-crr,tcp-stream,udp-rr,hold,mix (default: all)
+#   --mix-duration S seconds of short connections in the mix (default 10; --quick: 2); the
+#                    bulk streams start 1 s before and stop 1 s after
 # Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN, NGINX_MODULES (the
 # nginx config file(s) that load the stream module; default the Debian layout).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# --tools [ARGS]: the same candidates measured with wrk, iperf3 and a UDP echo instead, with
+# whole-machine CPU per unit of work: scripts/compare-tools.sh ARGS (see its --help).
+if [[ ${1:-} == --tools ]]; then
+  shift
+  exec scripts/compare-tools.sh "$@"
+fi
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -50,6 +65,8 @@ CANDIDATES="direct,l4lb,haproxy,nginx"
 NGINX_MODULES=${NGINX_MODULES:-/etc/nginx/modules-enabled/*stream*.conf}
 BASE_PORT=24000
 INSTALL=1
+RUN_WORKLOADS="tcp-rr,tcp-crr,tcp-stream,udp-rr,hold,mix"
+MIX_DURATION=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1; shift ;;
@@ -61,6 +78,8 @@ while [[ $# -gt 0 ]]; do
     --candidates) CANDIDATES=${2:?--candidates needs a list}; shift 2 ;;
     --base-port) BASE_PORT=${2:?--base-port needs a port}; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
+    --workloads) RUN_WORKLOADS=${2:?--workloads needs a list}; shift 2 ;;
+    --mix-duration) MIX_DURATION=${2:?--mix-duration needs seconds}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -68,10 +87,12 @@ done
 if ((QUICK)); then
   REPEAT=${REPEAT:-1}
   DURATION=${DURATION:-1}
+  MIX_DURATION=${MIX_DURATION:-2}
   HOLD_S=1
 else
   REPEAT=${REPEAT:-3}
   DURATION=${DURATION:-3}
+  MIX_DURATION=${MIX_DURATION:-10}
   HOLD_S=2
 fi
 for n in "$REPEAT" "$HOLD_CONNS" "$BASE_PORT"; do
@@ -79,6 +100,14 @@ for n in "$REPEAT" "$HOLD_CONNS" "$BASE_PORT"; do
 done
 [[ -z $WORKERS || $WORKERS =~ ^[1-9][0-9]*$ ]] || { echo "compare: bad --workers $WORKERS" >&2; exit 2; }
 [[ $DURATION =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "compare: bad --duration $DURATION" >&2; exit 2; }
+[[ $MIX_DURATION =~ ^[1-9][0-9]*$ ]] || { echo "compare: bad --mix-duration $MIX_DURATION (whole seconds)" >&2; exit 2; }
+IFS=, read -ra RUN_WL <<<"$RUN_WORKLOADS"
+for w in "${RUN_WL[@]}"; do
+  case "$w" in tcp-rr | tcp-crr | tcp-stream | udp-rr | hold | mix) ;;
+    *) echo "compare: unknown workload $w" >&2; exit 2 ;;
+  esac
+done
+runs() { [[ ",$RUN_WORKLOADS," == *",$1,"* ]]; }
 
 BUILD_DIR=${BUILD_DIR:-target/release}
 L4LB_BIN=${L4LB_BIN:-$BUILD_DIR/l4lb}
@@ -158,10 +187,11 @@ B1=$((BASE_PORT + 1))
 B2=$((BASE_PORT + 2))
 L4LB_TCP=$((BASE_PORT + 80))
 L4LB_UDP=$((BASE_PORT + 81))
+L4LB_ADMIN=$((BASE_PORT + 90))
 HAPROXY_TCP=$((BASE_PORT + 180))
 NGINX_TCP=$((BASE_PORT + 280))
 NGINX_UDP=$((BASE_PORT + 281))
-for p in $B1 $B2 $L4LB_TCP $HAPROXY_TCP $NGINX_TCP; do
+for p in $B1 $B2 $L4LB_TCP $L4LB_ADMIN $HAPROXY_TCP $NGINX_TCP; do
   if port_open 127.0.0.1 "$p"; then
     log "port $p is in use; pick other ports with --base-port"
     exit 1
@@ -234,7 +264,7 @@ start_candidate() {
       TCP_T=127.0.0.1:$L4LB_TCP
       UDP_T=127.0.0.1:$L4LB_UDP
       render "$TEMPLATES/l4lb.toml.tmpl" "$TMP/l4lb.toml" \
-        "WORKERS=$WORKERS" "LISTEN_TCP=$TCP_T" "LISTEN_UDP=$UDP_T" \
+        "WORKERS=$WORKERS" "LISTEN_TCP=$TCP_T" "LISTEN_UDP=$UDP_T" "ADMIN=127.0.0.1:$L4LB_ADMIN" \
         "L4LB_TCP_BACKENDS=  { addr = \"127.0.0.1:$B1\" },
   { addr = \"127.0.0.1:$B2\" }," \
         "L4LB_UDP_BACKENDS=  { addr = \"127.0.0.1:$B1\" },
@@ -290,6 +320,8 @@ start_candidate() {
 
 # ------------------------------------------------------------------------- measurements
 declare -A RATE=() P99=() CPU_GB=() CPU_KC=() RSS_CONN=() UNIT=() ERRS=() NOTE=()
+declare -A MIX_RATE=() MIX_P50=() MIX_P90=() MIX_P99=() MIX_GBIT=() MIX_ERRS=() MIX_NOTE=()
+MIX_LOOP=()
 
 # cell CANDIDATE WORKLOAD: one run; appends its numbers to the cell's lists.
 cell() {
@@ -378,6 +410,78 @@ hold_cell() {
   fi
 }
 
+# loop_figures: l4lb's loop counters from /metrics on one line: iterations, the iteration
+# time sum in seconds, poll events, bytes moved, then the cumulative bucket counts; empty when
+# the build has no l4lb_worker_loop_seconds.
+loop_figures() {
+  curl -s --max-time 2 "http://127.0.0.1:$L4LB_ADMIN/metrics" 2>/dev/null | awk '
+    /^l4lb_worker_loop_seconds_count / { n = $2 }
+    /^l4lb_worker_loop_seconds_sum / { s = $2 }
+    /^l4lb_worker_poll_events_total / { e = $2 }
+    /^l4lb_backend_bytes_total\{listener="tcp"/ { b += $2 }
+    /^l4lb_worker_loop_seconds_bucket/ { k++; c[k] = $2; split($0, q, "\""); le[k] = q[2] }
+    END {
+      if (n == "") exit
+      printf "%s %s %s %s", n, s, e, b
+      for (i = 1; i <= k; i++) printf " %s=%s", le[i], c[i]
+      print ""
+    }'
+}
+
+# loop_delta BEFORE AFTER: what the loop did between two loop_figures lines: iterations,
+# mean µs, events per epoll_wait, KiB moved per iteration, share of iterations over 1 ms
+# and over 10 ms, and the bucket bound under which 99% of the iterations ran.
+loop_delta() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    na = split(a, x, " "); nb = split(b, y, " ")
+    if (na < 5 || nb != na) exit
+    n = y[1] - x[1]; if (n <= 0) exit
+    for (i = 5; i <= nb; i++) {
+      split(x[i], p, "="); split(y[i], q, "=")
+      le[i] = q[1]; d[i] = q[2] - p[2]
+      if (le[i] == "0.001") over1 = n - d[i]
+      if (le[i] == "0.01") over10 = n - d[i]
+      if (p99 == "" && d[i] >= 0.99 * n) p99 = le[i]
+    }
+    printf "%d iterations, mean %.0f µs, %.2f events/wait, %.0f KiB/iteration, %.2f%% over 1 ms, %.3f%% over 10 ms, p99 <= %s s\n",
+      n, (y[2] - x[2]) * 1e6 / n, (y[3] - x[3]) / n, (y[4] - x[4]) / 1024 / n,
+      100 * over1 / n, 100 * over10 / n, p99
+  }'
+}
+
+# mix_cell CANDIDATE: 2 bulk streams and, while they run, 8 connect-per-request clients.
+mix_cell() {
+  local cand=$1 spid crr stream loop0="" loop1=""
+  [[ $cand == l4lb ]] && loop0=$(loop_figures)
+  "${CLIENT_PIN[@]}" "$LOADGEN_BIN" tcp-stream --target "$TCP_T" --conns 2 --direction both \
+    --duration "$((MIX_DURATION + 2))" --threads "$CLIENT_THREADS" --json --quiet \
+    >"$TMP/mix-stream.json" 2>/dev/null &
+  spid=$!
+  PIDS+=("$spid")
+  sleep 1
+  crr=$("${CLIENT_PIN[@]}" "$LOADGEN_BIN" tcp-crr --target "$TCP_T" --conns 8 --size 1 \
+    --duration "$MIX_DURATION" --threads "$CLIENT_THREADS" --json --quiet 2>/dev/null |
+    tail -n 1) || true
+  wait "$spid" 2>/dev/null || true
+  if [[ -n $loop0 ]]; then
+    # The byte counters are reported from each connection's timer, about once a second.
+    sleep 0.5
+    loop1=$(loop_figures)
+    MIX_LOOP+=("$(loop_delta "$loop0" "$loop1")")
+  fi
+  stream=$(tail -n 1 "$TMP/mix-stream.json" 2>/dev/null || true)
+  if [[ $crr != "{"* || $stream != "{"* ]]; then
+    MIX_NOTE[$cand]="failed"
+    return 0
+  fi
+  MIX_RATE[$cand]+=" $(jget "$crr" rate)"
+  MIX_P50[$cand]+=" $(jget "$crr" p50)"
+  MIX_P90[$cand]+=" $(jget "$crr" p90)"
+  MIX_P99[$cand]+=" $(jget "$crr" p99)"
+  MIX_ERRS[$cand]+=" $(($(jget "$crr" total 0) + $(jget "$stream" total 0)))"
+  MIX_GBIT[$cand]+=" $(jget "$stream" gbit_s)"
+}
+
 # --------------------------------------------------------------------------------- run
 log "proxy CPUs: $PROXY_SET ($WORKERS workers); generator and backends: $CLIENT_SET$( ((SHARED)) && echo ' (shared: not enough CPUs to separate)')"
 "${CLIENT_PIN[@]}" "$LOADGEN_BIN" serve --mode echo --threads "$CLIENT_THREADS" \
@@ -391,7 +495,10 @@ if ! wait_port "$B1" "$BACKENDS_PID" || ! wait_port "$B2" "$BACKENDS_PID"; then
   exit 1
 fi
 
-WORKLOADS=(tcp-rr tcp-crr tcp-stream udp-rr)
+WORKLOADS=()
+for wl in tcp-rr tcp-crr tcp-stream udp-rr; do
+  runs "$wl" && WORKLOADS+=("$wl")
+done
 STARTED=$(date +%s)
 # Repeats go round the candidates (each repeat starts every candidate afresh, in an order
 # rotated by one per repeat), so that a slow minute of this shared machine lands on all of
@@ -415,8 +522,14 @@ for ((r = 1; r <= REPEAT; r++)); do
       log "$cand: $wl (run $r/$REPEAT)"
       cell "$cand" "$wl"
     done
-    log "$cand: hold $HOLD_CONNS (run $r/$REPEAT)"
-    hold_cell "$cand"
+    if runs mix; then
+      log "$cand: mix, 2 bulk streams + tcp-crr --conns 8 (run $r/$REPEAT)"
+      mix_cell "$cand"
+    fi
+    if runs hold; then
+      log "$cand: hold $HOLD_CONNS (run $r/$REPEAT)"
+      hold_cell "$cand"
+    fi
     stop_pid "$CAND_PID"
     CAND_PID=""
   done
@@ -446,7 +559,9 @@ echo "connection (user-space memory only; kernel socket buffers are not in RSS).
 echo
 echo "| workload | candidate | rate | p99 µs | vs HAProxy | CPU s/GB | CPU ms/1k conn | RSS/conn | errors |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for wl in "${WORKLOADS[@]}" hold; do
+REPORT_WL=("${WORKLOADS[@]}")
+runs hold && REPORT_WL+=(hold)
+for wl in "${REPORT_WL[@]}"; do
   hp=$(median "${RATE["haproxy|$wl"]:-}")
   for cand in "${WANT[@]}"; do
     key="$cand|$wl"
@@ -480,5 +595,47 @@ for wl in "${WORKLOADS[@]}" hold; do
       "$(fmt "$rss" '%.0f B')" "$(fmt "$errs" '%.0f')"
   done
 done
+if runs mix; then
+  echo
+  echo "### Mixed load: 2 bulk streams + connect-per-request"
+  echo
+  echo "2 tcp-stream connections (both directions, echo) run $((MIX_DURATION + 2)) s; 1 s in, tcp-crr"
+  echo "--conns 8 --size 1 runs ${MIX_DURATION} s through the same candidate. Median of $REPEAT run(s)."
+  echo "Latency: one connect + 1-byte request + answer + close, µs. vs HAProxy: conn/s ratio,"
+  echo "p99 ratio (lower is better), Gbit/s ratio."
+  echo
+  echo "| candidate | conn/s | p50 µs | p90 µs | p99 µs | bulk Gbit/s | vs HAProxy (conn/s, p99, Gbit/s) | errors |"
+  echo "|---|---|---|---|---|---|---|---|"
+  hr=$(median "${MIX_RATE[haproxy]:-}")
+  hp99=$(median "${MIX_P99[haproxy]:-}")
+  hg=$(median "${MIX_GBIT[haproxy]:-}")
+  for cand in "${WANT[@]}"; do
+    if [[ -n ${SKIP[$cand]:-} ]]; then
+      echo "| $cand | skipped: ${SKIP[$cand]} | | | | | | |"
+      continue
+    fi
+    rate=$(median "${MIX_RATE[$cand]:-}")
+    if [[ -z $rate ]]; then
+      echo "| $cand | ${MIX_NOTE[$cand]:-n/a} | | | | | | |"
+      continue
+    fi
+    p99=$(median "${MIX_P99[$cand]:-}")
+    gbit=$(median "${MIX_GBIT[$cand]:-}")
+    ratio="n/a"
+    if [[ -n $hr && -n $hp99 && -n $hg ]]; then
+      ratio=$(awk -v r="$rate" -v hr="$hr" -v p="$p99" -v hp="$hp99" -v g="$gbit" -v hg="$hg" \
+        'BEGIN { printf "%.2fx, %.2fx, %.2fx", (hr > 0 ? r / hr : 0), (hp > 0 ? p / hp : 0), (hg > 0 ? g / hg : 0) }')
+    fi
+    printf '| %s | %.0f | %.0f | %.0f | %.0f | %.2f | %s | %s |\n' "$cand" "$rate" \
+      "$(median "${MIX_P50[$cand]}")" "$(median "${MIX_P90[$cand]}")" "$p99" "$gbit" "$ratio" \
+      "$(median "${MIX_ERRS[$cand]}")"
+    echo "runs, $cand: conn/s${MIX_RATE[$cand]}; p99${MIX_P99[$cand]}; Gbit/s${MIX_GBIT[$cand]}" >>"$TMP/mix-runs.txt"
+  done
+  echo
+  sed 's/^/- /' "$TMP/mix-runs.txt" 2>/dev/null || true
+  for l in "${MIX_LOOP[@]}"; do
+    [[ -n $l ]] && echo "- l4lb worker loop during the mix (l4lb_worker_loop_seconds): $l"
+  done
+fi
 echo
 log "done in $(($(date +%s) - STARTED)) s"

@@ -16,6 +16,10 @@ struct Cli {
     /// Validate the configuration and exit (0 valid, 2 invalid).
     #[arg(long)]
     check: bool,
+    /// Take the listening sockets over from the l4lb running on `runtime.control_socket`,
+    /// then make it drain and exit (a binary upgrade).
+    #[arg(long, conflicts_with = "check")]
+    takeover: bool,
 }
 
 fn main() -> ExitCode {
@@ -34,7 +38,19 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    match l4lb::runtime::run(config) {
+    let start = if cli.takeover {
+        if config.runtime.control_socket.is_none() {
+            eprintln!(
+                "l4lb: {}: runtime.control_socket: required with --takeover",
+                cli.config.display()
+            );
+            return ExitCode::from(2);
+        }
+        l4lb::runtime::Start::Takeover
+    } else {
+        l4lb::runtime::Start::Fresh
+    };
+    match l4lb::runtime::run(config, start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("l4lb: {e}");

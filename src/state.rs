@@ -19,7 +19,7 @@ use crate::backend::{AdminState, Backend};
 use crate::balancer::Pool;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientTable, RateTable};
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{ListenerMetrics, LoopMetrics};
 
 /// One listener as every worker sees it. Immutable but for atomics; a reload that changes its
 /// settings publishes a new `ListenerState` built with [`ListenerState::reconfigured`].
@@ -217,8 +217,13 @@ pub struct SharedState {
     pub draining: AtomicBool,
     /// Set when the process must stop now (drain over, or a second signal).
     pub shutdown: AtomicBool,
+    /// Set (before `draining`) when a new process took the listening sockets over: they stay
+    /// open for it, and this process only finishes what it has.
+    pub handed_over: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_error: AtomicU64,
+    /// Each worker's event-loop iteration times (`l4lb_worker_loop_seconds`).
+    pub loops: LoopMetrics,
 }
 
 /// The admin API's error for a state change.
@@ -250,8 +255,10 @@ impl SharedState {
             started: Instant::now(),
             draining: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
+            loops: LoopMetrics::new(workers),
         }
     }
 
@@ -263,6 +270,10 @@ impl SharedState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 
     pub fn is_draining(&self) -> bool {

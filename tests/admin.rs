@@ -207,9 +207,13 @@ impl Scrape {
                 // Other comments are allowed.
             } else {
                 let sample = parse_sample(line).unwrap_or_else(|e| fail(&e));
-                if !scrape.help.contains_key(&sample.name)
-                    || !scrape.types.contains_key(&sample.name)
-                {
+                // A histogram's samples are its name with `_bucket`, `_sum` or `_count`.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|s| sample.name.strip_suffix(s))
+                    .find(|f| scrape.types.get(*f).is_some_and(|t| t == "histogram"))
+                    .unwrap_or(&sample.name);
+                if !scrape.help.contains_key(family) || !scrape.types.contains_key(family) {
                     fail("sample before (or without) its HELP and TYPE");
                 }
                 scrape.samples.push(sample);

@@ -67,7 +67,18 @@ pub fn spawn(
     token: Option<AdminToken>,
     shared: Arc<SharedState>,
 ) -> io::Result<JoinHandle<()>> {
-    let mut server = Server::bind(bind, shared)?;
+    spawn_on(TcpListener::bind(bind)?, token, shared)
+}
+
+/// Like `spawn`, on a listening socket bound elsewhere (inherited from a takeover or from
+/// systemd). After a takeover (`shared.is_handed_over()`) the thread stops accepting, answers
+/// the requests it has, and ends; the socket stays open for the new process.
+pub fn spawn_on(
+    listener: TcpListener,
+    token: Option<AdminToken>,
+    shared: Arc<SharedState>,
+) -> io::Result<JoinHandle<()>> {
+    let mut server = Server::with_listener(listener, shared)?;
     server.token = token;
     log::debug!("admin API bound to {}", server.local_addr);
     std::thread::Builder::new()
@@ -260,8 +271,12 @@ struct Server {
 }
 
 impl Server {
+    #[cfg(test)]
     fn bind(addr: SocketAddr, shared: Arc<SharedState>) -> io::Result<Server> {
-        let mut listener = TcpListener::bind(addr)?;
+        Server::with_listener(TcpListener::bind(addr)?, shared)
+    }
+
+    fn with_listener(mut listener: TcpListener, shared: Arc<SharedState>) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -280,7 +295,15 @@ impl Server {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(MAX_CONNS + 1);
+        let mut handed_over = false;
         while !self.shared.is_shutting_down() {
+            if !handed_over && self.shared.is_handed_over() {
+                handed_over = true;
+                let _ = self.poll.registry().deregister(&mut self.listener);
+            }
+            if handed_over && self.free.len() == MAX_CONNS {
+                break;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(POLL_INTERVAL)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::warn!("admin API: poll failed: {e}");
@@ -295,7 +318,7 @@ impl Server {
                 }
             }
             self.expire(Instant::now());
-            if self.backlogged && !self.free.is_empty() {
+            if self.backlogged && !self.free.is_empty() && !handed_over {
                 // The listener is edge-triggered: no new event comes for what already waits.
                 self.backlogged = false;
                 self.accept();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, BackendState};
 use crate::balancer::Pool;
-use crate::metrics::{RejectReason, UdpDrop};
+use crate::metrics::{RejectReason, UdpDrop, LOOP_BUCKETS_US};
 use crate::state::{ListenerState, SharedState};
 
 /// Metric names (SPEC.md lists the first ten; the rest are extras of this build).
@@ -40,6 +40,8 @@ pub const CONNECTIONS_CONNECT_FAILED: &str = "l4lb_connections_connect_failed_to
 pub const BACKEND_WEIGHT: &str = "l4lb_backend_weight";
 pub const BACKEND_ROUTE: &str = "l4lb_backend_route_info";
 pub const ROUTE_CONNECTIONS: &str = "l4lb_route_connections_total";
+pub const WORKER_LOOP: &str = "l4lb_worker_loop_seconds";
+pub const WORKER_POLL_EVENTS: &str = "l4lb_worker_poll_events_total";
 
 /// A per-backend family: name, type, help, and how to read its value.
 type BackendFamily = (
@@ -153,6 +155,8 @@ pub fn render(shared: &SharedState) -> String {
         &[("result", "error")],
         shared.reloads_error.load(Ordering::Relaxed),
     );
+
+    worker_loop(&mut w, shared);
 
     w.family(
         CONNECTIONS_ACCEPTED,
@@ -356,6 +360,37 @@ fn routes(w: &mut Writer, pools: &[(&Arc<ListenerState>, Arc<Pool>)]) {
     }
 }
 
+/// The workers' loop iteration times as one histogram (summed over workers) and the events
+/// their `epoll_wait` calls returned.
+fn worker_loop(w: &mut Writer, shared: &SharedState) {
+    let t = shared.loops.totals();
+    w.family(
+        WORKER_LOOP,
+        "histogram",
+        "Run time of one event-loop iteration (from epoll_wait returning to the next call), summed over workers.",
+    );
+    let mut cumulative = 0;
+    for (bound_us, n) in LOOP_BUCKETS_US.iter().zip(&t.buckets) {
+        cumulative += n;
+        let le = format!("{}", *bound_us as f64 / 1e6);
+        w.sample(&format!("{WORKER_LOOP}_bucket"), &[("le", &le)], cumulative);
+    }
+    let count = t.count();
+    w.sample(&format!("{WORKER_LOOP}_bucket"), &[("le", "+Inf")], count);
+    w.sample(
+        &format!("{WORKER_LOOP}_sum"),
+        &[],
+        format_args!("{:.6}", t.sum_ns as f64 / 1e9),
+    );
+    w.sample(&format!("{WORKER_LOOP}_count"), &[], count);
+    w.family(
+        WORKER_POLL_EVENTS,
+        "counter",
+        "Readiness events returned by the workers' epoll_wait calls (per iteration: divide by l4lb_worker_loop_seconds_count).",
+    );
+    w.sample(WORKER_POLL_EVENTS, &[], t.events);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +433,7 @@ backends = [ { addr = "127.0.0.1:5353" } ]
         assert!(text.ends_with('\n'));
         let mut seen: Vec<String> = Vec::new();
         let mut current: Option<String> = None;
+        let mut histogram = false;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let name = rest.split(' ').next().unwrap().to_string();
@@ -407,9 +443,20 @@ backends = [ { addr = "127.0.0.1:5353" } ]
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let mut f = rest.split(' ');
                 assert_eq!(f.next().map(str::to_string), current);
-                assert!(matches!(f.next(), Some("counter" | "gauge")), "{line}");
+                let kind = f.next();
+                assert!(
+                    matches!(kind, Some("counter" | "gauge" | "histogram")),
+                    "{line}"
+                );
+                histogram = kind == Some("histogram");
             } else {
-                let name = line.split(['{', ' ']).next().unwrap();
+                let mut name = line.split(['{', ' ']).next().unwrap();
+                if histogram {
+                    name = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or_else(|| panic!("histogram sample without suffix: {line}"));
+                }
                 assert_eq!(
                     Some(name),
                     current.as_deref(),
@@ -430,6 +477,7 @@ backends = [ { addr = "127.0.0.1:5353" } ]
             BACKEND_BYTES,
             UDP_SESSIONS_ACTIVE,
             CONFIG_RELOADS,
+            WORKER_LOOP,
         ] {
             assert!(seen.iter().any(|s| s == name), "{name} missing");
         }
@@ -480,5 +528,26 @@ backends = [ { addr = "127.0.0.1:5353" } ]
             .filter(|l| l.starts_with("l4lb_connections_rejected_total{listener=\"dns\""))
             .count();
         assert_eq!(reasons, RejectReason::ALL.len());
+    }
+
+    #[test]
+    fn loop_histogram_is_cumulative_and_sums_workers() {
+        let shared = shared_from(CONFIG);
+        shared.loops.worker(0).record(30_000, 4); // 30 µs
+        shared.loops.worker(2).record(3_000_000, 2); // 3 ms
+        let text = render(&shared);
+        for want in [
+            "l4lb_worker_loop_seconds_bucket{le=\"0.000025\"} 0",
+            "l4lb_worker_loop_seconds_bucket{le=\"0.00005\"} 1",
+            "l4lb_worker_loop_seconds_bucket{le=\"0.0025\"} 1",
+            "l4lb_worker_loop_seconds_bucket{le=\"0.005\"} 2",
+            "l4lb_worker_loop_seconds_bucket{le=\"1\"} 2",
+            "l4lb_worker_loop_seconds_bucket{le=\"+Inf\"} 2",
+            "l4lb_worker_loop_seconds_sum 0.003030",
+            "l4lb_worker_loop_seconds_count 2",
+            "l4lb_worker_poll_events_total 6",
+        ] {
+            assert!(text.lines().any(|l| l == want), "{want} missing in\n{text}");
+        }
     }
 }

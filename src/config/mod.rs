@@ -93,6 +93,10 @@ pub struct RuntimeConfig {
     /// Across all listeners; 0 = unlimited.
     pub max_connections: u64,
     pub drain_timeout: Duration,
+    /// When started as root: the user (and its primary group) to run as once bound.
+    pub user: Option<String>,
+    /// Unix socket on which `l4lb --takeover` asks for the listening sockets.
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

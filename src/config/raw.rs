@@ -37,6 +37,8 @@ pub(crate) struct RawRuntime {
     pub splice: Option<String>,
     pub max_connections: Option<i64>,
     pub drain_timeout_s: Option<i64>,
+    pub user: Option<String>,
+    pub control_socket: Option<String>,
 }
 
 /// `workers`: either a word (only `"auto"` is valid) or an integer.

@@ -38,6 +38,8 @@ use super::{
 const MAX_WORKERS: i64 = 1024;
 /// CPU ids are below this; it matches the kernel's default `CONFIG_NR_CPUS` ceiling (4096).
 const MAX_CPU_ID: i64 = 4095;
+/// The longest path a unix socket address holds (sun_path is 108 bytes with its NUL).
+const MAX_UNIX_PATH: usize = 107;
 /// One day: a drain longer than that is a stuck shutdown, not a graceful one.
 const MAX_DRAIN_TIMEOUT_S: i64 = 86_400;
 /// Ten minutes: a TCP connect that takes longer is not going to succeed.
@@ -326,7 +328,26 @@ fn runtime(cx: &Cx, raw: RawRuntime) -> Result<RuntimeConfig, ConfigError> {
         MAX_DRAIN_TIMEOUT_S,
     )?;
 
+    let user = match raw.user {
+        Some(u) if u.is_empty() || u.contains(['/', ':', '\0']) => {
+            return Err(cx.err("runtime.user", format!("invalid user name {u:?}")))
+        }
+        u => u,
+    };
+    let control_socket = match raw.control_socket {
+        // sun_path holds 108 bytes including the terminating NUL.
+        Some(p) if p.is_empty() || p.len() > MAX_UNIX_PATH || p.contains('\0') => {
+            return Err(cx.err(
+                "runtime.control_socket",
+                format!("must be a path of 1 to {MAX_UNIX_PATH} bytes, got {p:?}"),
+            ))
+        }
+        p => p.map(std::path::PathBuf::from),
+    };
+
     Ok(RuntimeConfig {
+        user,
+        control_socket,
         workers,
         pin_cpus,
         cpus,

@@ -1,7 +1,9 @@
-//! Sockets and kernel plumbing: REUSEPORT listeners (TCP and UDP), splice pipes, recvmmsg/
+//! Sockets and kernel plumbing: REUSEPORT listeners (TCP and UDP), sockets inherited from
+//! a takeover or systemd, splice pipes, recvmmsg/
 //! sendmmsg batches, and the classification of I/O errors into what the event loop does about
 //! them.
 
+pub mod inherit;
 pub mod io;
 pub mod listener;
 pub mod pipe;

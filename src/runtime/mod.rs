@@ -1,15 +1,25 @@
-//! Process start and stop: bind every listener once per worker, spawn and pin the workers,
-//! then run the control loop on the main thread (signals: reload, graceful drain, stop).
+//! Process start and stop: bind every listener once per worker (`bind.rs`; inherited sockets
+//! first), drop root, spawn and pin the workers, then run the control loop on the main thread:
+//! signals (reload, graceful drain, stop, SIGUSR2 upgrade), the control socket (a takeover
+//! hands the sockets over, then this process drains), sd_notify.
 //!
 //! Control path. Binding happens before any worker starts, so a bind failure exits with code 1
-//! naming the address before traffic flows.
+//! naming the address before traffic flows; a takeover tells the old process to drain only
+//! once this one serves.
 
+mod bind;
+pub mod control_socket;
 mod cpus;
+pub mod privileges;
 mod reload;
+pub mod sd_notify;
 mod signals;
+pub mod takeover;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,11 +29,16 @@ use crossbeam_channel::Sender;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::{Config, ListenerConfig, Protocol};
-use crate::net::listener::bind_tcp_reuseport;
-use crate::net::udp::bind_udp_reuseport;
+use crate::config::Config;
+use crate::net::inherit::Inherited;
 use crate::state::SharedState;
-use crate::worker::{ListenerSocket, Worker, WorkerCommand, WorkerSetup, WAKER_TOKEN};
+use crate::worker::WorkerCommand;
+pub use bind::Bound;
+use bind::{bind_listener, log_listener, record};
+use control_socket::ControlSocket;
+use privileges::PrivilegeError;
+use sd_notify::Notifier;
+use takeover::{Handover, TakeoverError};
 
 /// A failure that stops the process with exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +51,12 @@ pub enum RuntimeError {
     },
     #[error("admin: cannot bind {addr}: {source}")]
     AdminBind { addr: SocketAddr, source: io::Error },
+    #[error("runtime.control_socket: cannot listen on {path}: {source}")]
+    ControlSocket { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -67,111 +88,11 @@ pub struct Running {
     pub shared: Arc<SharedState>,
     config: Config,
     workers: Vec<WorkerHandle>,
-}
-
-/// Bind one socket per worker for a listener (TCP or UDP, each with SO_REUSEPORT).
-fn bind_listener(l: &ListenerConfig, workers: usize) -> Result<Vec<ListenerSocket>, RuntimeError> {
-    (0..workers)
-        .map(|_| {
-            match l.protocol {
-                Protocol::Tcp => bind_tcp_reuseport(l.bind).map(ListenerSocket::Tcp),
-                Protocol::Udp => bind_udp_reuseport(l.bind).map(ListenerSocket::Udp),
-            }
-            .map_err(|source| RuntimeError::Bind {
-                listener: l.name.clone(),
-                addr: l.bind,
-                source,
-            })
-        })
-        .collect()
-}
-
-fn log_listener(l: &ListenerConfig) {
-    log::info!(
-        "listener {} bound on {} ({}, {} backends, balance {:?}, {} SNI routes)",
-        l.name,
-        l.bind,
-        l.protocol.as_str(),
-        l.all_backends().count(),
-        l.balance,
-        l.routes.len()
-    );
+    /// A duplicate of every listening socket, for a takeover (emptied at drain).
+    handover: Handover,
 }
 
 impl Running {
-    /// Bind, spawn and pin the workers. Returns once they run.
-    pub fn start(config: Config) -> Result<Running, RuntimeError> {
-        cpus::raise_nofile_limit();
-        let placement = cpus::placement(&config.runtime);
-        let shared = Arc::new(SharedState::new(&config, placement.workers));
-
-        let mut per_worker: Vec<Vec<_>> = (0..placement.workers).map(|_| Vec::new()).collect();
-        for (l, state) in config.listeners.iter().zip(shared.listeners.load().iter()) {
-            let sockets = bind_listener(l, placement.workers)?;
-            for (w, socket) in sockets.into_iter().enumerate() {
-                per_worker[w].push((state.clone(), Some(socket)));
-            }
-            log_listener(l);
-        }
-
-        if let Some(admin) = &config.admin {
-            crate::admin::spawn(admin.bind, admin.token.clone(), shared.clone()).map_err(
-                |source| RuntimeError::AdminBind {
-                    addr: admin.bind,
-                    source,
-                },
-            )?;
-            log::info!("admin API on http://{}", admin.bind);
-        }
-
-        let mut workers = Vec::with_capacity(placement.workers);
-        for (id, listeners) in per_worker.into_iter().enumerate() {
-            let poll = Poll::new().map_err(io_err("cannot create an event loop"))?;
-            let waker = Arc::new(
-                Waker::new(poll.registry(), WAKER_TOKEN)
-                    .map_err(io_err("cannot create a waker"))?,
-            );
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let worker = Worker::new(WorkerSetup {
-                id,
-                poll,
-                listeners,
-                shared: shared.clone(),
-                commands: rx,
-            })
-            .map_err(io_err("cannot register a listener"))?;
-            let cpu = placement.cpu_for(id);
-            let thread = std::thread::Builder::new()
-                .name(format!("l4lb-worker-{id}"))
-                .spawn(move || {
-                    if let Some(cpu) = cpu {
-                        if !core_affinity::set_for_current(cpu) {
-                            log::warn!("worker {id}: cannot pin to CPU {}", cpu.id);
-                        }
-                    }
-                    worker.run();
-                })
-                .map_err(io_err("cannot spawn a worker thread"))?;
-            workers.push(WorkerHandle {
-                waker,
-                commands: tx,
-                thread: Some(thread),
-            });
-        }
-        crate::backend::health::spawn(shared.clone())
-            .map_err(io_err("cannot start the health checker"))?;
-        log::info!(
-            "started {} workers{}",
-            workers.len(),
-            if placement.pinned { " (pinned)" } else { "" }
-        );
-        Ok(Running {
-            shared,
-            config,
-            workers,
-        })
-    }
-
     fn wake_all(&self) {
         for w in &self.workers {
             let _ = w.waker.wake();
@@ -179,7 +100,10 @@ impl Running {
     }
 
     /// Stop accepting; connections already open go on until they end or `stop` is called.
-    pub fn begin_drain(&self) {
+    /// This process's duplicates of the listening sockets close here: without a takeover that
+    /// closes the sockets, so the kernel refuses new connections.
+    pub fn begin_drain(&mut self) {
+        self.handover.clear();
         self.shared.draining.store(true, Ordering::Release);
         self.wake_all();
     }
@@ -200,14 +124,58 @@ impl Running {
             }
         }
     }
+
+    /// Drain as `drain_timeout_s` says, blocking: for a start that fails after its workers
+    /// began to accept (its connections still finish).
+    fn drain_and_stop(mut self) {
+        self.begin_drain();
+        let deadline = Instant::now() + self.config.runtime.drain_timeout;
+        while !self.all_finished() && Instant::now() < deadline {
+            std::thread::sleep(DRAIN_POLL);
+        }
+        self.stop();
+    }
 }
 
 const SIGNAL_TOKEN: Token = Token(0);
-/// How often the control loop looks at draining workers and at a reload's load in flight.
+const CONTROL_TOKEN: Token = Token(1);
+/// How often the control loop looks at draining workers, at a reload's load in flight and at
+/// an upgrade child.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// Run until SIGTERM or SIGINT and the drain that follows.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// How the process comes by its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Bind them (taking any systemd passed, `LISTEN_FDS`).
+    Fresh,
+    /// Take them from the process on `runtime.control_socket`, then tell it to drain.
+    Takeover,
+}
+
+/// The control socket to listen on: the configured path, or for a takeover a staging path
+/// next to it that becomes the real one once the old process lets go.
+fn bind_control(config: &Config, start: Start) -> Result<Option<ControlSocket>, RuntimeError> {
+    let Some(path) = &config.runtime.control_socket else {
+        return Ok(None);
+    };
+    match start {
+        Start::Fresh => ControlSocket::bind(path),
+        Start::Takeover => takeover::bind_staging(path),
+    }
+    .map(Some)
+    .map_err(|source| RuntimeError::ControlSocket {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Run until SIGTERM or SIGINT and the drain that follows, or until a takeover and the drain
+/// that follows.
+pub fn run(config: Config, start: Start) -> Result<(), RuntimeError> {
+    let notifier = Notifier::from_env();
+    // The binary to start for an upgrade (SIGUSR2), named now: once a package replaces it,
+    // /proc/self/exe names the deleted file.
+    let exe = std::env::current_exe().ok();
     let signals = signals::block_and_listen().map_err(io_err("cannot set up signal handling"))?;
     let mut poll = Poll::new().map_err(io_err("cannot create the control loop"))?;
     poll.registry()
@@ -217,18 +185,94 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             Interest::READABLE,
         )
         .map_err(io_err("cannot watch signals"))?;
-    let mut running = Running::start(config)?;
+
+    let (client, inherited) = match (start, &config.runtime.control_socket) {
+        (Start::Takeover, Some(path)) => {
+            let (client, inherited) = takeover::Client::request(path)?;
+            log::info!(
+                "takeover: received {} listening sockets from process {}",
+                inherited.len(),
+                client.old_pid
+            );
+            (Some(client), inherited)
+        }
+        _ => (None, Inherited::from_listen_fds()),
+    };
+    let mut control = bind_control(&config, start)?;
+    let user = config.runtime.user.clone();
+    let target = privileges::resolve(user.as_deref())?;
+    let bound = Bound::bind(config, inherited)?;
+    if let (Some(target), Some(name)) = (target, &user) {
+        if let Some(c) = &control {
+            c.chown(target.uid, target.gid).map_err(io_err(format!(
+                "cannot give {} to {name}",
+                c.path().display()
+            )))?;
+        }
+        privileges::drop_to(name, target)?;
+    }
+    let mut running = bound.spawn()?;
+
+    match client {
+        Some(client) => match client.finish() {
+            Ok(old_pid) => {
+                if let (Some(c), Some(path)) =
+                    (&mut control, &running.config.runtime.control_socket)
+                {
+                    if let Err(e) = c.rename(path) {
+                        log::error!(
+                            "takeover: cannot move the control socket to {}: {e}; the next takeover needs a restart",
+                            path.display()
+                        );
+                    }
+                }
+                log::info!("takeover: process {old_pid} is draining; serving");
+                notifier.main_pid();
+            }
+            Err(e) => {
+                // The old process may still serve: finish what this one accepted, then fail.
+                log::error!("{e}; draining and exiting");
+                if let Some(c) = &control {
+                    c.remove();
+                }
+                running.drain_and_stop();
+                return Err(e.into());
+            }
+        },
+        None => notifier.ready(),
+    }
+    if let Some(c) = &control {
+        poll.registry()
+            .register(
+                &mut SourceFd(&c.raw_fd()),
+                CONTROL_TOKEN,
+                Interest::READABLE,
+            )
+            .map_err(io_err("cannot watch the control socket"))?;
+        log::info!("control socket on {}", c.path().display());
+    }
+
     let mut events = Events::with_capacity(8);
     let mut drain_deadline: Option<Instant> = None;
+    let mut upgrade: Option<Child> = None;
     let mut reloader = reload::Reloader::default();
-    loop {
-        let timeout = (drain_deadline.is_some() || reloader.busy()).then_some(DRAIN_POLL);
+    let result = loop {
+        let busy = drain_deadline.is_some() || upgrade.is_some() || reloader.busy();
+        let timeout = busy.then_some(DRAIN_POLL);
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(RuntimeError::Io {
+                break Err(RuntimeError::Io {
                     what: "control loop".into(),
                     source: e,
                 });
+            }
+        }
+        let mut drain = None;
+        if events.iter().any(|e| e.token() == CONTROL_TOKEN) {
+            if let Some(c) = &control {
+                if let Some(pid) = serve_control(c, &running, drain_deadline.is_some()) {
+                    drain = Some(format!("process {pid} took over"));
+                }
             }
         }
         while let Some(signal) = signals.next() {
@@ -236,41 +280,147 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 signals::Signal::Terminate if drain_deadline.is_some() => {
                     log::info!("second stop signal: exiting now");
                     running.shared.shutdown.store(true, Ordering::Release);
+                    remove_control(control.take(), &running);
                     return Ok(());
                 }
-                signals::Signal::Terminate => {
-                    let timeout = running.config.runtime.drain_timeout;
-                    log::info!(
-                        "stop signal: no longer accepting; draining {} connections for up to {:?}",
-                        running.shared.active.load(Ordering::Relaxed),
-                        timeout
-                    );
-                    running.begin_drain();
-                    reloader.abandon();
-                    drain_deadline = Some(Instant::now() + timeout);
-                }
+                signals::Signal::Terminate => drain = Some("stop signal".to_string()),
                 signals::Signal::Reload if drain_deadline.is_some() => {
                     // New listeners would accept until the drain deadline (SPEC).
                     log::warn!("SIGHUP while draining: ignored");
                 }
-                signals::Signal::Reload => reloader.request(&running),
+                signals::Signal::Reload => {
+                    if !reloader.busy() {
+                        notifier.reloading();
+                    }
+                    reloader.request(&running);
+                    if !reloader.busy() {
+                        notifier.ready();
+                    }
+                }
+                signals::Signal::Upgrade => {
+                    upgrade = start_upgrade(exe.as_deref(), &running, upgrade)
+                }
             }
         }
-        reloader.poll(&mut running);
+        if let Some(why) = drain.filter(|_| drain_deadline.is_none()) {
+            let timeout = running.config.runtime.drain_timeout;
+            log::info!(
+                "{why}: no longer accepting; draining {} connections for up to {:?}",
+                running.shared.active.load(Ordering::Relaxed),
+                timeout
+            );
+            if running.shared.is_handed_over() {
+                // The socket file is the new process's now (or soon): leave it alone.
+                if let Some(c) = control.take() {
+                    let _ = poll.registry().deregister(&mut SourceFd(&c.raw_fd()));
+                }
+            } else {
+                notifier.stopping();
+            }
+            running.begin_drain();
+            if reloader.busy() {
+                notifier.ready();
+            }
+            reloader.abandon();
+            drain_deadline = Some(Instant::now() + timeout);
+        }
+        if let Some(child) = &mut upgrade {
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    log::error!("upgrade: the new process exited with {status}; still serving");
+                }
+                upgrade = None;
+            }
+        }
+        if reloader.busy() {
+            reloader.poll(&mut running);
+            if !reloader.busy() {
+                notifier.ready();
+            }
+        }
         if let Some(deadline) = drain_deadline {
             if running.all_finished() {
                 log::info!("drained: every connection finished; exiting");
-                running.stop();
-                return Ok(());
+                break Ok(());
             }
             if Instant::now() >= deadline {
                 log::info!(
                     "drain timeout: closing {} remaining connections",
                     running.shared.active.load(Ordering::Relaxed)
                 );
-                running.stop();
-                return Ok(());
+                break Ok(());
             }
+        }
+    };
+    remove_control(control, &running);
+    running.stop();
+    result
+}
+
+/// Remove the control socket file, unless a takeover gave it to another process.
+fn remove_control(control: Option<ControlSocket>, running: &Running) {
+    if let Some(c) = control {
+        if !running.shared.is_handed_over() {
+            c.remove();
+        }
+    }
+}
+
+/// Answer the control connections that wait. `Some(pid)`: process `pid` took the sockets
+/// over; `handed_over` is set and this process must drain.
+fn serve_control(control: &ControlSocket, running: &Running, draining: bool) -> Option<u32> {
+    loop {
+        let conn = match control.accept(takeover::MESSAGE_TIMEOUT) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return None,
+            Err(e) => {
+                log::warn!("control socket: accept failed: {e}");
+                return None;
+            }
+        };
+        match takeover::serve(&conn, &running.handover, draining) {
+            Ok(Some(pid)) => {
+                running.shared.handed_over.store(true, Ordering::Release);
+                return Some(pid);
+            }
+            Ok(None) => log::warn!("takeover: the new process went away first; still serving"),
+            Err(e) => log::warn!("takeover: {e}; still serving"),
+        }
+    }
+}
+
+/// SIGUSR2: start `exe --config FILE --takeover` (in this service's cgroup, so systemd follows
+/// the new main PID). One at a time.
+fn start_upgrade(exe: Option<&Path>, running: &Running, current: Option<Child>) -> Option<Child> {
+    if current.is_some() {
+        log::warn!("upgrade signal: an upgrade is already running; ignored");
+        return current;
+    }
+    if running.config.runtime.control_socket.is_none() {
+        log::error!("upgrade signal: runtime.control_socket is not set; ignored");
+        return None;
+    }
+    let Some(exe) = exe else {
+        log::error!("upgrade signal: the path of this binary is unknown; ignored");
+        return None;
+    };
+    match Command::new(exe)
+        .arg("--config")
+        .arg(&running.config.path)
+        .arg("--takeover")
+        .spawn()
+    {
+        Ok(child) => {
+            log::info!(
+                "upgrade signal: started {} (pid {})",
+                exe.display(),
+                child.id()
+            );
+            Some(child)
+        }
+        Err(e) => {
+            log::error!("upgrade signal: cannot start {}: {e}", exe.display());
+            None
         }
     }
 }

@@ -28,7 +28,9 @@ use crate::config::{Config, ConfigError, ListenerConfig};
 use crate::state::ListenerState;
 use crate::worker::{ListenerSocket, WorkerCommand};
 
-use super::{bind_listener, log_listener, Running};
+use crate::net::inherit::Inherited;
+
+use super::{bind_listener, log_listener, record, Running};
 
 /// How long one reload's load (file, validation, every host name) may take. The system
 /// resolver tries each name server for 5 s by default (resolv.conf `timeout`), twice
@@ -168,6 +170,11 @@ fn warn_restart_only(old: &Config, new: &Config) {
         ("runtime.cpus", o.cpus != n.cpus),
         ("runtime.splice", o.splice != n.splice),
         ("admin", old.admin != new.admin),
+        ("runtime.user", o.user != n.user),
+        (
+            "runtime.control_socket",
+            o.control_socket != n.control_socket,
+        ),
     ] {
         if changed {
             log::warn!("reload: {key} changed; it takes effect only after a restart");
@@ -194,7 +201,7 @@ fn apply(running: &mut Running, new: Config, started: Instant) {
                     Change::Replace(old.clone(), Box::new(l.clone()))
                 }
             }
-            _ => match bind_listener(l, workers) {
+            _ => match bind_listener(l, workers, &mut Inherited::default()) {
                 Ok(sockets) => Change::Add(
                     Arc::new(ListenerState::new(l.clone(), global_max, workers)),
                     sockets,
@@ -227,6 +234,9 @@ fn apply(running: &mut Running, new: Config, started: Instant) {
                 "reload: listener {} removed; its connections finish",
                 old.config.name
             );
+            running
+                .handover
+                .forget(old.config.protocol, old.config.bind);
             for w in &running.workers {
                 w.send(WorkerCommand::RemoveListener(old.config.name.clone()));
             }
@@ -238,6 +248,7 @@ fn apply(running: &mut Running, new: Config, started: Instant) {
             Change::Add(state, sockets) => {
                 added += 1;
                 log_listener(&state.config);
+                record(&mut running.handover, &state.config, &sockets);
                 for (w, socket) in running.workers.iter().zip(sockets) {
                     w.send(WorkerCommand::AddListener(state.clone(), Some(socket)));
                 }

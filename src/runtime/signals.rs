@@ -1,6 +1,6 @@
-//! Signals, handled synchronously on the main thread: SIGTERM, SIGINT and SIGHUP are blocked
-//! in every thread (threads inherit the mask, so block before spawning any) and read from a
-//! non-blocking signalfd that the control loop polls. No handler runs in async-signal context
+//! Signals, handled synchronously on the main thread: SIGTERM, SIGINT, SIGHUP and SIGUSR2 are
+//! blocked in every thread (threads inherit the mask, so block before spawning any) and read
+//! from a non-blocking signalfd that the control loop polls. No handler runs in async-signal context
 //! and no worker is ever interrupted.
 
 use std::io;
@@ -13,6 +13,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 pub enum Signal {
     Terminate,
     Reload,
+    /// SIGUSR2: start the binary again with `--takeover` (an upgrade under systemd).
+    Upgrade,
 }
 
 #[derive(Debug)]
@@ -30,6 +32,7 @@ pub fn block_and_listen() -> io::Result<Signals> {
     set.add(NixSignal::SIGTERM);
     set.add(NixSignal::SIGINT);
     set.add(NixSignal::SIGHUP);
+    set.add(NixSignal::SIGUSR2);
     set.thread_block().map_err(to_io)?;
     let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(to_io)?;
@@ -46,10 +49,10 @@ impl Signals {
         loop {
             match self.fd.read_signal() {
                 Ok(Some(info)) => {
-                    return Some(if info.ssi_signo == NixSignal::SIGHUP as u32 {
-                        Signal::Reload
-                    } else {
-                        Signal::Terminate
+                    return Some(match info.ssi_signo {
+                        s if s == NixSignal::SIGHUP as u32 => Signal::Reload,
+                        s if s == NixSignal::SIGUSR2 as u32 => Signal::Upgrade,
+                        _ => Signal::Terminate,
                     })
                 }
                 Ok(None) => return None,

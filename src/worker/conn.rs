@@ -81,6 +81,10 @@ pub struct Conn {
     pub client_slot: Option<(Arc<ClientTable>, ClientSlot)>,
     /// Bytes of `c2b` and `b2c` already added to the backend's shared counters.
     pub reported: (u64, u64),
+    /// In the worker's resume list: it spent its budget with data still readable and is
+    /// driven again after everything else that is ready (events only update its readiness
+    /// meanwhile, so it is pumped at most once per loop turn).
+    pub resume: bool,
 }
 
 /// What the worker must do with a connection after driving it.
@@ -88,7 +92,7 @@ pub struct Conn {
 pub enum Drive {
     /// Wait for events.
     Wait,
-    /// Budget exhausted with data still readable: drive again on the next loop turn.
+    /// Budget exhausted with data still readable: drive again after what else is ready.
     Again,
     /// Both directions finished: close normally.
     Finished,
@@ -162,6 +166,7 @@ impl Conn {
             accepted_at: now_ms,
             client_slot: None,
             reported: (0, 0),
+            resume: false,
         }
     }
 

@@ -19,6 +19,12 @@ use crate::state::ListenerState;
 
 use super::{listener_token, ListenerSocket, Worker, WorkerCommand, WorkerListener};
 
+/// After a takeover, how long the old process's UDP sessions keep relaying backend replies to
+/// requests they forwarded before the switch. New client datagrams go to the new process, so
+/// only answers already on their way arrive here; 2 s covers any backend that answers at all
+/// in a request/response protocol (and `drain_timeout_s` still bounds it).
+const UDP_HANDOVER_GRACE_MS: u64 = 2_000;
+
 impl Worker {
     pub(super) fn add_listener(
         &mut self,
@@ -69,12 +75,14 @@ impl Worker {
                     }
                 }
                 WorkerCommand::ReplaceListener(state) => {
-                    if let Some(l) = self
+                    // A worker may hold several sockets of one listener (inherited by a
+                    // takeover from a process with more workers): each entry gets the state.
+                    for l in self
                         .listeners
                         .iter_mut()
-                        .find(|l| !l.retired && l.state.config.name == state.config.name)
+                        .filter(|l| !l.retired && l.state.config.name == state.config.name)
                     {
-                        l.state = state;
+                        l.state = state.clone();
                     }
                 }
                 WorkerCommand::RemoveListener(name) => {
@@ -86,8 +94,7 @@ impl Worker {
                         l.retired = true;
                         l.paused_until = None;
                         self.retiring += 1;
-                        // Dropping the socket closes it and takes it out of the epoll set.
-                        // UDP sessions cannot answer without it: they close now.
+                        // UDP sessions cannot answer without the socket: they close now.
                         if matches!(l.socket.take(), Some(ListenerSocket::Udp(_))) {
                             self.udp_close_sessions(Some(li));
                         }
@@ -120,11 +127,39 @@ impl Worker {
     /// Close every listening socket: new connections are refused by the kernel from now on.
     /// UDP sessions are dropped at once: they have no connection to finish, and replies could
     /// no longer leave through the closed listener sockets.
+    ///
+    /// After a takeover the sockets live on in the new process, which now reads them: TCP
+    /// listeners are only let go (their queues stay open), and UDP sockets are kept, out of
+    /// this loop's `Poll`, so that the replies to requests already forwarded can still leave
+    /// (`udp_handover_done` says when to stop waiting for them).
     pub(super) fn stop_accepting(&mut self) {
+        let handed_over = self.shared.is_handed_over();
+        let registry = self.poll.registry();
         for l in &mut self.listeners {
-            l.socket = None;
             l.paused_until = None;
+            // Deregister explicitly: epoll forgets a descriptor on close only once no process
+            // holds the socket, and after a takeover the new one does.
+            match l.socket.take() {
+                Some(ListenerSocket::Udp(mut s)) => {
+                    let _ = registry.deregister(&mut s);
+                    if handed_over {
+                        l.socket = Some(ListenerSocket::Udp(s));
+                    }
+                }
+                Some(ListenerSocket::Tcp(mut s)) => {
+                    let _ = registry.deregister(&mut s);
+                }
+                None => {}
+            }
         }
-        self.udp_close_sessions(None);
+        if !handed_over {
+            self.udp_close_sessions(None);
+        }
+    }
+
+    /// Whether the UDP sessions left after a takeover are done: none left, or their grace
+    /// period since `since` is over.
+    pub(super) fn udp_handover_done(&self, since: u64) -> bool {
+        self.udp.sessions() == 0 || self.now >= since + UDP_HANDOVER_GRACE_MS
     }
 }

@@ -1,10 +1,13 @@
 //! A worker: one thread, one mio `Poll`, its own REUSEPORT listening sockets, and the slab of
 //! connections the kernel steered to it. Connections never move between workers.
 //!
-//! Hot path. The loop: poll -> dispatch each event (accept until `WouldBlock`, connect
-//! completion, forwarding) -> drive connections that yielded -> expire timers. Nothing in here
-//! returns an error to the loop: every failure closes one connection (or pauses one listener
-//! after a resource error on accept) and the loop goes on.
+//! Hot path. The loop, in the order that keeps a bulk transfer from making new connections
+//! wait: poll -> first pass over the events: the waker, listeners (accept until
+//! `WouldBlock`), UDP, connects in flight (completion, PROXY header reads) -> second pass:
+//! forwarding on established connections, each driven with its byte budget -> connections
+//! that spent their budget last turn (the resume list), after everything else that was ready
+//! -> expire timers. Nothing in here returns an error to the loop: every failure closes one
+//! connection (or pauses one listener after a resource error on accept) and the loop goes on.
 //!
 //! This file holds the worker's types, its construction, the loop, event dispatch (connect
 //! completion included) and driving connections. The rest, as `impl Worker` blocks:
@@ -35,7 +38,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, UdpSocket};
@@ -55,6 +58,10 @@ use timer::{TimerEntry, TimerWheel};
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Events drained per poll; more wait for the next turn.
 const EVENTS_CAPACITY: usize = 1024;
+/// Connections the resume list holds before it grows: as many as the slab starts with. A
+/// connection is in it at most once (`Conn::resume`), so it outgrows this only when more
+/// than this many connections are bulk at the same time (amortized, never per read).
+const RESUME_CAPACITY: usize = 1024;
 /// Copy buffer size (scratch and pooled). 32 KiB: large enough that bulk copies take few
 /// syscalls, and a full read is the signal that `splice = auto` switches a direction to splice.
 pub const COPY_BUFFER: usize = 32 * 1024;
@@ -132,8 +139,12 @@ pub struct Worker {
     io: IoResources,
     timers: TimerWheel,
     udp: udp::UdpPlane,
-    again: Vec<usize>,
-    again_spare: Vec<usize>,
+    /// Connections that spent their budget with data left, `(key, generation)`, in the order
+    /// they yielded; driven after the events of the next turn. A closed connection's entry
+    /// is skipped by its generation.
+    resume: Vec<(usize, u32)>,
+    /// The list being driven while `resume` collects the yields of this turn.
+    resume_spare: Vec<(usize, u32)>,
     fired: Vec<TimerEntry>,
     now: u64,
     last_accept_warn: Option<u64>,
@@ -165,8 +176,8 @@ impl Worker {
             },
             timers: TimerWheel::new(now),
             udp: udp::UdpPlane::new(now),
-            again: Vec::new(),
-            again_spare: Vec::new(),
+            resume: Vec::with_capacity(RESUME_CAPACITY),
+            resume_spare: Vec::with_capacity(RESUME_CAPACITY),
             fired: Vec::new(),
             now,
             last_accept_warn: None,
@@ -184,12 +195,14 @@ impl Worker {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         log::debug!("worker {} running", self.id);
         let mut accepting = true;
+        let mut drain_since = 0;
         while !self.shared.is_shutting_down() {
             if accepting && self.shared.is_draining() {
                 accepting = false;
+                drain_since = self.now;
                 self.stop_accepting();
             }
-            if !accepting && self.conns.is_empty() {
+            if !accepting && self.conns.is_empty() && self.udp_handover_done(drain_since) {
                 break;
             }
             let timeout = self.poll_timeout();
@@ -200,18 +213,22 @@ impl Worker {
                 }
                 continue;
             }
-            self.now = self.shared.now_ms();
+            let woke = Instant::now();
+            self.now = woke
+                .saturating_duration_since(self.shared.started)
+                .as_millis() as u64;
+            let mut nevents = 0;
+            // New connections first: accepts, connect completions, PROXY headers.
             for event in events.iter() {
+                nevents += 1;
                 self.dispatch(event);
             }
-            // Swap in the spare list so that connections yielding again land in a new turn.
-            let mut again = std::mem::take(&mut self.again_spare);
-            std::mem::swap(&mut again, &mut self.again);
-            for &key in &again {
-                self.drive(key);
+            // Then forwarding, each ready connection with its budget.
+            for event in events.iter() {
+                self.dispatch_forwarding(event);
             }
-            again.clear();
-            self.again_spare = again;
+            // Last, the bulk flows that spent their budget in an earlier turn.
+            self.drive_resumed();
             self.udp_drive_again();
             // Replies of every session that answered this turn: one sendmmsg per 32.
             self.udp_flush();
@@ -225,6 +242,8 @@ impl Worker {
             if self.retiring > 0 {
                 self.sweep_retired();
             }
+            let ran = woke.elapsed().as_nanos() as u64;
+            self.shared.loops.worker(self.id).record(ran, nevents);
         }
         log::debug!(
             "worker {} stopping with {} connections",
@@ -240,7 +259,7 @@ impl Worker {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() || self.udp.has_work() {
+        if !self.resume.is_empty() || self.udp.has_work() {
             return Some(Duration::ZERO);
         }
         let mut ms = self.timers.timeout_ms(self.now);
@@ -284,71 +303,105 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-        let ready = if backend_side {
-            &mut conn.backend_ready
-        } else {
-            &mut conn.client_ready
-        };
-        ready.readable |= readable;
-        ready.writable |= writable;
-        ready.read_closed |= event.is_read_closed() || event.is_error();
-        if conn.connecting {
-            if !backend_side {
-                // Client bytes wait in the kernel until the backend is connected; only a PROXY
-                // header and (SNI routing) a ClientHello are read before.
-                if conn.awaiting_header {
-                    self.read_proxy_header(key);
-                } else if conn.awaiting_hello {
-                    self.read_hello(key);
-                }
-                return;
+        if !conn.connecting {
+            // Forwarding: the second pass (`dispatch_forwarding`).
+            return;
+        }
+        note_readiness(conn, backend_side, event);
+        if !backend_side {
+            // Client bytes wait in the kernel until the backend is connected; only a PROXY
+            // header and (SNI routing) a ClientHello are read before.
+            if conn.awaiting_header {
+                self.read_proxy_header(key);
+            } else if conn.awaiting_hello {
+                self.read_hello(key);
             }
-            if conn.awaiting_header || conn.awaiting_hello {
-                // A stale event of a previous connection on this key: nothing to connect yet.
-                return;
-            }
-            match conn.check_connect(
-                event.is_writable(),
-                event.is_error() || event.is_write_closed(),
-            ) {
-                ConnectState::InProgress => return,
-                ConnectState::Failed => {
-                    self.connect_failed(key);
-                    return;
-                }
-                ConnectState::Connected => {
-                    if let Some(b) = &conn.backend_ref {
-                        // Only write the shared line when there is something to reset.
-                        if b.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                            b.consecutive_failures.store(0, Ordering::Relaxed);
-                        }
-                        if conn.connect_started_us != 0 {
-                            // least_latency: the handshake's duration is the sample.
-                            let now = crate::clock::monotonic_us();
-                            b.latency
-                                .observe(now.saturating_sub(conn.connect_started_us), now);
-                        }
+            return;
+        }
+        if conn.awaiting_header || conn.awaiting_hello {
+            // A stale event of a previous connection on this key: nothing to connect yet.
+            return;
+        }
+        match conn.check_connect(
+            event.is_writable(),
+            event.is_error() || event.is_write_closed(),
+        ) {
+            ConnectState::InProgress => {}
+            ConnectState::Failed => self.connect_failed(key),
+            ConnectState::Connected => {
+                if let Some(b) = &conn.backend_ref {
+                    // Only write the shared line when there is something to reset.
+                    if b.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                        b.consecutive_failures.store(0, Ordering::Relaxed);
                     }
-                    conn.connecting = false;
-                    conn.last_active = self.now;
-                    let wl = &self.listeners[conn.listener];
-                    let version = wl.state.config.proxy_protocol;
-                    if version != ProxyProtocol::Off {
-                        let dest = match wl.local {
-                            Some(addr) => addr,
-                            None => conn.client.local_addr().unwrap_or(wl.state.config.bind),
-                        };
-                        if conn.send_proxy_header(version, dest, &mut self.io).is_err() {
-                            self.close(key, End::Reset);
-                            return;
-                        }
+                    if conn.connect_started_us != 0 {
+                        // least_latency: the handshake's duration is the sample.
+                        let now = crate::clock::monotonic_us();
+                        b.latency
+                            .observe(now.saturating_sub(conn.connect_started_us), now);
                     }
                 }
+                conn.connecting = false;
+                conn.last_active = self.now;
+                let wl = &self.listeners[conn.listener];
+                let version = wl.state.config.proxy_protocol;
+                if version != ProxyProtocol::Off {
+                    let dest = match wl.local {
+                        Some(addr) => addr,
+                        None => conn.client.local_addr().unwrap_or(wl.state.config.bind),
+                    };
+                    if conn.send_proxy_header(version, dest, &mut self.io).is_err() {
+                        self.close(key, End::Reset);
+                    }
+                }
+                // Its first bytes move in the second pass, which sees this event again.
             }
         }
-        self.drive(key);
+    }
+
+    /// Second pass over a turn's events: connections that are forwarding. One in the resume
+    /// list only learns its readiness here; it is driven with the resumed ones, once.
+    fn dispatch_forwarding(&mut self, event: &mio::event::Event) {
+        let token = event.token();
+        if token.0 >= udp::UDP_TOKEN_BIT {
+            // The waker, a listener or a UDP session: the first pass served it.
+            return;
+        }
+        let key = token.0 / 2;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.connecting {
+            return;
+        }
+        note_readiness(conn, token.0 % 2 == 1, event);
+        if !conn.resume {
+            self.drive(key);
+        }
+    }
+
+    /// Drive the connections that spent their budget before this turn, in the order they
+    /// yielded. Those that spend it again go to the back, for the next turn: a turn drives
+    /// each connection at most once, after the events.
+    fn drive_resumed(&mut self) {
+        if self.resume.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut self.resume, &mut self.resume_spare);
+        let list = std::mem::take(&mut self.resume_spare);
+        for &(key, generation) in &list {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation || !conn.resume {
+                continue;
+            }
+            conn.resume = false;
+            self.drive(key);
+        }
+        let mut list = list;
+        list.clear();
+        self.resume_spare = list;
     }
 
     fn drive(&mut self, key: usize) {
@@ -360,9 +413,28 @@ impl Worker {
         }
         match conn.drive(&mut self.io, self.now) {
             Drive::Wait => {}
-            Drive::Again => self.again.push(key),
+            Drive::Again => {
+                if !conn.resume {
+                    conn.resume = true;
+                    self.resume.push((key, conn.generation));
+                }
+            }
             Drive::Finished => self.close(key, End::Finished),
             Drive::Reset => self.close(key, End::Reset),
         }
     }
+}
+
+/// Record what an event says about one socket of a connection (edge-triggered: kept until a
+/// read or write meets `WouldBlock`).
+fn note_readiness(conn: &mut Conn, backend_side: bool, event: &mio::event::Event) {
+    let ready = if backend_side {
+        &mut conn.backend_ready
+    } else {
+        &mut conn.client_ready
+    };
+    ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+    ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+    ready.read_closed |= event.is_read_closed() || event.is_error();
+    ready.fin |= event.is_read_closed() && !event.is_error();
 }

@@ -880,6 +880,33 @@ fn unreadable_file_has_no_key_path() {
     );
 }
 
+#[test]
+fn runtime_user_and_control_socket() {
+    let c = Config::parse(
+        &format!("[runtime]\nuser = \"l4lb\"\ncontrol_socket = \"/run/l4lb/c.sock\"\n{MINIMAL}"),
+        Path::new(FILE),
+    )
+    .expect("valid");
+    assert_eq!(c.runtime.user.as_deref(), Some("l4lb"));
+    assert_eq!(
+        c.runtime.control_socket.as_deref(),
+        Some(Path::new("/run/l4lb/c.sock"))
+    );
+    assert_eq!(
+        err(&format!("[runtime]\nuser = \"\"\n{MINIMAL}")),
+        "conf/x.toml: runtime.user: invalid user name \"\""
+    );
+    let long = "x".repeat(108);
+    assert_eq!(
+        err(&format!(
+            "[runtime]\ncontrol_socket = \"{long}\"\n{MINIMAL}"
+        )),
+        format!(
+            "conf/x.toml: runtime.control_socket: must be a path of 1 to 107 bytes, got \"{long}\""
+        )
+    );
+}
+
 /// A file in a fresh directory under the system temp dir; removed with the directory.
 struct TokenDir(std::path::PathBuf);
 

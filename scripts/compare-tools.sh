@@ -1,0 +1,884 @@
+#!/usr/bin/env bash
+# l4lb against HAProxy and nginx measured with the tools operators use: wrk (keep-alive and
+# `Connection: close`) against nginx HTTP backends, iperf3 -P1 and -P4, a UDP echo (32 flows
+# of 64-byte datagrams, l4lb-loadgen udp-rr) and N idle connections (RSS per connection).
+#
+# Candidates: direct (no proxy) | l4lb | haproxy (mode tcp, no splice) | haproxy-splice
+# (`option splice-auto`) | nginx (stream, reuseport); l4lb-b is a second l4lb (L4LB_B_BIN,
+# L4LB_B_WORKERS) for A/B runs of two builds or settings.
+# Placement, the same for every candidate: the proxy pinned to --proxy-cpus (default CPU 1)
+# with --workers workers/threads/processes (default 2); wrk, iperf3, the UDP client and every
+# backend pinned to --client-cpus (default CPU 0).
+# Each repeat restarts every candidate, in an order rotated by one per repeat; cells are the
+# median of the repeats.
+#
+# Cost, per unit of work (request, connection, GB): the proxy's own CPU (utime+stime of its
+# processes and threads) and the whole machine's CPU (all cores from /proc/stat: user, nice,
+# system, irq and softirq; not idle, iowait or steal). "added" is the machine's CPU per unit
+# through the candidate minus the same for direct in the same repeat: the work a proxy adds
+# anywhere on the machine (in its own process, in the kernel on its behalf, and the extra
+# wake-ups and segments it causes the client and the backends), median over the repeats.
+#
+# --counters adds, per unit of work: TCP segments in/out, data segments sent, pure ACKs,
+# delayed ACKs (nstat), the client's, the backends' and the proxy's context switches
+# (voluntary + involuntary), the proxy's syscalls and epoll_waits (perf stat), and after the
+# runs one strace sample per candidate of the proxy's read/write sizes under wrk keep-alive.
+# Counters are machine-wide: run it on an otherwise quiet machine.
+#
+# Usage: scripts/compare-tools.sh [--quick] [--repeat N] [--duration S] [--workers N]
+#            [--proxy-cpus LIST] [--client-cpus LIST] [--candidates LIST]
+#            [--workloads LIST] [--hold-conns N] [--base-port P] [--counters] [--raw FILE]
+#   --quick           1 repeat of 1 s per cell, 2,000 idle connections
+#   --repeat N        repeats, the median is reported (default 3)
+#   --duration S      seconds per cell (default 4)
+#   --workers N       proxy workers/threads/processes (default 2)
+#   --proxy-cpus L    CPUs of the proxy, taskset syntax (default 1)
+#   --client-cpus L   CPUs of the clients and backends (default 0)
+#   --candidates L    comma list from direct,l4lb,l4lb-b,haproxy,haproxy-splice,nginx
+#                     (default direct,l4lb,haproxy,haproxy-splice,nginx; direct is always run
+#                     first in each repeat when "added" is wanted)
+#   --workloads L     comma list from wrk-ka,wrk-close,iperf-p1,iperf-p4,udp-echo,hold
+#                     (default all)
+#   --hold-conns N    idle connections for the RSS row (default 9500)
+#   --base-port P     ports P+1..P+5 backends, P+10.. candidates (default 25000)
+#   --counters        segment, ACK, wake-up and syscall counters (see above)
+#   --raw FILE        also write every run's numbers, one line each, to FILE
+#   --profile DIR     perf record -a -g of every cell into DIR/CAND-WORKLOAD-RUN.data
+# Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN, L4LB_B_BIN,
+# L4LB_B_WORKERS, NGINX_MODULES (config that loads nginx's stream module).
+# Needs wrk, iperf3, nginx (with the stream module), haproxy; a missing one skips its rows.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+
+QUICK=0
+REPEAT=""
+DURATION=""
+WORKERS=2
+PROXY_CPUS_ARG=1
+CLIENT_CPUS_ARG=0
+CANDIDATES="direct,l4lb,haproxy,haproxy-splice,nginx"
+WORKLOADS_ARG="wrk-ka,wrk-close,iperf-p1,iperf-p4,udp-echo,hold"
+HOLD_CONNS=""
+BASE_PORT=25000
+COUNTERS=0
+RAW=""
+PROFILE=""
+NGINX_MODULES=${NGINX_MODULES:-/etc/nginx/modules-enabled/*stream*.conf}
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1; shift ;;
+    --repeat) REPEAT=${2:?--repeat needs N}; shift 2 ;;
+    --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
+    --workers) WORKERS=${2:?--workers needs N}; shift 2 ;;
+    --proxy-cpus) PROXY_CPUS_ARG=${2:?--proxy-cpus needs a list}; shift 2 ;;
+    --client-cpus) CLIENT_CPUS_ARG=${2:?--client-cpus needs a list}; shift 2 ;;
+    --candidates) CANDIDATES=${2:?--candidates needs a list}; shift 2 ;;
+    --workloads) WORKLOADS_ARG=${2:?--workloads needs a list}; shift 2 ;;
+    --hold-conns) HOLD_CONNS=${2:?--hold-conns needs N}; shift 2 ;;
+    --base-port) BASE_PORT=${2:?--base-port needs a port}; shift 2 ;;
+    --counters) COUNTERS=1; shift ;;
+    --raw) RAW=${2:?--raw needs a file}; shift 2 ;;
+    --profile) PROFILE=${2:?--profile needs a directory}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "compare-tools: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+if ((QUICK)); then
+  REPEAT=${REPEAT:-1}
+  DURATION=${DURATION:-1}
+  HOLD_CONNS=${HOLD_CONNS:-2000}
+else
+  REPEAT=${REPEAT:-3}
+  DURATION=${DURATION:-4}
+  HOLD_CONNS=${HOLD_CONNS:-9500}
+fi
+for n in "$REPEAT" "$HOLD_CONNS" "$BASE_PORT" "$WORKERS"; do
+  [[ $n =~ ^[0-9]+$ && $n -gt 0 ]] || { echo "compare-tools: $n is not a positive integer" >&2; exit 2; }
+done
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "compare-tools: --duration takes whole seconds" >&2; exit 2; }
+
+BUILD_DIR=${BUILD_DIR:-target/release}
+L4LB_BIN=${L4LB_BIN:-$BUILD_DIR/l4lb}
+L4LB_B_BIN=${L4LB_B_BIN:-$L4LB_BIN}
+L4LB_B_WORKERS=${L4LB_B_WORKERS:-$WORKERS}
+LOADGEN_BIN=${LOADGEN_BIN:-$BUILD_DIR/l4lb-loadgen}
+TEMPLATES=scripts/templates
+if [[ ! -x "$LOADGEN_BIN" ]]; then
+  echo "compare-tools: $LOADGEN_BIN not found; build first: cargo build --release --bins" >&2
+  exit 1
+fi
+
+log() { echo "compare-tools: $*" >&2; }
+
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+IFS=, read -ra WANT <<<"$CANDIDATES"
+for c in "${WANT[@]}"; do
+  case "$c" in direct | l4lb | l4lb-b | haproxy | haproxy-splice | nginx) ;;
+    *) log "unknown candidate $c"; exit 2 ;;
+  esac
+done
+IFS=, read -ra WORKLOADS <<<"$WORKLOADS_ARG"
+for w in "${WORKLOADS[@]}"; do
+  case "$w" in wrk-ka | wrk-close | iperf-p1 | iperf-p4 | udp-echo | hold) ;;
+    *) log "unknown workload $w"; exit 2 ;;
+  esac
+done
+wants_wl() { [[ ",$WORKLOADS_ARG," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------------------- placement
+PROXY_SET=$PROXY_CPUS_ARG
+CLIENT_SET=$CLIENT_CPUS_ARG
+read -ra ALL_CPUS <<<"$(allowed_cpus)"
+NCPU=${#ALL_CPUS[@]}
+PROXY_PIN=()
+CLIENT_PIN=()
+if command -v taskset >/dev/null 2>&1 && ((NCPU >= 2)); then
+  PROXY_PIN=(taskset -c "$PROXY_SET")
+  CLIENT_PIN=(taskset -c "$CLIENT_SET")
+else
+  PROXY_SET="(unpinned)"
+  CLIENT_SET="(unpinned)"
+fi
+
+want_fds=$((2 * HOLD_CONNS + 2000))
+if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $want_fds ]]; then
+  ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
+NOFILE=$(ulimit -n)
+[[ $NOFILE == unlimited ]] && NOFILE=1048576
+if ((NOFILE < 2 * HOLD_CONNS + 400)); then
+  HOLD_CONNS=$(((NOFILE - 400) / 2))
+  log "open-files limit $NOFILE: holding $HOLD_CONNS connections"
+fi
+# HAProxy wants 2 descriptors per connection and 2 per splice pipe within the limit.
+HAPROXY_MAXCONN=$((HOLD_CONNS + 100))
+HAPROXY_MAXPIPES=$(((NOFILE - 200 - 2 * HAPROXY_MAXCONN) / 2))
+((HAPROXY_MAXPIPES > 512)) && HAPROXY_MAXPIPES=512
+((HAPROXY_MAXPIPES < 16)) && HAPROXY_MAXPIPES=16
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/l4lb-compare-tools.XXXXXX")
+trap lib_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------- ports
+HTTP1=$((BASE_PORT + 1))
+HTTP2=$((BASE_PORT + 2))
+IPERF_B=$((BASE_PORT + 3))
+ECHO1=$((BASE_PORT + 4))
+ECHO2=$((BASE_PORT + 5))
+# Candidate k listens on BASE+10k+0 (HTTP), +1 (iperf3), +2 (TCP echo), +2/udp (UDP echo).
+cand_base() {
+  case "$1" in
+    l4lb) echo $((BASE_PORT + 10)) ;;
+    l4lb-b) echo $((BASE_PORT + 20)) ;;
+    haproxy) echo $((BASE_PORT + 30)) ;;
+    haproxy-splice) echo $((BASE_PORT + 40)) ;;
+    nginx) echo $((BASE_PORT + 50)) ;;
+  esac
+}
+for p in $HTTP1 $HTTP2 $IPERF_B $ECHO1 $ECHO2 $((BASE_PORT + 10)) $((BASE_PORT + 20)) \
+  $((BASE_PORT + 30)) $((BASE_PORT + 40)) $((BASE_PORT + 50)); do
+  if port_open 127.0.0.1 "$p"; then
+    log "port $p is in use; pick other ports with --base-port"
+    exit 1
+  fi
+done
+
+# ------------------------------------------------------------------------------- tools
+declare -A SKIP=()
+have() { command -v "$1" >/dev/null 2>&1; }
+for c in "${WANT[@]}"; do
+  case "$c" in
+    l4lb) [[ -x $L4LB_BIN ]] || SKIP[$c]="$L4LB_BIN not built" ;;
+    l4lb-b) [[ -x $L4LB_B_BIN ]] || SKIP[$c]="$L4LB_B_BIN not built" ;;
+    haproxy | haproxy-splice) have haproxy || SKIP[$c]="haproxy not installed" ;;
+    nginx)
+      if ! have nginx; then
+        SKIP[$c]="nginx not installed"
+      elif nginx -V 2>&1 | grep -q -- '--with-stream=dynamic' && ! compgen -G "$NGINX_MODULES" >/dev/null; then
+        SKIP[$c]="nginx stream module not installed"
+      fi
+      ;;
+  esac
+done
+declare -A WL_SKIP=()
+for w in wrk-ka wrk-close; do
+  have wrk || WL_SKIP[$w]="wrk not installed"
+  have nginx || WL_SKIP[$w]="nginx (HTTP backend) not installed"
+done
+for w in iperf-p1 iperf-p4; do have iperf3 || WL_SKIP[$w]="iperf3 not installed"; done
+# Scheduler and IPI events, machine-wide, counted in --counters mode: wake-ups, wake-ups of
+# a polling idle CPU that need no IPI, and IPIs sent (what a wake-up across cores costs).
+# Per process (client, backends, proxy): context switches (wake-ups), syscalls, epoll_waits.
+PROC_EVENTS="context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait"
+SCHED_EVENTS="sched:sched_wakeup,sched:sched_wake_idle_without_ipi,ipi:ipi_send_cpu,irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry"
+CLIENT_CPU_LIST=$(expand_cpus "$CLIENT_CPUS_ARG")
+PROXY_CPU_LIST=$(expand_cpus "$PROXY_CPUS_ARG")
+if [[ -n $PROFILE ]]; then
+  have perf || { log "--profile needs perf"; exit 1; }
+  mkdir -p "$PROFILE"
+fi
+if ((COUNTERS)); then
+  for t in nstat perf strace; do
+    have "$t" || { log "--counters needs $t"; exit 1; }
+  done
+fi
+
+# render TEMPLATE OUT KEY=VALUE...: replace every @KEY@ in TEMPLATE.
+render() {
+  local tmpl=$1 dest=$2 content kv
+  shift 2
+  content=$(<"$tmpl")
+  for kv in "$@"; do
+    content=${content//@${kv%%=*}@/${kv#*=}}
+  done
+  printf '%s\n' "$content" >"$dest"
+}
+
+# ------------------------------------------------------------------------------ backends
+BACKEND_NGINX_PID=""
+IPERF_PID=""
+ECHO_PID=""
+start_backends() {
+  if wants_wl wrk-ka || wants_wl wrk-close; then
+    if have nginx; then
+      render "$TEMPLATES/tools-backend-nginx.conf.tmpl" "$TMP/backend-nginx.conf" \
+        "NGINX_USER=$(id -un)" "NOFILE=$NOFILE" "TMP=$TMP" \
+        "WORKER_CONNECTIONS=$((HOLD_CONNS + 1000))" "PORT1=$HTTP1" "PORT2=$HTTP2"
+      "${CLIENT_PIN[@]}" nginx -e "$TMP/backend-nginx-startup.log" -c "$TMP/backend-nginx.conf" \
+        >"$TMP/backend-nginx.log" 2>&1 &
+      BACKEND_NGINX_PID=$!
+      PIDS+=("$BACKEND_NGINX_PID")
+      if ! wait_port "$HTTP1" "$BACKEND_NGINX_PID" || ! wait_port "$HTTP2" "$BACKEND_NGINX_PID"; then
+        log "nginx HTTP backends did not start"
+        cat "$TMP"/backend-nginx*.log >&2
+        exit 1
+      fi
+    fi
+  fi
+  if (wants_wl iperf-p1 || wants_wl iperf-p4) && have iperf3; then
+    "${CLIENT_PIN[@]}" iperf3 -s -p "$IPERF_B" -B 127.0.0.1 >"$TMP/iperf3-server.log" 2>&1 &
+    IPERF_PID=$!
+    PIDS+=("$IPERF_PID")
+    wait_port "$IPERF_B" "$IPERF_PID" || { log "iperf3 server did not start"; exit 1; }
+  fi
+  "${CLIENT_PIN[@]}" "$LOADGEN_BIN" serve --mode echo --threads 1 \
+    --tcp "127.0.0.1:$ECHO1" --tcp "127.0.0.1:$ECHO2" \
+    --udp "127.0.0.1:$ECHO1" --udp "127.0.0.1:$ECHO2" >"$TMP/echo.log" 2>&1 &
+  ECHO_PID=$!
+  PIDS+=("$ECHO_PID")
+  if ! wait_port "$ECHO1" "$ECHO_PID" || ! wait_port "$ECHO2" "$ECHO_PID"; then
+    log "echo backends did not start"
+    cat "$TMP/echo.log" >&2
+    exit 1
+  fi
+}
+
+# ----------------------------------------------------------------------------- candidates
+CAND_PID=""
+HTTP_T=""
+IPERF_T=""
+ECHO_T=""
+UDP_T=""
+start_candidate() {
+  local name=$1 base bin workers splice="" cfg
+  CAND_PID=""
+  if [[ $name == direct ]]; then
+    HTTP_T=127.0.0.1:$HTTP1
+    IPERF_T=127.0.0.1:$IPERF_B
+    ECHO_T=127.0.0.1:$ECHO1
+    UDP_T=127.0.0.1:$ECHO1
+    return 0
+  fi
+  base=$(cand_base "$name")
+  HTTP_T=127.0.0.1:$base
+  IPERF_T=127.0.0.1:$((base + 1))
+  ECHO_T=127.0.0.1:$((base + 2))
+  UDP_T=127.0.0.1:$((base + 2))
+  case "$name" in
+    l4lb | l4lb-b)
+      bin=$L4LB_BIN
+      workers=$WORKERS
+      if [[ $name == l4lb-b ]]; then
+        bin=$L4LB_B_BIN
+        workers=$L4LB_B_WORKERS
+      fi
+      cfg="$TMP/$name.toml"
+      render "$TEMPLATES/tools-l4lb.toml.tmpl" "$cfg" "WORKERS=$workers" \
+        "LISTEN_HTTP=$HTTP_T" "LISTEN_IPERF=$IPERF_T" "LISTEN_ECHO=$ECHO_T" "LISTEN_UDP=$UDP_T" \
+        "HTTP_BACKENDS=  { addr = \"127.0.0.1:$HTTP1\" },
+  { addr = \"127.0.0.1:$HTTP2\" }," \
+        "IPERF_BACKENDS=  { addr = \"127.0.0.1:$IPERF_B\" }," \
+        "ECHO_BACKENDS=  { addr = \"127.0.0.1:$ECHO1\" },
+  { addr = \"127.0.0.1:$ECHO2\" },"
+      RUST_LOG=warn "${PROXY_PIN[@]}" "$bin" --config "$cfg" >"$TMP/$name.log" 2>&1 &
+      CAND_PID=$!
+      ;;
+    haproxy | haproxy-splice)
+      [[ $name == haproxy-splice ]] && splice="    option splice-auto"
+      render "$TEMPLATES/tools-haproxy.cfg.tmpl" "$TMP/$name.cfg" \
+        "WORKERS=$WORKERS" "MAXCONN=$HAPROXY_MAXCONN" "MAXPIPES=$HAPROXY_MAXPIPES" "TMP=$TMP" \
+        "SPLICE=$splice" "LISTEN_HTTP=$HTTP_T" "LISTEN_IPERF=$IPERF_T" "LISTEN_ECHO=$ECHO_T" \
+        "HTTP_SERVERS=    server h1 127.0.0.1:$HTTP1
+    server h2 127.0.0.1:$HTTP2" \
+        "IPERF_SERVERS=    server i1 127.0.0.1:$IPERF_B" \
+        "ECHO_SERVERS=    server e1 127.0.0.1:$ECHO1
+    server e2 127.0.0.1:$ECHO2"
+      "${PROXY_PIN[@]}" haproxy -db -f "$TMP/$name.cfg" >"$TMP/$name.log" 2>&1 &
+      CAND_PID=$!
+      ;;
+    nginx)
+      render "$TEMPLATES/tools-nginx.conf.tmpl" "$TMP/nginx.conf" \
+        "WORKERS=$WORKERS" "NOFILE=$NOFILE" "TMP=$TMP" \
+        "NGINX_MODULES=$NGINX_MODULES" "NGINX_USER=$(id -un)" \
+        "WORKER_CONNECTIONS=$((2 * HOLD_CONNS + 1000))" \
+        "LISTEN_HTTP=$HTTP_T" "LISTEN_IPERF=$IPERF_T" "LISTEN_ECHO=$ECHO_T" "LISTEN_UDP=$UDP_T" \
+        "HTTP_SERVERS=        server 127.0.0.1:$HTTP1;
+        server 127.0.0.1:$HTTP2;" \
+        "IPERF_SERVERS=        server 127.0.0.1:$IPERF_B;" \
+        "ECHO_SERVERS=        server 127.0.0.1:$ECHO1;
+        server 127.0.0.1:$ECHO2;"
+      "${PROXY_PIN[@]}" nginx -e "$TMP/nginx-startup.log" -c "$TMP/nginx.conf" >"$TMP/nginx.log" 2>&1 &
+      CAND_PID=$!
+      ;;
+  esac
+  PIDS+=("$CAND_PID")
+  if ! wait_port "${HTTP_T##*:}" "$CAND_PID" || ! wait_port "${ECHO_T##*:}" "$CAND_PID"; then
+    log "$name did not start; its output:"
+    cat "$TMP/$name.log" "$TMP/nginx-error.log" "$TMP/nginx-startup.log" 2>/dev/null | tail -n 20 >&2
+    stop_pid "$CAND_PID"
+    CAND_PID=""
+    return 1
+  fi
+}
+
+# ------------------------------------------------------------------------------ counters
+# machine_ticks: busy CPU ticks of the whole machine (user nice system irq softirq), then
+# the kernel's part of them (system irq softirq).
+machine_ticks() {
+  local _cpu user nice system _idle _iowait irq softirq _rest
+  read -r _cpu user nice system _idle _iowait irq softirq _rest </proc/stat
+  echo "$((user + nice + system + irq + softirq)) $((system + irq + softirq))"
+}
+
+# cpus_ticks "0 1": busy ticks of those CPUs (the same fields as machine_ticks).
+cpus_ticks() {
+  awk -v want=" $1 " '$1 ~ /^cpu[0-9]+$/ && index(want, " " substr($1, 4) " ") {
+    s += $2 + $3 + $4 + $7 + $8 } END { print s + 0 }' /proc/stat
+}
+
+# idle_entries "1": times those CPUs entered an idle state (cpuidle usage counters); each
+# entry means the next wake-up on that CPU needs an interrupt from another one.
+idle_entries() {
+  local c f total=0 v
+  for c in $1; do
+    for f in /sys/devices/system/cpu/cpu"$c"/cpuidle/state*/usage; do
+      [[ -r $f ]] || continue
+      read -r v <"$f"
+      total=$((total + v))
+    done
+  done
+  echo "$total"
+}
+
+NSTAT_KEYS=(TcpInSegs TcpOutSegs TcpExtTCPOrigDataSent TcpExtTCPPureAcks TcpExtTCPHPAcks
+  TcpExtDelayedACKs TcpExtTCPHPHits TcpRetransSegs TcpOutRsts TcpExtTW TcpExtTCPAbortOnData
+  TcpExtTCPAbortOnClose TcpExtListenOverflows TcpExtListenDrops)
+# nstat_snap FILE: the absolute TCP counters (nstat -as: no history file is touched).
+nstat_snap() {
+  nstat -asz 2>/dev/null | awk '{ print $1, $2 }' >"$1"
+}
+# nstat_delta A B KEY
+nstat_delta() {
+  awk -v k="$3" 'FNR == NR { if ($1 == k) a = $2; next } $1 == k { b = $2 } END { print b - a }' "$1" "$2"
+}
+
+# ------------------------------------------------------------------------------- results
+declare -A RATE=() P99=() PCPU=() MCPU=() KCPU=() ADDED=() UNIT=() CUNIT=() NOTE=() RSS=() CNT=()
+declare -A DIRECT_MCPU=()
+
+# per VALUE UNITS SCALE: VALUE * SCALE / UNITS, or empty when UNITS is 0.
+per() {
+  awk -v v="$1" -v n="$2" -v s="$3" 'BEGIN { if (n > 0) printf "%.6g", v * s / n }'
+}
+
+# to_us "3.84ms": wrk's latency in microseconds.
+to_us() {
+  awk -v x="$1" 'BEGIN {
+    if (x ~ /us$/) { sub(/us$/, "", x); print x + 0 }
+    else if (x ~ /ms$/) { sub(/ms$/, "", x); print x * 1000 }
+    else if (x ~ /s$/) { sub(/s$/, "", x); print x * 1000000 } }'
+}
+
+# run_tool WL OUTFILE: runs workload WL's client against the current targets, pinned to the
+# client CPUs, output in OUTFILE; with --counters wrapped in /usr/bin/time for its wake-ups.
+run_tool() {
+  local wl=$1 outf=$2 cmd=()
+  case "$wl" in
+    wrk-ka) cmd=(wrk -t2 -c64 -d"${DURATION}s" --latency "http://$HTTP_T/") ;;
+    wrk-close) cmd=(wrk -t2 -c64 -d"${DURATION}s" --latency -H "Connection: close" "http://$HTTP_T/") ;;
+    iperf-p1) cmd=(iperf3 -c "${IPERF_T%:*}" -p "${IPERF_T##*:}" -P1 -t "$DURATION" -J) ;;
+    iperf-p4) cmd=(iperf3 -c "${IPERF_T%:*}" -p "${IPERF_T##*:}" -P4 -t "$DURATION" -J) ;;
+    udp-echo) cmd=("$LOADGEN_BIN" udp-rr --target "$UDP_T" --conns 32 --size 64 --timeout-ms 500
+      --duration "$DURATION" --threads 1 --json --quiet) ;;
+  esac
+  if ((COUNTERS)); then
+    "${CLIENT_PIN[@]}" perf stat -x, -o "$TMP/perf-client.out" -e "$PROC_EVENTS" -- "${cmd[@]}" \
+      >"$outf" 2>"$outf.err" || true
+  else
+    "${CLIENT_PIN[@]}" "${cmd[@]}" >"$outf" 2>"$outf.err" || true
+  fi
+}
+
+# backend_of WL: the PID of the backend process tree that workload WL talks to.
+backend_of() {
+  case "$1" in
+    wrk-*) echo "$BACKEND_NGINX_PID" ;;
+    iperf-*) echo "$IPERF_PID" ;;
+    *) echo "$ECHO_PID" ;;
+  esac
+}
+
+# cell CAND WL REPEAT: one run of WL through CAND; appends to the cell's lists.
+cell() {
+  local cand=$1 wl=$2 r=$3 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 k0 k1 bpid
+  local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who i0 i1
+  p0=$(cpu_ticks "$CAND_PID")
+  read -r m0 k0 <<<"$(machine_ticks)"
+  if ((COUNTERS)); then
+    bpid=$(backend_of "$wl")
+    nstat_snap "$TMP/n0"
+    c0=$(cpus_ticks "$CLIENT_CPU_LIST")
+    q0=$(cpus_ticks "$PROXY_CPU_LIST")
+    i0=$(idle_entries "$PROXY_CPU_LIST")
+    perf stat -a -x, -o "$TMP/perf-sched.out" -e "$SCHED_EVENTS" >/dev/null 2>&1 &
+    sched_pid=$!
+    perf stat -x, -o "$TMP/perf-backend.out" -e "$PROC_EVENTS" \
+      -p "$(tree_pids "$bpid" | tr ' ' ,)" >/dev/null 2>&1 &
+    perf_backend=$!
+    if [[ -n $CAND_PID ]]; then
+      perf stat -x, -o "$TMP/perf-proxy.out" -e "$PROC_EVENTS" \
+        -p "$(tree_pids "$CAND_PID" | tr ' ' ,)" >/dev/null 2>&1 &
+      perf_proxy=$!
+    fi
+    sleep 0.3
+  fi
+  if [[ -n $PROFILE ]]; then
+    perf record -a -g -q -o "$PROFILE/$cand-$wl-$r.data" >/dev/null 2>&1 &
+    prof_pid=$!
+    sleep 0.3
+  fi
+  run_tool "$wl" "$outf"
+  read -r m1 k1 <<<"$(machine_ticks)"
+  if ((COUNTERS)); then
+    c1=$(cpus_ticks "$CLIENT_CPU_LIST")
+    q1=$(cpus_ticks "$PROXY_CPU_LIST")
+    i1=$(idle_entries "$PROXY_CPU_LIST")
+  fi
+  p1=$(cpu_ticks "$CAND_PID")
+  if [[ -n $prof_pid ]]; then
+    kill -INT "$prof_pid" 2>/dev/null || true
+    wait "$prof_pid" 2>/dev/null || true
+  fi
+  case "$wl" in
+    wrk-*)
+      rate=$(awk '/^Requests\/sec:/ { print $2 }' "$outf")
+      units=$(awk '/requests in/ { print $1 }' "$outf")
+      p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$outf")")
+      if grep -q 'Non-2xx\|Socket errors' "$outf"; then
+        NOTE[$key]="errors: $(grep 'Non-2xx\|Socket errors' "$outf" | tr -s ' ' | tr '\n' ';')"
+      fi
+      UNIT[$key]=$([[ $wl == wrk-ka ]] && echo req/s || echo conn/s)
+      CUNIT[$key]=$([[ $wl == wrk-ka ]] && echo "µs/req" || echo "µs/conn")
+      ;;
+    iperf-*)
+      # end.sum_received: the bytes the server received and the rate over the run.
+      units=$(awk '/"sum_received"/ { f = 1 } f && /"bytes"/ { gsub(/[^0-9.]/, "", $2); print $2; exit }' "$outf")
+      rate=$(awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); printf "%.3f", $2 / 1e9; exit }' "$outf")
+      p99=""
+      UNIT[$key]="Gbit/s"
+      CUNIT[$key]="s/GB"
+      ;;
+    udp-echo)
+      line=$(tail -n 1 "$outf")
+      if [[ $line == "{"* ]]; then
+        rate=$(jget "$line" rate)
+        p99=$(jget "$line" p99)
+        units=$(jget "$line" transactions)
+        [[ $(jget "$line" total 0) == 0 ]] || NOTE[$key]="errors: $(jget "$line" total)"
+      fi
+      UNIT[$key]="req/s"
+      CUNIT[$key]="µs/req"
+      ;;
+  esac
+  if [[ -z ${rate:-} || -z ${units:-} || ${units:-0} == 0 ]]; then
+    log "$cand $wl: no result; client output:"
+    tail -n 5 "$outf" "$outf.err" >&2 || true
+    NOTE[$key]="failed"
+    return 0
+  fi
+  # Scale per unit: µs per request/connection, s per GB.
+  local scale=1000000
+  [[ $wl == iperf-* ]] && scale=1000000000
+  local mcpu pcpu="" added=""
+  mcpu=$(per "$((m1 - m0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")
+  KCPU[$key]+=" $(per "$((k1 - k0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")"
+  if [[ $cand == direct ]]; then
+    DIRECT_MCPU[$wl|$r]=$mcpu
+  else
+    pcpu=$(per "$((p1 - p0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")
+    PCPU[$key]+=" $pcpu"
+    if [[ -n ${DIRECT_MCPU[$wl|$r]:-} ]]; then
+      added=$(awk -v a="$mcpu" -v b="${DIRECT_MCPU[$wl|$r]}" 'BEGIN { printf "%.6g", a - b }')
+      ADDED[$key]+=" $added"
+    fi
+  fi
+  RATE[$key]+=" $rate"
+  [[ -n $p99 ]] && P99[$key]+=" $p99"
+  MCPU[$key]+=" $mcpu"
+  [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} added=${added:-} cpu_unit=${CUNIT[$key]}" >>"$RAW"
+  if ((COUNTERS)); then
+    # Counters per request or connection; per GB for iperf3.
+    [[ $wl == iperf-* ]] && units=$(awk -v b="$units" 'BEGIN { printf "%.6f", b / 1e9 }')
+    for v in $perf_proxy $perf_backend; do
+      kill -INT "$v" 2>/dev/null || true
+      wait "$v" 2>/dev/null || true
+    done
+    for who in client backend proxy; do
+      [[ -f $TMP/perf-$who.out ]] || continue
+      v=$(awk -F, '$3 == "context-switches" { print $1 }' "$TMP/perf-$who.out")
+      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|$who ctx switches]+=" $(per "$v" "$units" 1)"
+      v=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$TMP/perf-$who.out")
+      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|$who syscalls]+=" $(per "$v" "$units" 1)"
+      v=$(awk -F, '$3 == "syscalls:sys_enter_epoll_wait" { print $1 }' "$TMP/perf-$who.out")
+      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|$who epoll_waits]+=" $(per "$v" "$units" 1)"
+      rm -f "$TMP/perf-$who.out"
+    done
+    kill -INT "$sched_pid" 2>/dev/null || true
+    wait "$sched_pid" 2>/dev/null || true
+    IFS=, read -ra sched_names <<<"$SCHED_EVENTS"
+    for k in "${sched_names[@]}"; do
+      v=$(awk -F, -v k="$k" '$3 == k { print $1 }' "$TMP/perf-sched.out")
+      [[ $v =~ ^[0-9]+$ ]] && CNT[$key|$k]+=" $(per "$v" "$units" 1)"
+    done
+    CNT[$key|client CPUs busy µs]+=" $(per "$((c1 - c0))" "$units" "$((1000000 / CLK_TCK))")"
+    CNT[$key|proxy CPUs busy µs]+=" $(per "$((q1 - q0))" "$units" "$((1000000 / CLK_TCK))")"
+    CNT[$key|proxy CPUs idle entries]+=" $(per "$((i1 - i0))" "$units" 1)"
+    nstat_snap "$TMP/n1"
+    for k in "${NSTAT_KEYS[@]}"; do
+      CNT[$key|$k]+=" $(per "$(nstat_delta "$TMP/n0" "$TMP/n1" "$k")" "$units" 1)"
+    done
+    n0=$(nstat_delta "$TMP/n0" "$TMP/n1" TcpOutSegs)
+    n1=$(nstat_delta "$TMP/n0" "$TMP/n1" TcpExtTCPOrigDataSent)
+    CNT[$key|non-data segs out]+=" $(per "$((n0 - n1))" "$units" 1)"
+  fi
+}
+
+# fd_count ROOT: open descriptors of ROOT's process tree.
+fd_count() {
+  local total=0 p fds
+  for p in $(tree_pids "$1"); do
+    fds=(/proc/"$p"/fd/*)
+    total=$((total + ${#fds[@]}))
+  done
+  echo "$total"
+}
+
+RSS_BASE=0
+# hold_cell CAND: HOLD_CONNS idle connections through the TCP echo listener; the proxy's
+# RSS while they are held minus its RSS right after start, per connection.
+hold_cell() {
+  local cand=$1 key="$1|hold" rss1 lpid n json opened fds
+  "${CLIENT_PIN[@]}" "$LOADGEN_BIN" hold --target "$ECHO_T" --conns "$HOLD_CONNS" \
+    --hold 4 --timeout-ms 5000 --open-timeout 20 --threads 1 \
+    --json >"$TMP/hold.json" 2>"$TMP/hold.err" &
+  lpid=$!
+  PIDS+=("$lpid")
+  for ((n = 0; n < 300; n++)); do
+    grep -q '^opened ' "$TMP/hold.err" 2>/dev/null && break
+    kill -0 "$lpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  # "opened" means the kernel completed the handshakes; the proxy may still have some in its
+  # accept queue. Sample once it holds two descriptors per connection (at most 10 s).
+  opened=$(sed -n 's/^opened \([0-9]*\).*/\1/p' "$TMP/hold.err" 2>/dev/null | head -n 1)
+  for ((n = 0; n < 100; n++)); do
+    [[ -n $CAND_PID && -n $opened ]] || break
+    (($(fd_count "$CAND_PID") >= 2 * opened)) && break
+    sleep 0.1
+  done
+  sleep 0.3
+  rss1=$(rss_kb "$CAND_PID")
+  fds=$(fd_count "$CAND_PID")
+  for ((n = 0; n < 600; n++)); do
+    kill -0 "$lpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  stop_pid "$lpid"
+  json=$(tail -n 1 "$TMP/hold.json" 2>/dev/null || true)
+  if [[ $json != "{"* ]]; then
+    NOTE[$key]="failed"
+    return 0
+  fi
+  opened=$(jget "$json" opened)
+  RATE[$key]+=" $(jget "$json" rate)"
+  UNIT[$key]="conn/s"
+  NOTE[$key]="verified $(jget "$json" verified)/$HOLD_CONNS"
+  if [[ -n $CAND_PID ]] && ((opened > 0)); then
+    RSS[$key]+=" $(awk -v a="$RSS_BASE" -v b="$rss1" -v n="$opened" 'BEGIN { print (b - a) * 1024 / n }')"
+  fi
+  if [[ -n $RAW ]]; then
+    echo "run=$REP cand=$cand wl=hold opened=$opened rss_kb=$rss1 rss_base_kb=$RSS_BASE fds=$fds" >>"$RAW"
+  fi
+}
+
+# io_sizes CAND: strace the proxy for 1 s of wrk keep-alive; calls per request and mean
+# bytes of its reads and writes (EAGAIN returns counted apart).
+declare -A IOSIZES=()
+io_sizes() {
+  local cand=$1 pids=() p wpid
+  for p in $(tree_pids "$CAND_PID"); do pids+=(-p "$p"); done
+  "${CLIENT_PIN[@]}" wrk -t2 -c64 -d"$((DURATION + 2))s" "http://$HTTP_T/" >"$TMP/wrk-strace.out" 2>&1 &
+  wpid=$!
+  PIDS+=("$wpid")
+  sleep 1
+  rm -f "$TMP"/strace.out.*
+  timeout -s INT 1 strace -ff -qq -e signal=none \
+    -e trace=read,recvfrom,recvmsg,readv,write,sendto,sendmsg,writev,epoll_wait \
+    -o "$TMP/strace.out" "${pids[@]}" 2>/dev/null || true
+  stop_pid "$wpid"
+  IOSIZES[$cand]=$(cat "$TMP"/strace.out.* | awk '
+    { name = $1; sub(/\(.*/, "", name) }
+    / = -1 EAGAIN/ { eagain[name]++; next }
+    / = [0-9]+$/ { n[name]++; bytes[name] += $NF; if ($NF < 1) zero[name]++ }
+    END {
+      for (k in n) if (k != "epoll_wait")
+        printf "%s: %d calls, mean %.0f B; ", k, n[k], bytes[k] / n[k]
+      for (k in eagain) printf "%s EAGAIN: %d; ", k, eagain[k]
+      printf "epoll_wait: %d calls, %.1f events each", n["epoll_wait"], (n["epoll_wait"] ? bytes["epoll_wait"] / n["epoll_wait"] : 0)
+    }')
+}
+
+# ------------------------------------------------------------------------------------ run
+log "machine: $NCPU CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)"
+log "proxies on CPU $PROXY_SET with $WORKERS workers; clients and backends on CPU $CLIENT_SET"
+start_backends
+[[ -n $RAW ]] && : >"$RAW"
+STARTED=$(date +%s)
+# direct first in every repeat (its machine CPU is what "added" subtracts); the proxies go
+# round in an order rotated per repeat.
+PROXIES=()
+for c in "${WANT[@]}"; do [[ $c == direct ]] || PROXIES+=("$c"); done
+NP=${#PROXIES[@]}
+for ((REP = 1; REP <= REPEAT; REP++)); do
+  order=()
+  [[ ",$CANDIDATES," == *",direct,"* ]] && order+=(direct)
+  for ((k = 0; k < NP; k++)); do order+=("${PROXIES[(k + REP - 1) % NP]}"); done
+  for cand in "${order[@]}"; do
+    if [[ -n ${SKIP[$cand]:-} ]]; then
+      ((REP > 1)) || log "skipping $cand: ${SKIP[$cand]}"
+      continue
+    fi
+    log "run $REP/$REPEAT: $cand"
+    if ! start_candidate "$cand"; then
+      SKIP[$cand]="did not start"
+      continue
+    fi
+    sleep 0.3
+    RSS_BASE=$(rss_kb "$CAND_PID")
+    for wl in "${WORKLOADS[@]}"; do
+      [[ -n ${WL_SKIP[$wl]:-} ]] && continue
+      if [[ $wl == hold ]]; then
+        hold_cell "$cand"
+      else
+        cell "$cand" "$wl" "$REP"
+      fi
+    done
+    if ((COUNTERS && REP == 1)) && [[ -n $CAND_PID ]] && wants_wl wrk-ka && [[ -z ${WL_SKIP[wrk-ka]:-} ]]; then
+      io_sizes "$cand"
+    fi
+    stop_pid "$CAND_PID"
+    CAND_PID=""
+  done
+done
+
+# --------------------------------------------------------------------------------- report
+fmt() {
+  if [[ -n $1 ]]; then
+    # shellcheck disable=SC2059 # the format is the caller's constant
+    printf "$2" "$1"
+  else
+    printf -- '-'
+  fi
+}
+ANCHORS=()
+for c in haproxy haproxy-splice nginx; do
+  [[ ",$CANDIDATES," == *",$c,"* && -z ${SKIP[$c]:-} ]] && ANCHORS+=("$c")
+done
+
+echo
+echo "## l4lb vs HAProxy vs nginx with wrk, iperf3 and a UDP echo"
+echo
+echo "Machine: $NCPU CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)."
+echo "Proxies on CPU $PROXY_SET with $WORKERS workers/threads/processes; wrk, iperf3, the UDP client and"
+echo "the backends on CPU $CLIENT_SET. Median of $REPEAT run(s) of ${DURATION} s, candidates restarted per run in"
+echo "rotated order. proxy CPU: the proxy's utime+stime per unit. machine CPU: busy time of all CPUs"
+echo "(softirq included) per unit; added: machine CPU through the proxy minus direct's, same run."
+echo "wrk: 2 threads, 64 connections, nginx backends (13-byte body); iperf3: Gbit/s received;"
+echo "UDP echo: 32 flows of 64-byte datagrams (l4lb-loadgen udp-rr); hold: $HOLD_CONNS idle connections."
+echo
+echo "| workload | candidate | rate | p99 µs | proxy CPU | machine CPU | added CPU | notes |"
+echo "|---|---|---|---|---|---|---|---|"
+for wl in "${WORKLOADS[@]}"; do
+  for cand in "${WANT[@]}"; do
+    key="$cand|$wl"
+    if [[ -n ${SKIP[$cand]:-} ]]; then
+      echo "| $wl | $cand | skipped: ${SKIP[$cand]} | | | | | |"
+      continue
+    fi
+    if [[ -n ${WL_SKIP[$wl]:-} ]]; then
+      echo "| $wl | $cand | skipped: ${WL_SKIP[$wl]} | | | | | |"
+      continue
+    fi
+    rate=$(median "${RATE[$key]:-}")
+    if [[ -z $rate ]]; then
+      echo "| $wl | $cand | ${NOTE[$key]:-n/a} | | | | | |"
+      continue
+    fi
+    cu=${CUNIT[$key]:-}
+    if [[ $wl == hold ]]; then
+      printf '| %s | %s | %.0f conn/s | - | RSS %s/conn | - | - | %s |\n' "hold $HOLD_CONNS" "$cand" "$rate" \
+        "$(fmt "$(median "${RSS[$key]:-}")" '%.0f B')" "${NOTE[$key]:-}"
+      continue
+    fi
+    rfmt='%.0f'
+    [[ ${UNIT[$key]} == Gbit/s ]] && rfmt='%.2f'
+    cfmt='%.2f'
+    [[ $cu == s/GB ]] && cfmt='%.3f'
+    # shellcheck disable=SC2059 # rfmt and cfmt are constants
+    printf '| %s | %s | %s %s | %s | %s | %s | %s | %s |\n' "$wl" "$cand" \
+      "$(printf "$rfmt" "$rate")" "${UNIT[$key]}" "$(fmt "$(median "${P99[$key]:-}")" '%.0f')" \
+      "$(fmt "$(median "${PCPU[$key]:-}")" "$cfmt $cu")" "$(fmt "$(median "${MCPU[$key]:-}")" "$cfmt $cu")" \
+      "$(fmt "$(median "${ADDED[$key]:-}")" "$cfmt $cu")" "${NOTE[$key]:-}"
+  done
+done
+
+# The issue's summary: l4lb against the best anchor per row.
+best() { # best WL MAP lowest?: the anchors' best median of MAP (max rate, or min when $3=min)
+  local wl=$1 map=$2 dir=$3 c v b="" who=""
+  local -n ref=$map
+  for c in "${ANCHORS[@]}"; do
+    v=$(median "${ref[$c|$wl]:-}")
+    [[ -n $v ]] || continue
+    if [[ -z $b ]] || awk -v v="$v" -v b="$b" -v d="$dir" 'BEGIN { exit !(d == "min" ? v < b : v > b) }'; then
+      b=$v
+      who=$c
+    fi
+  done
+  [[ -n $b ]] && echo "$b $who"
+}
+summary_row() { # LABEL WL MAP DIR FORMAT
+  local label=$1 wl=$2 map=$3 dir=$4 vf=$5 b who l
+  read -r b who <<<"$(best "$wl" "$map" "$dir")"
+  local -n ref2=$map
+  l=$(median "${ref2[l4lb|$wl]:-}")
+  [[ -n ${b:-} && -n $l ]] || return 0
+  # shellcheck disable=SC2059 # vf is the caller's constant
+  printf "| %s | $vf (%s) | $vf | %s |\n" "$label" "$b" "$who" "$l" \
+    "$(awk -v a="$l" -v b="$b" 'BEGIN { if (b != 0) printf "%.2fx", a / b; else print "n/a" }')"
+}
+if [[ ",$CANDIDATES," == *",l4lb,"* && ${#ANCHORS[@]} -gt 0 ]]; then
+  echo
+  echo "| workload | best anchor | l4lb | l4lb / best |"
+  echo "|---|---|---|---|"
+  for wl in "${WORKLOADS[@]}"; do
+    case "$wl" in
+      iperf-*)
+        summary_row "$wl, Gbit/s" "$wl" RATE max '%.2f'
+        summary_row "$wl, proxy CPU s/GB" "$wl" PCPU min '%.3f'
+        summary_row "$wl, added machine CPU s/GB" "$wl" ADDED min '%.3f'
+        ;;
+      wrk-ka)
+        summary_row "wrk keep-alive, req/s" "$wl" RATE max '%.0f'
+        summary_row "wrk keep-alive, p99 µs" "$wl" P99 min '%.0f'
+        summary_row "wrk keep-alive, added machine CPU µs/req" "$wl" ADDED min '%.2f'
+        ;;
+      wrk-close)
+        summary_row "wrk Connection: close, conn/s" "$wl" RATE max '%.0f'
+        summary_row "wrk Connection: close, p99 µs" "$wl" P99 min '%.0f'
+        summary_row "wrk Connection: close, added machine CPU µs/conn" "$wl" ADDED min '%.2f'
+        ;;
+      udp-echo)
+        summary_row "UDP echo, req/s" "$wl" RATE max '%.0f'
+        summary_row "UDP echo, proxy CPU µs/req" "$wl" PCPU min '%.2f'
+        summary_row "UDP echo, added machine CPU µs/req" "$wl" ADDED min '%.2f'
+        ;;
+      hold) summary_row "$HOLD_CONNS idle connections, RSS B/conn" hold RSS min '%.0f' ;;
+    esac
+  done
+fi
+
+# The kernel's floor under "added": a proxy adds at least one more TCP connection (or, for
+# UDP, two more datagrams each way) of kernel work, which is what direct's kernel CPU per
+# unit measures; and l4lb's added CPU minus its own process CPU is what it adds elsewhere.
+if [[ ",$CANDIDATES," == *",l4lb,"* && ",$CANDIDATES," == *",direct,"* && ${#ANCHORS[@]} -gt 0 ]]; then
+  echo
+  echo "| workload | direct's kernel CPU (floor of added) | 0.8 x best anchor's added | l4lb added | l4lb added minus its own CPU |"
+  echo "|---|---|---|---|---|"
+  for wl in wrk-ka wrk-close udp-echo; do
+    wants_wl "$wl" || continue
+    fl=$(median "${KCPU[direct|$wl]:-}")
+    read -r b _ <<<"$(best "$wl" ADDED min)"
+    la=$(median "${ADDED[l4lb|$wl]:-}")
+    lp=$(median "${PCPU[l4lb|$wl]:-}")
+    [[ -n $fl && -n ${b:-} && -n $la && -n $lp ]] || continue
+    printf '| %s | %.2f %s | %.2f | %.2f | %.2f |\n' "$wl" "$fl" "${CUNIT[l4lb|$wl]}" \
+      "$(awk -v b="$b" 'BEGIN { print 0.8 * b }')" "$la" "$(awk -v a="$la" -v p="$lp" 'BEGIN { print a - p }')"
+  done
+fi
+
+if ((COUNTERS)); then
+  echo
+  echo "### Counters per unit of work (request, connection; iperf3: per GB)"
+  echo
+  echo "Machine-wide nstat deltas per unit (both hops of loopback: every segment is counted once"
+  echo "sent and once received); ctx switches: the process's context switches (perf stat), each a"
+  echo "sleep and wake-up or a preemption; client: wrk, iperf3 or l4lb-loadgen; backend: nginx,"
+  echo "iperf3 -s or l4lb-loadgen serve."
+  echo
+  names=("client CPUs busy µs" "proxy CPUs busy µs" "proxy CPUs idle entries" "${NSTAT_KEYS[@]}" "non-data segs out"
+    "client ctx switches" "client syscalls" "client epoll_waits"
+    "backend ctx switches" "backend syscalls" "backend epoll_waits"
+    "proxy ctx switches" "proxy syscalls" "proxy epoll_waits")
+  IFS=, read -ra sched_names <<<"$SCHED_EVENTS"
+  names+=("${sched_names[@]}")
+  for wl in "${WORKLOADS[@]}"; do
+    [[ $wl == hold ]] && continue
+    echo "| $wl | $(IFS='|'; for c in "${WANT[@]}"; do printf ' %s |' "$c"; done)"
+    echo "|---|$(for _ in "${WANT[@]}"; do printf -- '---|'; done)"
+    for n in "${names[@]}"; do
+      printf '| %s |' "$n"
+      for c in "${WANT[@]}"; do
+        v=$(median "${CNT[$c|$wl|$n]:-}")
+        if [[ $wl == iperf-* ]]; then printf ' %s |' "$(fmt "$v" '%.0f')"; else printf ' %s |' "$(fmt "$v" '%.2f')"; fi
+      done
+      echo
+    done
+    echo
+  done
+  echo "Proxy reads and writes under wrk keep-alive (strace, 1 s; strace slows the proxy):"
+  echo
+  for c in "${WANT[@]}"; do
+    [[ -n ${IOSIZES[$c]:-} ]] && echo "- $c: ${IOSIZES[$c]}"
+  done
+fi
+echo
+log "done in $(($(date +%s) - STARTED)) s"
