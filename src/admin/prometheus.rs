@@ -40,6 +40,7 @@ pub const CONNECTIONS_CONNECT_FAILED: &str = "l4lb_connections_connect_failed_to
 pub const BACKEND_WEIGHT: &str = "l4lb_backend_weight";
 pub const BACKEND_ROUTE: &str = "l4lb_backend_route_info";
 pub const ROUTE_CONNECTIONS: &str = "l4lb_route_connections_total";
+pub const IO_ERRORS: &str = "l4lb_io_errors_total";
 pub const WORKER_LOOP: &str = "l4lb_worker_loop_seconds";
 pub const WORKER_POLL_EVENTS: &str = "l4lb_worker_poll_events_total";
 
@@ -154,6 +155,21 @@ pub fn render(shared: &SharedState) -> String {
         CONFIG_RELOADS,
         &[("result", "error")],
         shared.reloads_error.load(Ordering::Relaxed),
+    );
+    w.family(
+        IO_ERRORS,
+        "counter",
+        "I/O errors that closed a TCP connection: reset (the peer reset it or went away) or other (also logged).",
+    );
+    w.sample(
+        IO_ERRORS,
+        &[("class", "reset")],
+        shared.io_errors.resets.load(Ordering::Relaxed),
+    );
+    w.sample(
+        IO_ERRORS,
+        &[("class", "other")],
+        shared.io_errors.other.load(Ordering::Relaxed),
     );
 
     worker_loop(&mut w, shared);

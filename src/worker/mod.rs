@@ -46,6 +46,7 @@ use mio::{Events, Poll, Token};
 
 use crate::balancer::Selector;
 use crate::config::ProxyProtocol;
+use crate::net::io::IoErrors;
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{ListenerState, SharedState};
 
@@ -173,6 +174,7 @@ impl Worker {
                 pipes: PipePool::new(MAX_IDLE_PIPES),
                 bufs: BufferPool::new(COPY_BUFFER, MAX_IDLE_BUFFERS),
                 splice: shared.splice,
+                errors: IoErrors::new(shared.io_errors.clone()),
             },
             timers: TimerWheel::new(now),
             udp: udp::UdpPlane::new(now),
@@ -244,6 +246,9 @@ impl Worker {
             }
             let ran = woke.elapsed().as_nanos() as u64;
             self.shared.loops.worker(self.id).record(ran, nevents);
+            if let Some(line) = self.io.errors.report(self.now) {
+                log::warn!("worker {}: {line}", self.id);
+            }
         }
         log::debug!(
             "worker {} stopping with {} connections",

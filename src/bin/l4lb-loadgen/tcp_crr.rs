@@ -237,7 +237,7 @@ fn drive(
 
 /// Checks a complete HTTP response and returns the backend named in its body (`backend X`),
 /// or `(unnamed)` when the body names none.
-fn parse_http(resp: &[u8]) -> Result<&[u8], ErrKind> {
+pub fn parse_http(resp: &[u8]) -> Result<&[u8], ErrKind> {
     if resp.is_empty() {
         return Err(ErrKind::ShortRead);
     }
