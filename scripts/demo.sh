@@ -10,7 +10,7 @@
 #   L4LB_BIN, LOADGEN_BIN   explicit binaries (override BUILD_DIR)
 #   DEMO_CONFIG        config to run (default conf/demo.toml: listener 127.0.0.1:8080,
 #                      backends 127.0.0.1:9001-9003, admin 127.0.0.1:9090)
-#   DEMO_DURATION      seconds of load (default 5)
+#   DEMO_DURATION      seconds of load (default 5; e.g. 120 to watch the dashboard)
 #   DEMO_CONNS         concurrent connections (default 16)
 #   DEMO_PORT_BASE     run on other ports: the listener on BASE, the backends on BASE+1..+3,
 #                      the admin API on BASE+4 (the config's ports are rewritten in a copy)
@@ -113,6 +113,7 @@ if ! wait_port "$FRONT_PORT" "$L4LB_PID" 100 "$FRONT_HOST"; then
   exit 1
 fi
 sed 's/^/   /' "$TMP/l4lb.log"
+echo "== dashboard: http://$ADMIN/ (live while the load runs; DEMO_DURATION=120 to watch longer)"
 
 if command -v curl >/dev/null 2>&1; then
   echo "== three requests by hand: curl -s http://$FRONT_HOST:$FRONT_PORT/"

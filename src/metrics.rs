@@ -62,6 +62,15 @@ impl UdpDrop {
     }
 }
 
+/// I/O errors that closed a connection, process-wide (`l4lb_io_errors_total{class}`): resets
+/// and broken pipes (the peer went away), and everything else, which is also logged
+/// (rate-limited) by the worker that saw it. Written once per closed connection at most.
+#[derive(Debug, Default)]
+pub struct IoErrorCounters {
+    pub resets: AtomicU64,
+    pub other: AtomicU64,
+}
+
 /// One worker's counters for one listener.
 #[derive(Debug, Default)]
 #[repr(align(64))]

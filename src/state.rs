@@ -19,7 +19,7 @@ use crate::backend::{AdminState, Backend};
 use crate::balancer::Pool;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientTable, RateTable};
-use crate::metrics::{ListenerMetrics, LoopMetrics};
+use crate::metrics::{IoErrorCounters, ListenerMetrics, LoopMetrics};
 
 /// One listener as every worker sees it. Immutable but for atomics; a reload that changes its
 /// settings publishes a new `ListenerState` built with [`ListenerState::reconfigured`].
@@ -176,6 +176,26 @@ impl ListenerState {
         self.pool.rcu(|p| p.rebuilt());
     }
 
+    /// Put back the weights the file gives (a reload that leaves this listener's config
+    /// unchanged: weights set through the admin API last only until the next reload).
+    /// Republishes the pool only when a weight actually changed.
+    pub fn restore_file_weights(&self) -> bool {
+        let pool = self.pool.load();
+        let mut changed = false;
+        for b in &self.config.backends {
+            if let Some(live) = pool.backends().iter().find(|x| x.name == b.name) {
+                if live.weight() != b.weight {
+                    live.set_weight(b.weight);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.republish_pool();
+        }
+        changed
+    }
+
     pub fn find_backend(&self, name: &str) -> Option<Arc<Backend>> {
         self.pool
             .load()
@@ -207,6 +227,8 @@ pub struct SharedState {
     pub handed_over: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_error: AtomicU64,
+    /// I/O errors that closed connections, by class (every worker adds to it).
+    pub io_errors: Arc<IoErrorCounters>,
     /// Each worker's event-loop iteration times (`l4lb_worker_loop_seconds`).
     pub loops: LoopMetrics,
 }
@@ -243,6 +265,7 @@ impl SharedState {
             handed_over: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
+            io_errors: Arc::new(IoErrorCounters::default()),
             loops: LoopMetrics::new(workers),
         }
     }
@@ -286,6 +309,26 @@ impl SharedState {
         b.set_admin(state);
         l.republish_pool();
         log::info!("listener {listener}: backend {backend} set to {state:?} by the admin API");
+        Ok(())
+    }
+
+    /// Operator action from the admin API: set one backend's weight until the next reload,
+    /// then publish the listener's rebuilt pool (new Maglev tables, built here on the caller's
+    /// control thread; workers pick up the new snapshot on their next connection).
+    pub fn set_backend_weight(
+        &self,
+        listener: &str,
+        backend: &str,
+        weight: u32,
+    ) -> Result<(), LookupError> {
+        let l = self.listener(listener).ok_or(LookupError::NoListener)?;
+        let b = l.find_backend(backend).ok_or(LookupError::NoBackend)?;
+        let old = b.weight();
+        b.set_weight(weight);
+        l.republish_pool();
+        log::info!(
+            "listener {listener}: backend {backend} weight {old} -> {weight} by the admin API"
+        );
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -34,10 +35,15 @@ impl Setup {
     /// `start` with the config passed through `edit` (after the `[admin]` table is opened,
     /// so `edit` may add `runtime` lines that land in it, e.g. `token_file`).
     fn start_with(edit: impl FnOnce(Conf) -> Conf) -> Setup {
+        Setup::start_balanced("round_robin", edit)
+    }
+
+    /// `start_with` on `balance`.
+    fn start_balanced(balance: &str, edit: impl FnOnce(Conf) -> Conf) -> Setup {
         let backends = vec![Backend::id("a"), Backend::id("b")];
         let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
         let admin = SocketAddr::new(localhost(), free_port(localhost()));
-        let conf = edit(Conf::new("round_robin", &addrs).workers("2").admin(admin));
+        let conf = edit(Conf::new(balance, &addrs).workers("2").admin(admin));
         let lb = L4lb::start(&conf);
         let setup = Setup {
             lb,
@@ -1022,4 +1028,84 @@ fn a_client_that_keeps_sending_is_cut_off() {
     );
     // And it still serves others.
     let _ = setup.status();
+}
+
+/// Backend "b"'s share of `n` fresh connections through the balancer.
+fn share_of_b(lb: SocketAddr, n: usize) -> f64 {
+    let b = (0..n).filter(|_| served_by(lb, None) == "b").count();
+    b as f64 / n as f64
+}
+
+/// `POST .../weight/{n}` (issue 13, item 4): new connections follow the new weight at once
+/// (smooth weighted round robin, and Maglev tables rebuilt on the admin thread), `/status`
+/// and `l4lb_backend_weight` show it, weight 0 takes no new connections, and a reload of the
+/// unchanged file puts the file's weights back.
+#[test]
+fn weights_change_at_run_time_and_a_reload_restores_them() {
+    for balance in ["weighted_round_robin", "five_tuple_hash"] {
+        let setup = Setup::start_balanced(balance, |c| c);
+        let lb = setup.lb.addr;
+        let b = setup.backend("b").addr;
+        let name = b.to_string();
+        let labels = [("listener", "t"), ("backend", name.as_str())];
+        // Hash shares are statistical (one key per client port); smooth WRR is exact per
+        // worker, up to one pick per worker.
+        const N: usize = 300;
+        let tolerance = if balance == "five_tuple_hash" {
+            0.12
+        } else {
+            0.05
+        };
+        let near = |share: f64, want: f64| (share - want).abs() <= tolerance;
+
+        let even = share_of_b(lb, N);
+        assert!(near(even, 0.5), "{balance}: b's share at 1:1 is {even}");
+
+        let asked = Instant::now();
+        let (status, head, body) =
+            setup.http("POST", &format!("/listeners/t/backends/{b}/weight/4"));
+        assert_eq!(status, 200, "{head}{body}");
+        let reply = Json::parse(&body).expect("JSON reply");
+        assert_eq!(reply.get("weight").num(), 4.0, "{body}");
+        // The very next connections follow: measured right after the answer, within a second.
+        let heavy = share_of_b(lb, N);
+        let took = asked.elapsed();
+        assert!(near(heavy, 0.8), "{balance}: b's share at 1:4 is {heavy}");
+        assert!(took < Duration::from_secs(5), "{balance}: {took:?}");
+        let status = setup.status();
+        let listener = &status.get("listeners").array()[0];
+        assert_eq!(listener.backend(&name).get("weight").num(), 4.0);
+        assert_eq!(setup.metrics().get("l4lb_backend_weight", &labels), 4.0);
+
+        let (status, _, body) = setup.http("POST", &format!("/listeners/t/backends/{b}/weight/0"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            share_of_b(lb, 40),
+            0.0,
+            "{balance}: weight 0 still took connections"
+        );
+        let (status, _, _) = setup.http("POST", &format!("/listeners/t/backends/{b}/weight/1001"));
+        assert_eq!(status, 400);
+
+        // SIGHUP with the file unchanged: the file's weight (1) comes back.
+        setup.lb.signal(Signal::SIGHUP);
+        let mut seen = None;
+        let restored = wait_until(Duration::from_secs(10), || {
+            let m = setup.metrics();
+            let w = m.get("l4lb_backend_weight", &labels);
+            let ok = m.get("l4lb_config_reloads_total", &[("result", "ok")]);
+            seen = Some((w, ok));
+            w == 1.0 && ok == 1.0
+        });
+        assert!(restored, "{balance}: (weight, reloads ok) = {seen:?}");
+        let back = share_of_b(lb, N);
+        assert!(
+            near(back, 0.5),
+            "{balance}: b's share after the reload is {back}"
+        );
+        eprintln!(
+            "{balance}: b's share of {N} connections: {even:.3} at 1:1, {heavy:.3} right after \
+             weight 4 (measured within {took:?} of the POST), {back:.3} after the reload"
+        );
+    }
 }

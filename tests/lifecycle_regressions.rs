@@ -55,7 +55,8 @@ impl Lb {
         );
     }
 
-    /// `GET /status`: the JSON body.
+    /// `GET /status`: the JSON body, its `uptime_s` value blanked (it ticks on by itself, and
+    /// a slow run spans a second boundary between two reads).
     fn status(&self) -> String {
         let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("connect to the admin API: {e}"));
@@ -64,7 +65,18 @@ impl Lb {
         let out = read_until_eof(&mut s, IO_TIMEOUT).expect("read /status");
         let text = String::from_utf8_lossy(&out).into_owned();
         match text.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_string(),
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => {
+                const KEY: &str = "\"uptime_s\":";
+                match body.find(KEY) {
+                    Some(i) => {
+                        let rest = &body[i + KEY.len()..];
+                        let digits = rest.len()
+                            - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                        format!("{}_{}", &body[..i + KEY.len()], &rest[digits..])
+                    }
+                    None => body.to_string(),
+                }
+            }
             _ => panic!("bad /status response: {text:?}"),
         }
     }
@@ -103,6 +115,12 @@ fn a_reload_whose_bind_fails_changes_no_weight() {
     let b = Backend::id("b");
     let conf = Conf::weighted("weighted_round_robin", &[(a.addr, 1), (b.addr, 1)]);
     let lb = Lb::start(&conf, |text, _| text);
+    // The log names the algorithm as the config spells it.
+    assert!(
+        lb.saw_log("balance weighted_round_robin)"),
+        "{:?}",
+        lb.lb.stderr_lines()
+    );
     let before = lb.status();
     assert!(
         before.contains(&format!("{{\"addr\":\"{}\",\"weight\":1,", a.addr)),
@@ -401,4 +419,34 @@ fn a_reload_loop_that_rebinds_listeners_keeps_the_rss_flat() {
         growth <= MAX_GROWTH_KIB,
         "RSS grew by {growth} KiB over {MEASURED} reloads ({rss_after_warmup} -> {rss_end} KiB)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every I/O error classified (STYLE §5): resets are counted
+// ---------------------------------------------------------------------------------------------
+
+/// A client that resets its connection mid-stream: l4lb closes that connection and counts the
+/// reset in `l4lb_io_errors_total{class="reset"}`; nothing is counted as `other`.
+#[test]
+fn a_reset_closing_a_connection_is_counted() {
+    let backend = Backend::echo("e");
+    let conf = Conf::new("round_robin", &[backend.addr]);
+    let lb = Lb::start(&conf, |text, _| text);
+    let io_errors = |class: &str| {
+        let text = scrape(lb.admin).expect("GET /metrics");
+        metric(&text, "l4lb_io_errors_total", &[("class", class)])
+            .unwrap_or_else(|| panic!("no l4lb_io_errors_total{{class=\"{class}\"}}"))
+    };
+    assert_eq!(io_errors("reset"), 0.0);
+    for _ in 0..3 {
+        let mut s = connect(lb.lb.addr).expect("connect");
+        echo_roundtrip(&mut s, b"before the reset\n").expect("echo");
+        reset(s);
+    }
+    assert!(
+        wait_until(APPLY, || io_errors("reset") >= 3.0),
+        "resets not counted: {}",
+        io_errors("reset")
+    );
+    assert_eq!(io_errors("other"), 0.0);
 }

@@ -224,6 +224,8 @@ fn make_demo_shows_all_three_backends() {
         );
     }
     assert!(text.contains("p99="), "no latency summary:\n{text}");
+    let dashboard = format!("== dashboard: http://127.0.0.1:{}/ ", base + 4);
+    assert!(text.contains(&dashboard), "no dashboard address:\n{text}");
 }
 
 /// The first of five consecutive loopback ports that nobody holds now (the demo's listener,

@@ -1,11 +1,12 @@
-//! The admin HTTP API (SPEC.md, "Admin HTTP API"): `GET /metrics`, `GET /status` and
-//! `POST /listeners/{listener}/backends/{addr}/{enable|disable|drain}`, on a thread of its own
-//! ("l4lb-admin") with its own small mio loop. Every POST passes `guard.rs` first (Host,
-//! Origin, bearer token).
+//! The admin HTTP API (SPEC.md, "Admin HTTP API"): `GET /` (the dashboard), `GET /metrics`,
+//! `GET /status`, `POST /listeners/{listener}/backends/{addr}/{enable|disable|drain}` and
+//! `.../weight/{n}`, on a thread of its own ("l4lb-admin") with its own small mio loop. Every
+//! POST passes `guard.rs` first (Host, Origin, bearer token).
 //!
 //! Control path, off the data path: it only reads snapshots and atomics of [`SharedState`]
-//! and flips backend admin states through [`SharedState::set_backend_admin`]; no worker ever
-//! waits on it. Invariants: at most [`MAX_CONNS`] connections at once (more wait in the
+//! and flips backend admin states and weights through [`SharedState::set_backend_admin`] and
+//! [`SharedState::set_backend_weight`] (which rebuild and republish the pool here); no worker
+//! ever waits on it. Invariants: at most [`MAX_CONNS`] connections at once (more wait in the
 //! kernel's backlog until a slot frees), each bounded in time ([`REQUEST_TIMEOUT`],
 //! [`RESPONSE_TIMEOUT`]) and in size (`http::MAX_REQUEST`, 64 KiB, and at most
 //! [`MAX_READ_PER_CONN`] bytes read in all, including what is discarded after the response),
@@ -15,8 +16,10 @@
 //! The loop notices `shared.is_shutting_down()` within [`POLL_INTERVAL`].
 //!
 //! Files: `http.rs` (framing, sans-io), `guard.rs` (who may POST), `router.rs` (paths to
-//! responses), `prometheus.rs` (`/metrics`), `status.rs` (`/status` and JSON strings).
+//! responses), `dashboard.rs` (`/`, the page in `dashboard.html`), `prometheus.rs`
+//! (`/metrics`), `status.rs` (`/status` and JSON strings).
 
+mod dashboard;
 mod guard;
 mod http;
 mod prometheus;

@@ -38,6 +38,7 @@ pub const DRAINING: &str = "l4lb_draining";
 pub const PROCESS_CONNECTIONS_ACTIVE: &str = "l4lb_process_connections_active";
 pub const CONNECTIONS_CONNECT_FAILED: &str = "l4lb_connections_connect_failed_total";
 pub const BACKEND_WEIGHT: &str = "l4lb_backend_weight";
+pub const IO_ERRORS: &str = "l4lb_io_errors_total";
 pub const WORKER_LOOP: &str = "l4lb_worker_loop_seconds";
 pub const WORKER_POLL_EVENTS: &str = "l4lb_worker_poll_events_total";
 
@@ -152,6 +153,21 @@ pub fn render(shared: &SharedState) -> String {
         CONFIG_RELOADS,
         &[("result", "error")],
         shared.reloads_error.load(Ordering::Relaxed),
+    );
+    w.family(
+        IO_ERRORS,
+        "counter",
+        "I/O errors that closed a TCP connection: reset (the peer reset it or went away) or other (also logged).",
+    );
+    w.sample(
+        IO_ERRORS,
+        &[("class", "reset")],
+        shared.io_errors.resets.load(Ordering::Relaxed),
+    );
+    w.sample(
+        IO_ERRORS,
+        &[("class", "other")],
+        shared.io_errors.other.load(Ordering::Relaxed),
     );
 
     worker_loop(&mut w, shared);

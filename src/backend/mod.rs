@@ -14,7 +14,6 @@
 //! every algorithm sees combines them: disabled, else drain, else the health. So a health
 //! check never undoes an operator's drain, and enabling a backend that is down keeps it down.
 
-pub mod health;
 pub mod latency;
 pub mod slow_start;
 

@@ -16,6 +16,10 @@ use ipnet::IpNet;
 
 pub use crate::balancer::Algorithm;
 
+/// The largest backend weight (config and admin API). Weights are relative; 1000 gives 0.1%
+/// resolution, and keeps weighted round robin's per-pick arithmetic far from overflow.
+pub const MAX_WEIGHT: u32 = 1000;
+
 /// A configuration problem: `file: key.path: what is wrong`, on one line. When `path` is
 /// empty (unreadable file, TOML syntax error) the key path and its colon are left out:
 /// `file: line 3 column 5: what is wrong`.

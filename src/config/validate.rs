@@ -48,9 +48,8 @@ const MAX_FIRST_BYTE_TIMEOUT_MS: i64 = 3_600_000;
 /// Backends per listener: bounds the Maglev build (each backend gets rows of a 65537-slot
 /// table) and the per-backend atomics, which are allocated up front.
 pub(crate) const MAX_BACKENDS: usize = 4096;
-/// Weights are relative; 1000 gives 0.1% resolution, and keeps weighted round robin's
-/// per-pick arithmetic far from overflow.
-const MAX_WEIGHT: i64 = 1000;
+/// See [`super::MAX_WEIGHT`].
+const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
 /// Health-check interval bounds: 10 ms is the finest a single checker thread can keep for a
 /// few thousand backends; one hour is the coarsest that still deserves the name.
 const MIN_INTERVAL_MS: i64 = 10;

@@ -97,12 +97,12 @@ pub(super) fn record(handover: &mut Handover, l: &ListenerConfig, sockets: &[Lis
 
 pub(super) fn log_listener(l: &ListenerConfig) {
     log::info!(
-        "listener {} bound on {} ({}, {} backends, balance {:?})",
+        "listener {} bound on {} ({}, {} backends, balance {})",
         l.name,
         l.bind,
         l.protocol.as_str(),
         l.backends.len(),
-        l.balance
+        l.balance.as_str()
     );
 }
 
@@ -205,8 +205,7 @@ impl Bound {
                 thread: Some(thread),
             });
         }
-        crate::backend::health::spawn(shared.clone())
-            .map_err(io_err("cannot start the health checker"))?;
+        super::health::spawn(shared.clone()).map_err(io_err("cannot start the health checker"))?;
         log::info!(
             "started {} workers{}",
             workers.len(),

@@ -10,6 +10,7 @@
 mod bind;
 pub mod control_socket;
 mod cpus;
+pub mod health;
 pub mod privileges;
 mod reload;
 pub mod sd_notify;

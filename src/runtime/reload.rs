@@ -262,7 +262,15 @@ fn apply(running: &mut Running, new: Config, started: Instant) {
                 }
                 list.push(state);
             }
-            Change::Keep(state) => list.push(state),
+            Change::Keep(state) => {
+                if state.restore_file_weights() {
+                    log::info!(
+                        "reload: listener {}: weights set through the admin API reset to the file's",
+                        state.config.name
+                    );
+                }
+                list.push(state);
+            }
         }
     }
     shared.listeners.store(Arc::new(list));

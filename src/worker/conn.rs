@@ -248,7 +248,10 @@ impl Conn {
                 Err(e) => match classify(&e) {
                     IoClass::WouldBlock => self.client_ready.readable = false,
                     IoClass::Retry => {}
-                    IoClass::PeerGone | IoClass::Fatal => return HeaderRead::Refused,
+                    IoClass::PeerGone | IoClass::Fatal => {
+                        io.errors.closed_by(&e);
+                        return HeaderRead::Refused;
+                    }
                 },
             }
         }
@@ -294,7 +297,10 @@ impl Conn {
                             break;
                         }
                         IoClass::Retry => {}
-                        IoClass::PeerGone | IoClass::Fatal => return Err(Broken),
+                        IoClass::PeerGone | IoClass::Fatal => {
+                            io.errors.closed_by(&e);
+                            return Err(Broken);
+                        }
                     },
                 }
             }

@@ -23,7 +23,7 @@ use nix::libc;
 use socket2::SockRef;
 
 use crate::config::SpliceMode;
-use crate::net::io::{classify, IoClass};
+use crate::net::io::{classify, IoClass, IoErrors};
 use crate::net::pipe::{BufferPool, Pipe, PipePool};
 
 /// Reads per direction per wake-up before yielding to other connections (bounds the
@@ -62,6 +62,8 @@ pub struct IoResources {
     pub pipes: PipePool,
     pub bufs: BufferPool,
     pub splice: SpliceMode,
+    /// Errors that closed connections: counted, and the unusual ones logged (rate-limited).
+    pub errors: IoErrors,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +224,7 @@ impl Flow {
                 if !dst_ready.writable {
                     return Ok(Pump::Idle);
                 }
-                if !self.write_pending(dst, dst_ready)? {
+                if !self.write_pending(dst, dst_ready, io)? {
                     return Ok(Pump::Idle);
                 }
                 continue;
@@ -262,6 +264,7 @@ impl Flow {
         &mut self,
         dst: &TcpStream,
         dst_ready: &mut Readiness,
+        io: &mut IoResources,
     ) -> Result<bool, Broken> {
         loop {
             let result = match (&mut self.pipe, &self.buf) {
@@ -288,7 +291,10 @@ impl Flow {
                         return Ok(false);
                     }
                     IoClass::Retry => continue,
-                    IoClass::PeerGone | IoClass::Fatal => return Err(Broken),
+                    IoClass::PeerGone | IoClass::Fatal => {
+                        io.errors.closed_by(&e);
+                        return Err(Broken);
+                    }
                 },
             }
         }
@@ -330,7 +336,10 @@ impl Flow {
                         return Ok(());
                     }
                     IoClass::Retry => continue,
-                    IoClass::PeerGone | IoClass::Fatal => return Err(Broken),
+                    IoClass::PeerGone | IoClass::Fatal => {
+                        io.errors.closed_by(&e);
+                        return Err(Broken);
+                    }
                 },
             }
         }
@@ -365,7 +374,10 @@ impl Flow {
                         return Ok(());
                     }
                     IoClass::Retry => continue,
-                    IoClass::PeerGone | IoClass::Fatal => return Err(Broken),
+                    IoClass::PeerGone | IoClass::Fatal => {
+                        io.errors.closed_by(&e);
+                        return Err(Broken);
+                    }
                 },
             }
         };
@@ -400,7 +412,10 @@ impl Flow {
                 Err(e) => match classify(&e) {
                     IoClass::WouldBlock => dst_ready.writable = false,
                     IoClass::Retry => {}
-                    IoClass::PeerGone | IoClass::Fatal => return Err(Broken),
+                    IoClass::PeerGone | IoClass::Fatal => {
+                        io.errors.closed_by(&e);
+                        return Err(Broken);
+                    }
                 },
             }
         }
@@ -425,6 +440,7 @@ mod tests {
             scratch: vec![0u8; buf_size].into_boxed_slice(),
             pipes: PipePool::new(1),
             bufs: BufferPool::new(buf_size, 1),
+            errors: IoErrors::new(Default::default()),
             splice: SpliceMode::Never,
         }
     }

@@ -45,6 +45,7 @@ use mio::{Events, Poll, Token};
 
 use crate::balancer::Selector;
 use crate::config::ProxyProtocol;
+use crate::net::io::IoErrors;
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{ListenerState, SharedState};
 
@@ -172,6 +173,7 @@ impl Worker {
                 pipes: PipePool::new(MAX_IDLE_PIPES),
                 bufs: BufferPool::new(COPY_BUFFER, MAX_IDLE_BUFFERS),
                 splice: shared.splice,
+                errors: IoErrors::new(shared.io_errors.clone()),
             },
             timers: TimerWheel::new(now),
             udp: udp::UdpPlane::new(now),
@@ -243,6 +245,9 @@ impl Worker {
             }
             let ran = woke.elapsed().as_nanos() as u64;
             self.shared.loops.worker(self.id).record(ran, nevents);
+            if let Some(line) = self.io.errors.report(self.now) {
+                log::warn!("worker {}: {line}", self.id);
+            }
         }
         log::debug!(
             "worker {} stopping with {} connections",

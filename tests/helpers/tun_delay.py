@@ -2,17 +2,19 @@
 """Delay relay between two TUN devices, for tests that need a slow network path (this kernel
 has no netem qdisc).
 
-Usage: tun_delay.py TUN_A TUN_B DELAY_MS
+Usage: tun_delay.py TUN_A TUN_B DELAY_MS [JITTER_MS]
 
 Creates the two TUN devices (IFF_TUN | IFF_NO_PI; not persistent, so they vanish with this
 process), prints "ready", then copies every IP packet read from one device to the other
 DELAY_MS milliseconds later, in both directions: a TCP handshake through the pair takes
-2 x DELAY_MS longer. The test moves TUN_B into a network namespace and routes to it through
+2 x DELAY_MS longer. With JITTER_MS, each packet waits DELAY_MS plus a uniform random extra of
+0..JITTER_MS, so packets also overtake each other (reordering), as on a jittery path. The test moves TUN_B into a network namespace and routes to it through
 TUN_A. Exits when its stdin closes (the test ended or died) or after MAX_LIFETIME_S.
 """
 import fcntl
 import heapq
 import os
+import random
 import select
 import struct
 import sys
@@ -34,11 +36,12 @@ def open_tun(name):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         print(__doc__, file=sys.stderr)
         return 2
     a, b = open_tun(sys.argv[1]), open_tun(sys.argv[2])
     delay = float(sys.argv[3]) / 1000.0
+    jitter = float(sys.argv[4]) / 1000.0 if len(sys.argv) == 5 else 0.0
     other = {a: b, b: a}
     print("ready", flush=True)
     queue = []  # (due, seq, fd to write, packet)
@@ -58,7 +61,8 @@ def main():
                     packet = os.read(fd, 65535)
                 except BlockingIOError:
                     break
-                heapq.heappush(queue, (now + delay, seq, other[fd], packet))
+                due = now + delay + (random.uniform(0.0, jitter) if jitter else 0.0)
+                heapq.heappush(queue, (due, seq, other[fd], packet))
                 seq += 1
         now = time.monotonic()
         while queue and queue[0][0] <= now:
