@@ -450,6 +450,10 @@ backend_of() {
 # cell CAND WL REPEAT: one run of WL through CAND; appends to the cell's lists.
 cell() {
   local cand=$1 wl=$2 r=$3 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 k0 k1 bpid
+  if [[ $wl == udp-echo && $cand == haproxy* ]]; then
+    NOTE[$key]="n/a (HAProxy has no UDP)"
+    return 0
+  fi
   local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who i0 i1
   p0=$(cpu_ticks "$CAND_PID")
   read -r m0 k0 <<<"$(machine_ticks)"

@@ -16,16 +16,23 @@ pub enum RejectReason {
     GlobalLimit = 3,
     NoBackend = 4,
     Acl = 5,
+    /// SNI routing: the hello matched no route and the listener has no backends of its own.
+    NoRoute = 6,
+    /// SNI routing: no valid ClientHello (garbage, malformed, larger than
+    /// `tls_sni::MAX_HELLO`, or the client closed before it was whole).
+    TlsHello = 7,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::ClientLimit,
         RejectReason::ClientRate,
         RejectReason::ListenerLimit,
         RejectReason::GlobalLimit,
         RejectReason::NoBackend,
         RejectReason::Acl,
+        RejectReason::NoRoute,
+        RejectReason::TlsHello,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +43,8 @@ impl RejectReason {
             RejectReason::GlobalLimit => "global_limit",
             RejectReason::NoBackend => "no_backend",
             RejectReason::Acl => "acl",
+            RejectReason::NoRoute => "no_route",
+            RejectReason::TlsHello => "tls_hello",
         }
     }
 }
@@ -76,7 +85,7 @@ pub struct IoErrorCounters {
 #[repr(align(64))]
 pub struct ListenerCounters {
     pub accepted: AtomicU64,
-    pub rejected: [AtomicU64; 6],
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Connections closed because a backend connect failed on every try.
     pub connect_failures: AtomicU64,
     /// UDP datagrams dropped, by [`UdpDrop`] reason.

@@ -231,11 +231,17 @@ fn make_demo_shows_all_three_backends() {
 /// The first of five consecutive loopback ports that nobody holds now (the demo's listener,
 /// three backends and the admin API), so parallel test runs never share the demo's ports.
 fn five_free_ports() -> u16 {
-    for _ in 0..200 {
-        let base = common::free_port(common::localhost());
-        if base > 65_530 {
-            continue;
-        }
+    // Below the kernel's default ephemeral range (32768-60999): a busy host can have that range
+    // full of TIME_WAIT and outgoing connections, so port 0 says little about its neighbours.
+    let seed = std::process::id() as u64
+        ^ u64::from(
+            std::time::UNIX_EPOCH
+                .elapsed()
+                .map_or(0, |d| d.subsec_nanos()),
+        );
+    for i in 0..400u64 {
+        let base =
+            20_000 + ((seed.wrapping_mul(2_654_435_761).wrapping_add(i * 7_919)) % 12_000) as u16;
         let held: Vec<_> = (base..base + 5)
             .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
@@ -243,5 +249,5 @@ fn five_free_ports() -> u16 {
             return base;
         }
     }
-    panic!("no five consecutive free ports on 127.0.0.1 in 200 tries");
+    panic!("no five consecutive free ports on 127.0.0.1 in 400 tries");
 }

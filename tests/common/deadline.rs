@@ -4,8 +4,10 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How long the balancer may take to bind its listener (a debug build on a busy 2-core host).
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the balancer may take to bind its listener (a debug build on a busy 2-core host;
+/// readiness scans /proc/net/tcp, which takes about a second per read when tens of thousands
+/// of TIME_WAIT sockets are there).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-call socket timeout: no read or write in these tests should ever block this long.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How fast a refusal (reset or close without data) must arrive.

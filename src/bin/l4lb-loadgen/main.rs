@@ -9,6 +9,7 @@
 //!            └───> driver::run(mode) ──> one worker thread per core, each its own mio Poll
 //!                    tcp_rr | tcp_crr | tcp_stream | udp_rr | hold
 //!                  per-thread Stats (HDR histogram) -> merged -> report (text or JSON)
+//!            └───> probe::run            one request per connection, one line per connection
 //! ```
 //!
 //! This binary deliberately does not link the l4lb library: it must measure the balancer, not
@@ -20,6 +21,7 @@ mod driver;
 mod hold;
 mod net;
 mod opts;
+mod probe;
 mod report;
 mod serve;
 mod signals;
@@ -75,6 +77,9 @@ enum Command {
     },
     /// Datagram request/response (echo backend) with a per-request timeout (--timeout-ms).
     UdpRr(ClientArgs),
+    /// One HTTP request per connection from each --sources address; prints, per connection,
+    /// the client IP:port used and the backend that answered (to trace where clients land).
+    Probe(probe::ProbeArgs),
     /// Open --conns idle connections, keep them, then verify each with one echo round trip.
     Hold {
         #[command(flatten)]
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
             driver::start(opts::Mode::TcpStream { direction }, common)
         }
         Command::UdpRr(common) => driver::start(opts::Mode::UdpRr, common),
+        Command::Probe(args) => probe::run(args),
         Command::Hold {
             common,
             hold,

@@ -63,6 +63,11 @@ impl Sources {
         self.addrs.len()
     }
 
+    /// Every address, in the order given.
+    pub fn addrs(&self) -> &[IpAddr] {
+        &self.addrs
+    }
+
     /// The picker for worker `index` of `workers`.
     pub fn picker(&self, index: usize, workers: usize) -> Picker {
         Picker {
