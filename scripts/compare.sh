@@ -31,7 +31,7 @@
 #   --duration S     seconds per cell (default 3)
 #   --hold-conns N   idle connections for the RSS measurement (default 9000)
 #   --candidates L   comma list from direct,l4lb,haproxy,nginx (default: all)
-#   --base-port P    ports used: P+1, P+2 backends; P+80/81 l4lb; P+180 HAProxy;
+#   --base-port P    ports used: P+1, P+2 backends; P+80/81 l4lb (P+90 its admin API); P+180 HAProxy;
 #                    P+280/281 nginx (default 24000)
 #   --no-install     do not apt-get install haproxy/nginx when missing (they are skipped)
 #   --workloads L    comma list from tcp-rr,tcp-crr,tcp-stream,udp-rr,hold,mix (default: all)
@@ -414,7 +414,7 @@ hold_cell() {
 # time sum in seconds, poll events, bytes moved, then the cumulative bucket counts; empty when
 # the build has no l4lb_worker_loop_seconds.
 loop_figures() {
-  curl -s --max-time 2 "http://127.0.0.1:$L4LB_ADMIN/metrics" 2>/dev/null | awk '
+  { curl -s --max-time 5 "http://127.0.0.1:$L4LB_ADMIN/metrics" 2>/dev/null || true; } | awk '
     /^l4lb_worker_loop_seconds_count / { n = $2 }
     /^l4lb_worker_loop_seconds_sum / { s = $2 }
     /^l4lb_worker_poll_events_total / { e = $2 }
@@ -452,7 +452,7 @@ loop_delta() {
 # mix_cell CANDIDATE: 2 bulk streams and, while they run, 8 connect-per-request clients.
 mix_cell() {
   local cand=$1 spid crr stream loop0="" loop1=""
-  [[ $cand == l4lb ]] && loop0=$(loop_figures)
+  [[ $cand == l4lb ]] && loop0=$(loop_figures || true)
   "${CLIENT_PIN[@]}" "$LOADGEN_BIN" tcp-stream --target "$TCP_T" --conns 2 --direction both \
     --duration "$((MIX_DURATION + 2))" --threads "$CLIENT_THREADS" --json --quiet \
     >"$TMP/mix-stream.json" 2>/dev/null &
@@ -466,8 +466,8 @@ mix_cell() {
   if [[ -n $loop0 ]]; then
     # The byte counters are reported from each connection's timer, about once a second.
     sleep 0.5
-    loop1=$(loop_figures)
-    MIX_LOOP+=("$(loop_delta "$loop0" "$loop1")")
+    loop1=$(loop_figures || true)
+    MIX_LOOP+=("$(loop_delta "$loop0" "$loop1" || true)")
   fi
   stream=$(tail -n 1 "$TMP/mix-stream.json" 2>/dev/null || true)
   if [[ $crr != "{"* || $stream != "{"* ]]; then

@@ -35,4 +35,5 @@ pub mod net;
 pub mod proxy_protocol;
 pub mod runtime;
 pub mod state;
+pub mod tls_sni;
 pub mod worker;

@@ -16,21 +16,28 @@ pub enum RejectReason {
     GlobalLimit = 3,
     NoBackend = 4,
     Acl = 5,
+    /// SNI routing: the hello matched no route and the listener has no backends of its own.
+    NoRoute = 6,
+    /// SNI routing: no valid ClientHello (garbage, malformed, larger than
+    /// `tls_sni::MAX_HELLO`, or the client closed before it was whole).
+    TlsHello = 7,
     /// The listener's `conn_rate_limit` (all clients together).
-    ListenerRate = 6,
+    ListenerRate = 8,
     /// No local port, address or descriptor for the backend side: this host's shortage,
     /// never blamed on a backend.
-    LocalResources = 7,
+    LocalResources = 9,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::ClientLimit,
         RejectReason::ClientRate,
         RejectReason::ListenerLimit,
         RejectReason::GlobalLimit,
         RejectReason::NoBackend,
         RejectReason::Acl,
+        RejectReason::NoRoute,
+        RejectReason::TlsHello,
         RejectReason::ListenerRate,
         RejectReason::LocalResources,
     ];
@@ -43,6 +50,8 @@ impl RejectReason {
             RejectReason::GlobalLimit => "global_limit",
             RejectReason::NoBackend => "no_backend",
             RejectReason::Acl => "acl",
+            RejectReason::NoRoute => "no_route",
+            RejectReason::TlsHello => "tls_hello",
             RejectReason::ListenerRate => "listener_rate",
             RejectReason::LocalResources => "local_resources",
         }

@@ -69,10 +69,26 @@ fn new_backend(b: &crate::config::BackendConfig) -> Arc<Backend> {
     ))
 }
 
+/// The listener's pool: its own backends (group 0) and each SNI route's (group `r + 1`).
+fn pool_of(config: &ListenerConfig, backends: Vec<Arc<Backend>>) -> Pool {
+    let group_of: Vec<usize> = config.all_backends().map(|(g, _)| g).collect();
+    let algorithms: Vec<_> = std::iter::once(config.balance)
+        .chain(config.routes.iter().map(|r| r.balance))
+        .collect();
+    Pool::grouped(
+        backends,
+        &group_of,
+        &algorithms,
+        crate::balancer::maglev::DEFAULT_TABLE_SIZE,
+    )
+    .with_slow_start(config.slow_start)
+}
+
 impl ListenerState {
     pub fn new(config: ListenerConfig, global_max: u64, workers: usize) -> ListenerState {
-        let backends: Vec<Arc<Backend>> = config.backends.iter().map(new_backend).collect();
-        let pool = Pool::new(config.balance, backends).with_slow_start(config.slow_start);
+        let backends: Vec<Arc<Backend>> =
+            config.all_backends().map(|(_, b)| new_backend(b)).collect();
+        let pool = pool_of(&config, backends);
         let capacity = table_capacity(&config, global_max);
         let keys = client_keys(&config);
         let clients = (config.max_conns_per_client > 0)
@@ -101,9 +117,8 @@ impl ListenerState {
     pub fn reconfigured(&self, config: ListenerConfig, global_max: u64) -> ListenerState {
         let old_pool = self.pool.load();
         let backends: Vec<Arc<Backend>> = config
-            .backends
-            .iter()
-            .map(|b| {
+            .all_backends()
+            .map(|(_, b)| {
                 match old_pool
                     .backends()
                     .iter()
@@ -123,7 +138,7 @@ impl ListenerState {
                 }
             })
             .collect();
-        let pool = Pool::new(config.balance, backends).with_slow_start(config.slow_start);
+        let pool = pool_of(&config, backends);
         let capacity = table_capacity(&config, global_max);
         // New prefixes make new tables (connections open under the old ones give their slot
         // back to the table they hold an `Arc` of).

@@ -39,6 +39,8 @@ pub const DRAINING: &str = "l4lb_draining";
 pub const PROCESS_CONNECTIONS_ACTIVE: &str = "l4lb_process_connections_active";
 pub const CONNECTIONS_CONNECT_FAILED: &str = "l4lb_connections_connect_failed_total";
 pub const BACKEND_WEIGHT: &str = "l4lb_backend_weight";
+pub const BACKEND_ROUTE: &str = "l4lb_backend_route_info";
+pub const ROUTE_CONNECTIONS: &str = "l4lb_route_connections_total";
 pub const IO_ERRORS: &str = "l4lb_io_errors_total";
 pub const WORKER_LOOP: &str = "l4lb_worker_loop_seconds";
 pub const WORKER_POLL_EVENTS: &str = "l4lb_worker_poll_events_total";
@@ -323,7 +325,62 @@ pub fn render(shared: &SharedState) -> String {
             );
         }
     }
+    routes(&mut w, &pools);
     w.out
+}
+
+/// The label of pool group `g` of a routed listener: `default` (its own backends) or the
+/// route's index in file order.
+fn route_label(g: usize) -> String {
+    match g {
+        0 => "default".to_string(),
+        r => (r - 1).to_string(),
+    }
+}
+
+/// TLS SNI routes (listeners with `[[listener.route]]` only): which route each backend serves
+/// (an info gauge, to join with the per-backend families), and connections sent to each
+/// route's backends (the sum of their `l4lb_backend_connections_total`, read at scrape).
+fn routes(w: &mut Writer, pools: &[(&Arc<ListenerState>, Arc<Pool>)]) {
+    let routed = || pools.iter().filter(|(l, _)| !l.config.routes.is_empty());
+    w.family(
+        BACKEND_ROUTE,
+        "gauge",
+        "Always 1: the SNI route (index in the file, or default) a backend of a routed listener serves.",
+    );
+    for (l, p) in routed() {
+        for ((g, _), b) in l.config.all_backends().zip(p.backends()) {
+            w.sample(
+                BACKEND_ROUTE,
+                &[
+                    ("listener", &l.config.name),
+                    ("backend", &b.name),
+                    ("route", &route_label(g)),
+                ],
+                1,
+            );
+        }
+    }
+    w.family(
+        ROUTE_CONNECTIONS,
+        "counter",
+        "Connections sent to the backends of an SNI route (index in the file, or default).",
+    );
+    for (l, p) in routed() {
+        let mut totals = vec![0u64; l.config.routes.len() + 1];
+        for ((g, _), b) in l.config.all_backends().zip(p.backends()) {
+            if let Some(t) = totals.get_mut(g) {
+                *t += b.total.load(Ordering::Relaxed);
+            }
+        }
+        for (g, total) in totals.into_iter().enumerate() {
+            w.sample(
+                ROUTE_CONNECTIONS,
+                &[("listener", &l.config.name), ("route", &route_label(g))],
+                total,
+            );
+        }
+    }
 }
 
 /// The workers' loop iteration times as one histogram (summed over workers) and the events

@@ -127,18 +127,29 @@ enum Class {
 /// Immutable snapshot of one listener's backends plus the precomputed lookup tables.
 /// Built on the control path (startup, health change, reload), read by every worker through
 /// an ArcSwap. Never mutated after construction.
+///
+/// A listener with TLS SNI routes has one group of backends per route besides its own (group
+/// 0): each group has its own algorithm, classes and tables, and a pick names its group. Every
+/// backend belongs to exactly one group, and `backends` holds them all (so health checks,
+/// metrics, `/status` and the admin API see route backends like any other).
 pub struct Pool {
-    algorithm: Algorithm,
     backends: Vec<Arc<Backend>>,
     generation: u64,
-    /// Indices into `backends` of the primaries, then of the backups, in config order.
-    classes: [Box<[usize]>; 2],
+    /// Group 0: the listener's own backends; group `r + 1`: route `r`'s.
+    groups: Box<[Group]>,
     /// Per backend: fixed hash of its name, its identity in rendezvous draws.
     seeds: Box<[u64]>,
     /// Prime Maglev table size (unused by the non-hash algorithms).
     maglev_size: usize,
     /// `slow_start_s` in µs; 0 = off.
     slow_start_us: u64,
+}
+
+/// The backends one algorithm chooses among.
+struct Group {
+    algorithm: Algorithm,
+    /// Indices into `Pool::backends` of the primaries, then of the backups, in config order.
+    classes: [Box<[usize]>; 2],
     /// Per class; `Some` only for the hash algorithms.
     tables: Option<[ClassTable; 2]>,
 }
@@ -179,30 +190,49 @@ impl Pool {
         backends: Vec<Arc<Backend>>,
         maglev_size: usize,
     ) -> Pool {
-        let class_of = |backup: bool| {
+        let group_of = vec![0; backends.len()];
+        Pool::grouped(backends, &group_of, &[algorithm], maglev_size)
+    }
+
+    /// A pool of several groups: backend `i` belongs to group `group_of[i]`, group `g` uses
+    /// `algorithms[g]`. A group index without an algorithm puts its backends nowhere (the
+    /// config never does that).
+    pub fn grouped(
+        backends: Vec<Arc<Backend>>,
+        group_of: &[usize],
+        algorithms: &[Algorithm],
+        maglev_size: usize,
+    ) -> Pool {
+        let class_of = |g: usize, backup: bool| {
             backends
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| b.backup == backup)
+                .filter(|&(i, b)| b.backup == backup && group_of.get(i) == Some(&g))
                 .map(|(i, _)| i)
                 .collect::<Box<[usize]>>()
         };
-        let classes = [class_of(false), class_of(true)];
+        let groups = algorithms
+            .iter()
+            .enumerate()
+            .map(|(g, &algorithm)| Group {
+                algorithm,
+                classes: [class_of(g, false), class_of(g, true)],
+                tables: None,
+            })
+            .collect();
         let seeds = backends
             .iter()
             .map(|b| hash::name_hash(hash::RENDEZVOUS_KEY, &b.name))
             .collect();
         let mut pool = Pool {
-            algorithm,
             backends,
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            classes,
+            groups,
             seeds,
             maglev_size: maglev::next_prime(maglev_size),
             slow_start_us: 0,
-            tables: None,
         };
-        pool.tables = pool.build_tables(None);
+        pool.build_all_tables(None);
         pool
     }
 
@@ -217,13 +247,31 @@ impl Pool {
         self.slow_start_us
     }
 
-    /// The backends, in config order; [`Selector::pick`] returns indices into this.
+    /// The backends, in config order (the listener's own, then each route's);
+    /// [`Selector::pick`] returns indices into this.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
 
+    /// The algorithm of group 0 (the listener's own backends).
     pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+        self.groups
+            .first()
+            .map_or(Algorithm::RoundRobin, |g| g.algorithm)
+    }
+
+    /// The algorithm of `group`, if there is such a group.
+    #[inline]
+    pub fn algorithm_of(&self, group: usize) -> Option<Algorithm> {
+        self.groups.get(group).map(|g| g.algorithm)
+    }
+
+    /// Whether `group` has no backend at all (a routed listener without backends of its own:
+    /// what matches no route is refused as `no_route`).
+    pub fn group_is_empty(&self, group: usize) -> bool {
+        self.groups
+            .get(group)
+            .is_none_or(|g| g.classes.iter().all(|c| c.is_empty()))
     }
 
     /// Unique id of this snapshot (global AtomicU64 counter), so per-worker selector state can
@@ -244,29 +292,49 @@ impl Pool {
     /// counts as unchanged, so it leaves like a down backend: only its slots move).
     pub fn rebuilt(&self) -> Pool {
         let mut pool = Pool {
-            algorithm: self.algorithm,
             backends: self.backends.clone(),
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            classes: self.classes.clone(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| Group {
+                    algorithm: g.algorithm,
+                    classes: g.classes.clone(),
+                    tables: None,
+                })
+                .collect(),
             seeds: self.seeds.clone(),
             maglev_size: self.maglev_size,
             slow_start_us: self.slow_start_us,
-            tables: None,
         };
-        pool.tables = pool.build_tables(self.tables.as_ref());
+        pool.build_all_tables(Some(self));
         pool
     }
 
-    fn build_tables(&self, previous: Option<&[ClassTable; 2]>) -> Option<[ClassTable; 2]> {
-        if !self.algorithm.is_hash() {
+    fn build_all_tables(&mut self, previous: Option<&Pool>) {
+        for g in 0..self.groups.len() {
+            let prev = previous
+                .and_then(|p| p.groups.get(g))
+                .and_then(|pg| pg.tables.as_ref());
+            let tables = self.build_tables(g, prev);
+            self.groups[g].tables = tables;
+        }
+    }
+
+    fn build_tables(
+        &self,
+        group: usize,
+        previous: Option<&[ClassTable; 2]>,
+    ) -> Option<[ClassTable; 2]> {
+        if !self.groups[group].algorithm.is_hash() {
             return None;
         }
-        let build = |c: Class| self.build_class(c, previous.map(|p| &p[c as usize]));
+        let build = |c: Class| self.build_class(group, c, previous.map(|p| &p[c as usize]));
         Some([build(Class::Primary), build(Class::Backup)])
     }
 
-    fn build_class(&self, class: Class, previous: Option<&ClassTable>) -> ClassTable {
-        let members = &self.classes[class as usize];
+    fn build_class(&self, group: usize, class: Class, previous: Option<&ClassTable>) -> ClassTable {
+        let members = &self.groups[group].classes[class as usize];
         // A weight of 0 keeps the backend's previous base weight: it is then handled as
         // unavailable by the reassignment layer and only its own slots move.
         let weights: Box<[u32]> = members
@@ -323,19 +391,27 @@ impl Pool {
     }
 
     #[inline]
-    fn members(&self, class: Class) -> &[usize] {
-        &self.classes[class as usize]
+    fn members(&self, group: usize, class: Class) -> &[usize] {
+        self.groups
+            .get(group)
+            .map_or(&[][..], |g| &g.classes[class as usize][..])
     }
 
     /// Hash algorithms: the Maglev slot of `h` in the primaries' table, then the backups'.
     #[inline]
-    fn pick_hashed(&self, h: u64, tried: &[usize]) -> Option<usize> {
-        self.pick_hashed_class(Class::Primary, h, tried)
-            .or_else(|| self.pick_hashed_class(Class::Backup, h, tried))
+    fn pick_hashed(&self, group: usize, h: u64, tried: &[usize]) -> Option<usize> {
+        self.pick_hashed_class(group, Class::Primary, h, tried)
+            .or_else(|| self.pick_hashed_class(group, Class::Backup, h, tried))
     }
 
-    fn pick_hashed_class(&self, class: Class, h: u64, tried: &[usize]) -> Option<usize> {
-        if let Some(tables) = &self.tables {
+    fn pick_hashed_class(
+        &self,
+        group: usize,
+        class: Class,
+        h: u64,
+        tried: &[usize],
+    ) -> Option<usize> {
+        if let Some(tables) = self.groups.get(group).and_then(|g| g.tables.as_ref()) {
             let lookup = &tables[class as usize].lookup;
             let len = lookup.len();
             if len > 0 {
@@ -356,7 +432,7 @@ impl Pool {
         // can take it now. Deterministic per key, so a retry or a full backend still spreads
         // the same way on every worker.
         let candidates = self
-            .members(class)
+            .members(group, class)
             .iter()
             .filter(|&&i| eligible(&self.backends, i, tried))
             .map(|&i| (i, self.seeds[i], self.backends[i].weight()));
@@ -368,11 +444,12 @@ impl fmt::Debug for Pool {
     // Manual: the tables are 64K entries each.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("algorithm", &self.algorithm)
+            .field("algorithm", &self.algorithm())
             .field("generation", &self.generation)
             .field("backends", &self.backends.len())
-            .field("primaries", &self.classes[0].len())
-            .field("backups", &self.classes[1].len())
+            .field("groups", &self.groups.len())
+            .field("primaries", &self.members(0, Class::Primary).len())
+            .field("backups", &self.members(0, Class::Backup).len())
             .field("maglev_size", &self.maglev_size)
             .finish()
     }
@@ -388,8 +465,8 @@ struct Clock {
 
 impl Clock {
     #[inline]
-    fn of(pool: &Pool) -> Clock {
-        let needed = pool.slow_start_us != 0 || pool.algorithm == Algorithm::LeastLatency;
+    fn of(pool: &Pool, algorithm: Algorithm) -> Clock {
+        let needed = pool.slow_start_us != 0 || algorithm == Algorithm::LeastLatency;
         Clock {
             now_us: if needed {
                 crate::clock::monotonic_us()
@@ -469,8 +546,10 @@ fn rotating_scan<'a>(
 pub struct Selector {
     /// Generation of the pool the state below belongs to; 0 = none yet.
     generation: u64,
-    /// Per class: round-robin position, or the rotating scan start of the least-conn family.
-    cursor: [usize; 2],
+    seed: u64,
+    /// Per group, per class: round-robin position, or the rotating scan start of the
+    /// least-conn family. Sized by `adopt`.
+    cursors: Vec<[usize; 2]>,
     rng: WyRand,
     /// Smooth WRR current weight per backend index; its length follows the pool's backend
     /// count and changes only when a new pool generation is seen.
@@ -483,7 +562,8 @@ impl Selector {
     pub fn new(seed: u64) -> Selector {
         Selector {
             generation: 0,
-            cursor: [seed as usize; 2],
+            seed,
+            cursors: Vec::new(),
             rng: WyRand::new(seed),
             wrr_current: Vec::new(),
         }
@@ -494,20 +574,36 @@ impl Selector {
     /// (backends that already failed for this connection: connect retries). Primary backends
     /// first; backups (backend.backup) only when no primary is available (after skipping).
     /// Must not allocate. O(1) for round robin and the hashes in the common case, O(n) allowed
-    /// for least_conn/weighted_least_conn.
+    /// for least_conn/weighted_least_conn. Picks among the listener's own backends (group 0).
+    #[inline]
     pub fn pick(&mut self, pool: &Pool, key: &FlowKey, tried: &[usize]) -> Option<usize> {
+        self.pick_in(pool, 0, key, tried)
+    }
+
+    /// [`Selector::pick`] among the backends of `group` (0: the listener's own, `r + 1`: SNI
+    /// route `r`), with that group's algorithm. `None` for a group the pool does not have.
+    pub fn pick_in(
+        &mut self,
+        pool: &Pool,
+        group: usize,
+        key: &FlowKey,
+        tried: &[usize],
+    ) -> Option<usize> {
         if self.generation != pool.generation {
             self.adopt(pool);
         }
-        match pool.algorithm {
+        let algorithm = pool.algorithm_of(group)?;
+        match algorithm {
             Algorithm::SourceIpHash => {
-                pool.pick_hashed(hash::source_ip_hash(key.client.ip()), tried)
+                pool.pick_hashed(group, hash::source_ip_hash(key.client.ip()), tried)
             }
-            Algorithm::FiveTupleHash => pool.pick_hashed(hash::five_tuple_hash(key), tried),
+            Algorithm::FiveTupleHash => pool.pick_hashed(group, hash::five_tuple_hash(key), tried),
             _ => {
-                let clock = Clock::of(pool);
-                self.pick_class(pool, Class::Primary, tried, clock)
-                    .or_else(|| self.pick_class(pool, Class::Backup, tried, clock))
+                let clock = Clock::of(pool, algorithm);
+                self.pick_class(pool, group, algorithm, Class::Primary, tried, clock)
+                    .or_else(|| {
+                        self.pick_class(pool, group, algorithm, Class::Backup, tried, clock)
+                    })
             }
         }
     }
@@ -522,23 +618,29 @@ impl Selector {
             self.wrr_current.clear();
             self.wrr_current.resize(n, 0);
         }
+        let groups = pool.groups.len();
+        if self.cursors.len() != groups {
+            self.cursors.resize(groups, [self.seed as usize; 2]);
+        }
         self.generation = pool.generation;
     }
 
     fn pick_class(
         &mut self,
         pool: &Pool,
+        group: usize,
+        algorithm: Algorithm,
         class: Class,
         tried: &[usize],
         clock: Clock,
     ) -> Option<usize> {
-        let members = pool.members(class);
+        let members = pool.members(group, class);
         if members.is_empty() {
             return None;
         }
         let backends = &pool.backends[..];
-        let cursor = &mut self.cursor[class as usize];
-        match pool.algorithm {
+        let cursor = &mut self.cursors.get_mut(group)?[class as usize];
+        match algorithm {
             Algorithm::RoundRobin => round_robin::pick(cursor, backends, members, tried),
             Algorithm::WeightedRoundRobin => {
                 weighted_round_robin::pick(&mut self.wrr_current, backends, members, tried, clock)
@@ -551,7 +653,7 @@ impl Selector {
                 random_two::pick(&mut self.rng, backends, members, tried, clock)
             }
             Algorithm::LeastLatency => least_latency::pick(cursor, backends, members, tried, clock),
-            // Handled by `pick` before classes are considered.
+            // Handled by `pick_in` before classes are considered.
             Algorithm::SourceIpHash | Algorithm::FiveTupleHash => None,
         }
     }
@@ -830,7 +932,7 @@ mod tests {
             .collect();
         pool.backends()[1].set_weight(0);
         let rebuilt = pool.rebuilt();
-        let tables = |p: &Pool| Arc::clone(&p.tables.as_ref().unwrap()[0].base);
+        let tables = |p: &Pool| Arc::clone(&p.groups[0].tables.as_ref().unwrap()[0].base);
         assert!(Arc::ptr_eq(&tables(&pool), &tables(&rebuilt)));
         for (k, &b) in keys.iter().zip(&before) {
             let now = sel.pick(&rebuilt, k, &[]).unwrap();
@@ -862,6 +964,45 @@ mod tests {
             let third = a.pick(&pool, k, &[first, retry]).unwrap();
             assert!(third != first && third != retry);
         }
+    }
+
+    /// SNI routes: each group picks only among its own backends, with its own algorithm;
+    /// a group the pool does not have picks nothing; an empty group 0 says so.
+    #[test]
+    fn groups_pick_within_themselves() {
+        let group_of = [0, 0, 1, 1, 1, 2];
+        let algorithms = [
+            Algorithm::RoundRobin,
+            Algorithm::SourceIpHash,
+            Algorithm::LeastConn,
+        ];
+        let pool = Pool::grouped(equal(6), &group_of, &algorithms, SMALL);
+        assert_eq!(pool.algorithm(), Algorithm::RoundRobin);
+        assert_eq!(pool.algorithm_of(1), Some(Algorithm::SourceIpHash));
+        assert_eq!(pool.algorithm_of(3), None);
+        assert!(!pool.group_is_empty(0) && pool.group_is_empty(3));
+        let mut sel = Selector::new(0);
+        for i in 0..300 {
+            let k = client(i);
+            assert!(sel.pick(&pool, &k, &[]).unwrap() < 2);
+            let g1 = sel.pick_in(&pool, 1, &k, &[]).unwrap();
+            assert!((2..5).contains(&g1));
+            // The hash is sticky within its group, on another selector too.
+            assert_eq!(Selector::new(5).pick_in(&pool, 1, &k, &[]), Some(g1));
+            assert_eq!(sel.pick_in(&pool, 2, &k, &[]), Some(5));
+            assert_eq!(sel.pick_in(&pool, 2, &k, &[5]), None);
+            assert_eq!(sel.pick_in(&pool, 3, &k, &[]), None);
+        }
+        let rebuilt = pool.rebuilt();
+        pool.backends()[2].set_state(BackendState::Down);
+        let rebuilt2 = rebuilt.rebuilt();
+        for i in 0..100 {
+            let got = sel.pick_in(&rebuilt2, 1, &client(i), &[]).unwrap();
+            assert!(got == 3 || got == 4, "{got}");
+        }
+        let routes_only = Pool::grouped(equal(2), &[1, 1], &algorithms[..2], SMALL);
+        assert!(routes_only.group_is_empty(0));
+        assert_eq!(Selector::new(0).pick(&routes_only, &any_key(), &[]), None);
     }
 
     /// Slow start: a backend that just came up takes about its ramp's share (1% at the floor)
@@ -934,8 +1075,8 @@ mod tests {
                 pool.backends()[gone].set_state(BackendState::Drain);
             }
             let next = pool.rebuilt();
-            let before = &pool.tables.as_ref().unwrap()[0].lookup;
-            let after = &next.tables.as_ref().unwrap()[0].lookup;
+            let before = &pool.groups[0].tables.as_ref().unwrap()[0].lookup;
+            let after = &next.groups[0].tables.as_ref().unwrap()[0].lookup;
             for (s, (&x, &y)) in before.iter().zip(after.iter()).enumerate() {
                 if x as usize == gone {
                     prop_assert!(y != EMPTY && pool.backends()[y as usize].is_available());

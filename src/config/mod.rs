@@ -2,7 +2,8 @@
 //!
 //! Control path only. `raw.rs` mirrors the TOML file with serde (`deny_unknown_fields`),
 //! `validate.rs` turns it into these types, naming the key path of every problem. Invariants
-//! once a `Config` exists: every listener has a unique name and at least one backend, every
+//! once a `Config` exists: every listener has a unique name and at least one backend (its own,
+//! or its routes'), every
 //! address is resolved, every number is within its documented range.
 
 mod raw;
@@ -185,8 +186,35 @@ pub struct ListenerConfig {
     /// A backend that comes up ramps from a small floor to its weight over this long; zero =
     /// off. Honoured by every algorithm but round robin and the hashes.
     pub slow_start: Duration,
+    /// The listener's own backends: every connection of a listener without routes, and
+    /// those that match no route. Empty only when `routes` is not.
     pub backends: Vec<BackendConfig>,
     pub health_check: Option<HealthCheckConfig>,
+    /// TLS SNI routes (tcp only), first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One `[[listener.route]]`: connections whose ClientHello names one of `sni` go to its
+/// backends. Backend names are unique across a listener and all its routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Lower-case names, each exact or `*.` followed by a name (one label matched).
+    pub sni: Vec<String>,
+    pub balance: Algorithm,
+    pub backends: Vec<BackendConfig>,
+}
+
+impl ListenerConfig {
+    /// Every backend of the listener with its group: 0 for the listener's own, `r + 1` for
+    /// route `r`. The order of `balancer::Pool::backends`.
+    pub fn all_backends(&self) -> impl Iterator<Item = (usize, &BackendConfig)> {
+        self.backends.iter().map(|b| (0, b)).chain(
+            self.routes
+                .iter()
+                .enumerate()
+                .flat_map(|(r, route)| route.backends.iter().map(move |b| (r + 1, b))),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -115,6 +115,17 @@ pub(crate) struct RawListener {
     pub slow_start_s: Option<i64>,
     pub backends: Option<Vec<RawBackend>>,
     pub health_check: Option<RawHealthCheck>,
+    /// `[[listener.route]]` tables: TLS SNI routes.
+    pub route: Option<Vec<RawRoute>>,
+}
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub sni: Option<Vec<String>>,
+    pub balance: Option<String>,
+    pub backends: Option<Vec<RawBackend>>,
 }
 
 /// One inline table of `backends = [...]`.

@@ -8,8 +8,11 @@
 //! Invariants of the result (relied on by the runtime, the balancer and the admin API): at least
 //! one listener; listener names unique and made of `[A-Za-z0-9_.-]`; no two listeners share a
 //! bind address and protocol; each listener has 1..=`MAX_BACKENDS` backends with distinct names
-//! and distinct resolved addresses, at least one of them with a weight above 0; every number is
-//! within the range documented in docs/configuration.md.
+//! and distinct resolved addresses, at least one of them with a weight above 0 (counting its
+//! routes' backends, which are distinct from its own and each other's; its own list is empty
+//! only when it has routes, and each route has at least one backend with a weight above 0);
+//! SNI patterns are lower case; every number is within the range documented in
+//! docs/configuration.md.
 //!
 //! Every error is `FILE: KEY.PATH: MESSAGE` on one line; the first problem found is reported,
 //! in file order.
@@ -22,10 +25,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::raw::RawWorkers;
-use super::raw::{RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawListener, RawRuntime};
+use super::raw::{
+    RawAdmin, RawBackend, RawConfig, RawHealthCheck, RawListener, RawRoute, RawRuntime,
+};
 use super::{
     AdminConfig, AdminToken, Algorithm, BackendConfig, Config, ConfigError, HealthCheckConfig,
-    ListenerConfig, Protocol, ProxyProtocol, RuntimeConfig, SpliceMode, Workers,
+    ListenerConfig, Protocol, ProxyProtocol, RouteConfig, RuntimeConfig, SpliceMode, Workers,
 };
 
 /// Most workers one process may run: far above any single host's core count, low enough that a
@@ -64,6 +69,13 @@ const MAX_CHECK_PAYLOAD: usize = 4096;
 /// Source addresses per listener: each adds a full local port range; 64 is far beyond what a
 /// host has addresses for, and keeps the list a few cache lines.
 const MAX_SOURCES: usize = 64;
+/// Routes per listener: each is matched in order for every routed connection.
+const MAX_ROUTES: usize = 256;
+/// Names per route.
+const MAX_SNI_NAMES: usize = 256;
+/// The hello must come in this long when `client_first_byte_timeout_ms` is 0 and the listener
+/// has routes (SPEC.md): routing cannot start before it.
+const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5000;
 /// One hour: a ramp longer than that is a maintenance plan, not a warm-up.
 const MAX_SLOW_START_S: i64 = 3600;
 /// Listener names appear in metric labels and admin URLs; keep them short.
@@ -577,11 +589,25 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
     }
     let slow_start_s = cx.int(&k("slow_start_s"), raw.slow_start_s, 0, 0, MAX_SLOW_START_S)?;
 
-    let backends = backends(cx, &k("backends"), raw.backends)?;
+    let routed = raw.route.as_ref().is_some_and(|r| !r.is_empty());
+    let backends = match raw.backends {
+        // A listener with routes may leave its own backends out: unmatched hellos are refused.
+        Some(b) if b.is_empty() && routed => Vec::new(),
+        None if routed => Vec::new(),
+        b => backends(cx, &k("backends"), b)?,
+    };
     let health_check = raw
         .health_check
         .map(|h| health_check(cx, &k("health_check"), h))
         .transpose()?;
+    let routes = match raw.route {
+        Some(r) => routes(cx, &k("route"), r, protocol, balance, &backends)?,
+        None => Vec::new(),
+    };
+    let client_first_byte_timeout = match client_first_byte_timeout {
+        None if !routes.is_empty() => Some(Duration::from_millis(DEFAULT_HELLO_TIMEOUT_MS)),
+        t => t,
+    };
 
     Ok(ListenerConfig {
         name,
@@ -610,6 +636,7 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         slow_start: Duration::from_secs(to_u64(slow_start_s)),
         backends,
         health_check,
+        routes,
     })
 }
 
@@ -647,6 +674,102 @@ fn sources(cx: &Cx, key: &str, list: Option<Vec<String>>) -> Result<Vec<IpAddr>,
         out.push(ip);
     }
     Ok(out)
+}
+
+/// `[[listener.route]]`: SNI patterns, an optional algorithm and backends whose names and
+/// addresses differ from every other backend of the listener (`own`, earlier routes).
+fn routes(
+    cx: &Cx,
+    key: &str,
+    raw: Vec<RawRoute>,
+    protocol: Protocol,
+    balance: Algorithm,
+    own: &[BackendConfig],
+) -> Result<Vec<RouteConfig>, ConfigError> {
+    if protocol != Protocol::Tcp && !raw.is_empty() {
+        return Err(cx.err(key, "only a tcp listener can route by TLS SNI"));
+    }
+    if raw.len() > MAX_ROUTES {
+        return Err(cx.err(
+            key,
+            format!("too many routes: {} (at most {MAX_ROUTES})", raw.len()),
+        ));
+    }
+    let algorithms: Vec<(&str, Algorithm)> =
+        Algorithm::ALL.iter().map(|a| (a.as_str(), *a)).collect();
+    let mut out: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+    let mut total = own.len();
+    for (i, r) in raw.into_iter().enumerate() {
+        let rkey = format!("{key}[{i}]");
+        let sni_key = format!("{rkey}.sni");
+        let names = cx.required(&sni_key, r.sni)?;
+        if names.is_empty() || names.len() > MAX_SNI_NAMES {
+            return Err(cx.err(sni_key, format!("must list 1..={MAX_SNI_NAMES} names")));
+        }
+        let mut sni = Vec::with_capacity(names.len());
+        for (j, name) in names.iter().enumerate() {
+            let pattern = sni_pattern(name)
+                .map_err(|m| cx.err(format!("{sni_key}[{j}]"), format!("{name:?}: {m}")))?;
+            sni.push(pattern);
+        }
+        let balance = cx.choice(&format!("{rkey}.balance"), r.balance, balance, &algorithms)?;
+        let bkey = format!("{rkey}.backends");
+        let backends = backends(cx, &bkey, r.backends)?;
+        total += backends.len();
+        if total > MAX_BACKENDS {
+            return Err(cx.err(
+                bkey,
+                format!(
+                    "too many backends in this listener and its routes (at most {MAX_BACKENDS})"
+                ),
+            ));
+        }
+        let earlier = own.iter().chain(out.iter().flat_map(|o| o.backends.iter()));
+        for other in earlier {
+            if let Some(j) = backends
+                .iter()
+                .position(|b| b.name == other.name || b.addr == other.addr)
+            {
+                return Err(cx.err(
+                    format!("{bkey}[{j}].addr"),
+                    format!(
+                        "{:?} is already a backend of this listener or an earlier route ({:?}); \
+                         a backend belongs to one route",
+                        backends[j].name, other.name
+                    ),
+                ));
+            }
+        }
+        out.push(RouteConfig {
+            sni,
+            balance,
+            backends,
+        });
+    }
+    Ok(out)
+}
+
+/// An SNI pattern: a DNS name, optionally behind one leading `*.`; returned lower-cased.
+fn sni_pattern(text: &str) -> Result<String, String> {
+    let lower = text.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    if name.is_empty() || name.len() > 253 {
+        return Err("a name of 1..=253 characters, optionally after \"*.\", is expected".into());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(
+            "not a host name (labels of letters, digits, '-' and '_' between dots; \
+             a wildcard only as one leading \"*.\")"
+                .into(),
+        );
+    }
+    Ok(lower)
 }
 
 /// Listener names are metric label values and admin URL segments: keep them plain.

@@ -97,12 +97,13 @@ pub(super) fn record(handover: &mut Handover, l: &ListenerConfig, sockets: &[Lis
 
 pub(super) fn log_listener(l: &ListenerConfig) {
     log::info!(
-        "listener {} bound on {} ({}, {} backends, balance {})",
+        "listener {} bound on {} ({}, {} backends, balance {}, {} SNI routes)",
         l.name,
         l.bind,
         l.protocol.as_str(),
-        l.backends.len(),
-        l.balance.as_str()
+        l.all_backends().count(),
+        l.balance.as_str(),
+        l.routes.len()
     );
 }
 

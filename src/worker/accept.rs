@@ -155,6 +155,10 @@ impl Worker {
         conn.client_slot = client_slot;
         let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, key);
+        if !state.config.routes.is_empty() {
+            // SNI routing: the backend is chosen once the ClientHello is in.
+            return self.await_hello(key, generation, li);
+        }
         self.first_connect(key, li, Some(generation));
     }
 
@@ -288,6 +292,12 @@ impl Worker {
                 counters.reject(reason);
                 return self.close(key, End::Refused(reason));
             }
+        }
+        if !state.config.routes.is_empty() {
+            // SNI routing: the hello follows the header (perhaps already held); the header's
+            // deadline and timer entry carry over.
+            conn.awaiting_hello = true;
+            return self.read_hello(key);
         }
         // The header-phase timer entry fires no later than this connect's deadline
         // (`header_timer`) and re-arms for it.

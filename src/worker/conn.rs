@@ -11,7 +11,14 @@
 //! the header's deadline; otherwise while `connecting`, `backend` is the socket of the attempt
 //! in flight and `backend_ref` the backend it counts against.
 //!
+//! With TLS SNI routes (`[[listener.route]]`) one more phase comes before `Connecting`:
+//! [`AwaitingHello`], the client is read until its whole ClientHello is held in `c2b` (after
+//! the PROXY header, if any), nothing is connected yet; the hello's server name picks the
+//! route (`group`), and the held hello is the first thing the backend receives. The same
+//! invariants as for `awaiting_header` hold while `awaiting_hello`.
+//!
 //! [`AwaitingProxyHeader`]: Conn::awaiting_header
+//! [`AwaitingHello`]: Conn::awaiting_hello
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -25,6 +32,7 @@ use crate::config::{ListenerConfig, ProxyProtocol, SpliceMode};
 use crate::limits::{ClientSlot, ClientTable};
 use crate::net::io::{classify, IoClass};
 use crate::proxy_protocol::{self, ParseError, Parsed};
+use crate::tls_sni;
 
 use super::flow::{Broken, Flow, IoResources, Pump, Readiness};
 
@@ -49,6 +57,11 @@ pub struct Conn {
     pub connecting: bool,
     /// Reading the client's PROXY header: no backend yet, client checks not done yet.
     pub awaiting_header: bool,
+    /// Reading the client's TLS ClientHello (SNI routing): no backend yet.
+    pub awaiting_hello: bool,
+    /// The pool group backends are picked from: 0 = the listener's own, `r + 1` = SNI route
+    /// `r`.
+    pub group: usize,
     /// Connect timeout of the attempt in flight, or the PROXY header's deadline.
     pub connect_deadline: u64,
     /// `clock::monotonic_us` when the connect in flight started, for `least_latency`'s
@@ -98,6 +111,20 @@ pub enum HeaderRead {
     Refused,
 }
 
+/// Result of reading a client's TLS ClientHello.
+// The name (256 bytes) travels on the stack once per routed connection; boxing it would
+// allocate on the data path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloRead {
+    /// Not all of it yet: wait for the next readable event.
+    Pending,
+    /// A whole hello, held in `c2b`, with its server name if it has one.
+    Done(Option<tls_sni::ServerName>),
+    /// No valid hello (garbage, malformed, too large, EOF or an error first): refuse.
+    Refused,
+}
+
 /// Result of checking a connect in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectState {
@@ -127,6 +154,8 @@ impl Conn {
             backend_index: 0,
             connecting: true,
             awaiting_header: false,
+            awaiting_hello: false,
+            group: 0,
             connect_deadline: 0,
             connect_started_us: 0,
             tried: [0; MAX_ATTEMPTS],
@@ -272,6 +301,55 @@ impl Conn {
             }
         }
         HeaderRead::Pending
+    }
+
+    /// While `awaiting_hello`: read what the client sends into `c2b`'s buffer (after what is
+    /// already held there, or after room for the PROXY header l4lb may send on) until it holds
+    /// a whole ClientHello. Bounded: the parser decides within `tls_sni::MAX_HELLO` bytes, and
+    /// more held than that without a decision is refused, so the 32 KiB buffer never fills.
+    pub fn read_hello(&mut self, io: &mut IoResources) -> HelloRead {
+        // What came with the PROXY header may already be the whole hello.
+        let mut check = !self.c2b.held().is_empty();
+        loop {
+            if check {
+                match tls_sni::parse(self.c2b.held()) {
+                    Ok(hello) => {
+                        self.c2b.count_held();
+                        return HelloRead::Done(hello.server_name);
+                    }
+                    Err(tls_sni::ParseError::Incomplete)
+                        if self.c2b.held().len() < tls_sni::MAX_HELLO => {}
+                    Err(_) => return HelloRead::Refused,
+                }
+            }
+            if !self.client_ready.readable {
+                return HelloRead::Pending;
+            }
+            let room = self.c2b.unfilled(proxy_protocol::MAX_ENCODED, io);
+            let room_len = room.len();
+            if room_len == 0 {
+                return HelloRead::Refused;
+            }
+            match (&self.client).read(room) {
+                Ok(0) => return HelloRead::Refused,
+                Ok(n) => {
+                    self.c2b.filled(n);
+                    if n < room_len && !self.client_ready.read_closed {
+                        // The receive queue is empty (as in `Flow::copy`).
+                        self.client_ready.readable = false;
+                    }
+                    check = true;
+                }
+                Err(e) => match classify(&e) {
+                    IoClass::WouldBlock => {
+                        self.client_ready.readable = false;
+                        check = false;
+                    }
+                    IoClass::Retry => check = false,
+                    IoClass::PeerGone | IoClass::Fatal => return HelloRead::Refused,
+                },
+            }
+        }
     }
 
     /// Right after the backend connect completed: send the PROXY header naming `client_addr`

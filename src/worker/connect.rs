@@ -71,9 +71,12 @@ impl Worker {
         };
         let wl = &mut self.listeners[conn.listener];
         let retries = wl.state.config.connect_retries as usize;
+        let pool = wl.state.pool.load();
+        // The algorithm of the connection's group (SNI route); None if a reload removed it.
+        let algorithm = pool.algorithm_of(conn.group);
         let local = match wl.local {
             Some(addr) => addr,
-            None if wl.state.config.balance == Algorithm::FiveTupleHash => {
+            None if algorithm == Some(Algorithm::FiveTupleHash) => {
                 conn.client.local_addr().unwrap_or(wl.state.config.bind)
             }
             None => wl.state.config.bind,
@@ -83,9 +86,11 @@ impl Worker {
             local,
             protocol: 6,
         };
-        let pool = wl.state.pool.load();
         while conn.tried_len <= retries {
-            let Some(index) = wl.selector.pick(&pool, &flow_key, conn.tried()) else {
+            let Some(index) = wl
+                .selector
+                .pick_in(&pool, conn.group, &flow_key, conn.tried())
+            else {
                 return if conn.tried_len == 0 {
                     ConnectStart::NoBackend
                 } else {
@@ -117,7 +122,7 @@ impl Worker {
                     conn.connecting = true;
                     conn.connect_deadline =
                         self.now + wl.state.config.connect_timeout.as_millis() as u64;
-                    conn.connect_started_us = if pool.algorithm() == Algorithm::LeastLatency {
+                    conn.connect_started_us = if algorithm == Some(Algorithm::LeastLatency) {
                         crate::clock::monotonic_us()
                     } else {
                         0

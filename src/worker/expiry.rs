@@ -42,7 +42,7 @@ impl Worker {
             let config = &self.listeners[conn.listener].state.config;
             let deadline = conn.deadline(config);
             if self.now < deadline {
-                let at = if conn.awaiting_header {
+                let at = if conn.awaiting_header || conn.awaiting_hello {
                     header_timer(deadline, self.now, config)
                 } else if conn.report_bytes() {
                     // Busy: come back soon so the byte counters stay live.
@@ -61,6 +61,9 @@ impl Worker {
                     .worker(self.id)
                     .reject(RejectReason::Acl);
                 self.close(entry.key, End::ProxyHeader);
+            } else if conn.awaiting_hello {
+                // No whole ClientHello in time (SNI routing): closed like a silent client.
+                self.close(entry.key, End::FirstByteTimeout);
             } else if conn.connecting && self.now >= conn.connect_deadline {
                 self.connect_failed(entry.key);
                 if let Some(conn) = self.conns.get(entry.key) {

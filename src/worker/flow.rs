@@ -133,12 +133,18 @@ impl Flow {
         self.buf_end = 0;
     }
 
-    /// Before forwarding starts (a PROXY header being read from the client): the free space
+    /// Before forwarding starts (a PROXY header or a TLS ClientHello being read from the
+    /// client): the free space
     /// at the end of this direction's buffer, borrowed from the pool on first use with
     /// `headroom` bytes left free in front, so that a later [`Flow::prepend`] of at most that
     /// many bytes moves nothing. Record what was read into it with [`Flow::filled`].
     pub fn unfilled(&mut self, headroom: usize, io: &mut IoResources) -> &mut [u8] {
-        debug_assert!(self.pipe.is_none() && self.bytes == 0 && headroom <= io.bufs.size());
+        // Nothing forwarded yet: at most what is held was counted (after a PROXY header).
+        debug_assert!(
+            self.pipe.is_none()
+                && self.bytes <= self.held().len() as u64
+                && headroom <= io.bufs.size()
+        );
         if self.buf.is_none() {
             self.buf_start = headroom;
             self.buf_end = headroom;
@@ -170,6 +176,12 @@ impl Flow {
         debug_assert!(n <= self.buf_end - self.buf_start);
         self.buf_start += n.min(self.buf_end - self.buf_start);
         self.bytes += (self.buf_end - self.buf_start) as u64;
+    }
+
+    /// Count every byte held as read from the peer (once a ClientHello read with
+    /// [`Flow::unfilled`] is whole; the PROXY header path counts with `skip_header`).
+    pub fn count_held(&mut self) {
+        self.bytes = self.held().len() as u64;
     }
 
     /// Queue `bytes` (a PROXY header for the backend) to be written before anything held.

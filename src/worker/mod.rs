@@ -28,6 +28,7 @@ pub mod conn;
 mod connect;
 mod expiry;
 pub mod flow;
+mod hello;
 mod listeners;
 pub mod slab;
 pub mod timer;
@@ -319,13 +320,15 @@ impl Worker {
         note_readiness(conn, backend_side, event);
         if !backend_side {
             // Client bytes wait in the kernel until the backend is connected; only a PROXY
-            // header is read before.
+            // header and (SNI routing) a ClientHello are read before.
             if conn.awaiting_header {
                 self.read_proxy_header(key);
+            } else if conn.awaiting_hello {
+                self.read_hello(key);
             }
             return;
         }
-        if conn.awaiting_header {
+        if conn.awaiting_header || conn.awaiting_hello {
             // A stale event of a previous connection on this key: nothing to connect yet.
             return;
         }

@@ -17,6 +17,7 @@ mod backends;
 mod cli;
 mod client;
 mod conf;
+mod daemon;
 mod data;
 mod deadline;
 mod metrics;
@@ -38,6 +39,10 @@ pub use self::{
         read_until_eof, reset, FirstRead,
     },
     conf::Conf,
+    daemon::{
+        daemon_config, free_tcp_addr, free_udp_addr, tcp_echo, udp_echo, Daemon, LoadgenEcho,
+        LOADGEN,
+    },
     data::{StreamHash, XorShift},
     deadline::{wait_until, IO_TIMEOUT, REFUSAL_TIMEOUT, STARTUP_TIMEOUT},
     metrics::{metric, scrape},

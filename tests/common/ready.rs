@@ -42,27 +42,32 @@ impl Ready {
 /// Whether process `pid` owns a socket of `ready`'s protocol on `addr`'s port (and family): for
 /// TCP one in LISTEN state, for UDP any (a bound, unconnected UDP socket shows as 07, CLOSE).
 pub(super) fn owns_socket(pid: u32, addr: SocketAddr, ready: Ready) -> bool {
-    let Ok(text) = std::fs::read_to_string(ready.table(addr)) else {
+    use std::io::BufRead;
+    let Ok(file) = std::fs::File::open(ready.table(addr)) else {
         return false;
     };
     let port_hex = format!("{:04X}", addr.port());
-    // A cheap test first: with tens of thousands of sockets on the host (other tests' TIME_WAIT
-    // connections), splitting every line made each check slow enough to miss the deadline.
-    let needle = format!(":{port_hex} ");
-    let inodes: Vec<String> = text
-        .lines()
-        .skip(1)
-        .filter(|line| line.contains(&needle))
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            if f.len() < 10 || (ready == Ready::TcpListen && f[3] != "0A") {
-                return None;
+    let mut inodes: Vec<String> = Vec::new();
+    for line in std::io::BufReader::new(file).lines().skip(1) {
+        let Ok(line) = line else { break };
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        if f.len() < 10 {
+            continue;
+        }
+        if ready == Ready::TcpListen && f[3] != "0A" {
+            // The kernel lists the listening hash before the established one (tcp_seq_start:
+            // TCP_SEQ_STATE_LISTENING first), so the first other state ends the listeners.
+            // Stopping here keeps the read short when a busy host holds tens of thousands of
+            // TIME_WAIT sockets (a whole read then takes seconds).
+            break;
+        }
+        if let Some((_, port)) = f[1].rsplit_once(':') {
+            if port == port_hex {
+                inodes.push(f[9].to_string());
             }
-            let (_, port) = f[1].rsplit_once(':')?;
-            (port == port_hex).then(|| f[9].to_string())
-        })
-        .collect();
+        }
+    }
     if inodes.is_empty() {
         return false;
     }

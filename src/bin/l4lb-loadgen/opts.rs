@@ -109,6 +109,11 @@ pub struct ClientArgs {
     /// Response timeout in milliseconds (per transaction; UDP: per datagram).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub timeout_ms: u64,
+    /// tcp-crr (echo): send a TLS ClientHello naming this server as each request, instead of
+    /// --size bytes, as a client of an SNI-routed listener does first (an echo backend sends
+    /// it back). Compare with a plain listener to measure what routing costs.
+    #[arg(long, value_name = "SERVER_NAME")]
+    pub tls_hello: Option<String>,
 }
 
 /// `hold`-only options.
@@ -166,6 +171,8 @@ pub struct ClientOpts {
     pub quiet: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// `--tls-hello`: the request is a ClientHello naming this server.
+    pub tls_hello: Option<String>,
 }
 
 impl ClientOpts {
@@ -191,6 +198,9 @@ impl ClientOpts {
                 "--size {size}: a UDP datagram carries at most {MAX_UDP_PAYLOAD} bytes"
             ));
         }
+        if a.tls_hello.is_some() && !matches!(mode, Mode::TcpCrr { http: false }) {
+            return Err("--tls-hello: only for tcp-crr (echo)".to_string());
+        }
         if let Some(src) = &a.sources {
             if src.is_ipv4() != a.target.is_ipv4() {
                 return Err(format!(
@@ -211,6 +221,7 @@ impl ClientOpts {
             quiet: a.quiet,
             connect_timeout: Duration::from_millis(a.connect_timeout_ms),
             timeout: Duration::from_millis(a.timeout_ms),
+            tls_hello: a.tls_hello,
         })
     }
 }

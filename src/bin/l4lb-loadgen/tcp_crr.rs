@@ -4,7 +4,8 @@
 //! when one ends (success or failure) the slot starts the next at once (after `RETRY_BACKOFF`
 //! when the connect itself failed). Latency runs from the connect call to the last response
 //! byte, so it includes the handshake the balancer has to relay.
-//! - echo: writes `--size` bytes, reads `--size` bytes back, closes.
+//! - echo: writes `--size` bytes (with `--tls-hello NAME`: a TLS ClientHello naming NAME,
+//!   the first flight of a client of an SNI-routed listener), reads them back, closes.
 //! - `--http`: writes `GET / HTTP/1.1` with `Connection: close`, reads until EOF, requires a
 //!   `200` status, and counts the response under the `backend <ADDR>` named in its body.
 //!
@@ -88,6 +89,12 @@ struct Crr {
 pub fn run(ctx: Ctx) -> Stats {
     driver::event_loop(ctx, |ctx| {
         let http = matches!(ctx.opts.mode, Mode::TcpCrr { http: true });
+        let request = match (&ctx.opts.tls_hello, http) {
+            (_, true) => HTTP_REQUEST.to_vec(),
+            (Some(name), false) => l4lb::tls_sni::build_client_hello(Some(name), 0, 16_384),
+            (None, false) => vec![b'c'; ctx.opts.size],
+        };
+        let expect = (!http).then_some(request.len());
         Crr {
             slots: (0..ctx.conns)
                 .map(|_| Slot {
@@ -98,12 +105,8 @@ pub fn run(ctx: Ctx) -> Stats {
                     resp: Vec::new(),
                 })
                 .collect(),
-            request: if http {
-                HTTP_REQUEST.to_vec()
-            } else {
-                vec![b'c'; ctx.opts.size]
-            },
-            expect: if http { None } else { Some(ctx.opts.size) },
+            request,
+            expect,
             buf: vec![0u8; 64 * 1024],
         }
     })

@@ -235,7 +235,7 @@ fn shipped_l4lb_toml_is_valid() {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners.len(), 3);
     let web = &c.listeners[0];
     assert_eq!(web.bind, sock("127.0.0.1:8080"));
     assert_eq!(web.protocol, Protocol::Tcp);
@@ -250,6 +250,11 @@ fn shipped_l4lb_toml_is_valid() {
     );
     assert!(web.health_check.is_some());
     assert_eq!(c.listeners[1].balance, Algorithm::SourceIpHash);
+    let tls = &c.listeners[2];
+    assert_eq!(tls.routes.len(), 2);
+    assert_eq!(tls.routes[0].balance, Algorithm::RoundRobin);
+    assert_eq!(tls.routes[1].balance, Algorithm::LeastConn);
+    assert_eq!(tls.client_first_byte_timeout, Some(Duration::from_secs(5)));
 }
 
 #[test]
@@ -356,7 +361,7 @@ fn unknown_listener_key() {
          max_conns_per_client, conn_rate_per_client, proxy_protocol, accept_proxy_protocol, \
          trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, fin_timeout_s, \
          conn_rate_limit, client_ipv4_prefix, client_ipv6_prefix, source, udp_responses, \
-         slow_start_s, backends, health_check"
+         slow_start_s, backends, health_check, route"
     );
 }
 
@@ -1020,6 +1025,110 @@ fn a_relative_token_file_is_next_to_the_config() {
     let a = c.admin.unwrap();
     assert_eq!(a.token_file.unwrap(), dir.0.join("admin.token"));
     assert!(a.token.unwrap().matches(b"rel-token"));
+}
+
+// ---- SNI routes and slow start ----------------------------------------------------------------
+
+fn routed(own: &str, routes: &str) -> String {
+    format!("{}{routes}", listener("", own))
+}
+
+const ROUTE_API: &str = r#"
+[[listener.route]]
+sni = ["API.example.com", "*.Example.org"]
+balance = "least_latency"
+backends = [ { addr = "127.0.0.1:9101" }, { addr = "127.0.0.1:9102", weight = 2 } ]
+"#;
+
+#[test]
+fn routes_parse_with_lower_case_names_and_their_own_algorithm() {
+    let c = parse(&routed(r#"{ addr = "127.0.0.1:9001" }"#, ROUTE_API));
+    let l = &c.listeners[0];
+    assert_eq!(l.routes.len(), 1);
+    assert_eq!(l.routes[0].sni, ["api.example.com", "*.example.org"]);
+    assert_eq!(l.routes[0].balance, Algorithm::LeastLatency);
+    assert_eq!(l.routes[0].backends[1].weight, 2);
+    // The hello deadline defaults to 5 s on a routed listener.
+    assert_eq!(l.client_first_byte_timeout, Some(Duration::from_secs(5)));
+    let groups: Vec<usize> = l.all_backends().map(|(g, _)| g).collect();
+    assert_eq!(groups, [0, 1, 1]);
+    // Without routes: no hello deadline by default.
+    assert_eq!(parse(MINIMAL).listeners[0].client_first_byte_timeout, None);
+}
+
+#[test]
+fn a_routed_listener_may_have_no_backends_of_its_own() {
+    let c = parse(&routed("", ROUTE_API));
+    assert!(c.listeners[0].backends.is_empty());
+    // Without routes an empty list stays an error.
+    assert_eq!(
+        err(&listener("", "")),
+        "conf/x.toml: listener[0].backends: must list at least one backend"
+    );
+}
+
+#[test]
+fn route_errors_name_their_key() {
+    let own = r#"{ addr = "127.0.0.1:9001" }"#;
+    assert_eq!(
+        err(&routed(
+            own,
+            "[[listener.route]]\nbackends = [ { addr = \"127.0.0.1:9101\" } ]\n"
+        )),
+        "conf/x.toml: listener[0].route[0].sni: required key is missing"
+    );
+    assert_eq!(
+        err(&routed(
+            own,
+            "[[listener.route]]\nsni = []\nbackends = [ { addr = \"127.0.0.1:9101\" } ]\n"
+        )),
+        "conf/x.toml: listener[0].route[0].sni: must list 1..=256 names"
+    );
+    assert_eq!(
+        err(&routed(own, "[[listener.route]]\nsni = [\"a.*.org\"]\nbackends = [ { addr = \"127.0.0.1:9101\" } ]\n")),
+        "conf/x.toml: listener[0].route[0].sni[0]: \"a.*.org\": not a host name (labels of letters, \
+         digits, '-' and '_' between dots; a wildcard only as one leading \"*.\")"
+    );
+    assert_eq!(
+        err(&routed(own, "[[listener.route]]\nsni = [\"a.org\"]\nbackends = [ { addr = \"127.0.0.1:9001\" } ]\n")),
+        "conf/x.toml: listener[0].route[0].backends[0].addr: \"127.0.0.1:9001\" is already a \
+         backend of this listener or an earlier route (\"127.0.0.1:9001\"); a backend belongs to one route"
+    );
+    assert_eq!(
+        err(&routed(own, "[[listener.route]]\nsni = [\"a.org\"]\nbalance = \"fast\"\nbackends = [ { addr = \"127.0.0.1:9101\" } ]\n")),
+        "conf/x.toml: listener[0].route[0].balance: unknown value \"fast\", expected one of: \
+         round_robin, weighted_round_robin, least_conn, weighted_least_conn, random_two, \
+         least_latency, source_ip_hash, five_tuple_hash"
+    );
+    assert_eq!(
+        err(&routed(
+            own,
+            "[[listener.route]]\nsni = [\"a.org\"]\nbackends = []\n"
+        )),
+        "conf/x.toml: listener[0].route[0].backends: must list at least one backend"
+    );
+    assert_eq!(
+        err(&routed(own, "[[listener.route]]\nsni = [\"a.org\"]\nport = 1\nbackends = []\n")),
+        "conf/x.toml: listener[0].route[0].port: unknown key, expected one of sni, balance, backends"
+    );
+    let udp = format!(
+        "[[listener]]\nname = \"d\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:53\"\nbackends = [ {own} ]\n{ROUTE_API}"
+    );
+    assert_eq!(
+        err(&udp),
+        "conf/x.toml: listener[0].route: only a tcp listener can route by TLS SNI"
+    );
+}
+
+#[test]
+fn slow_start_is_bounded() {
+    assert_eq!(
+        parse(&one_backend("slow_start_s = 30")).listeners[0].slow_start,
+        Duration::from_secs(30)
+    );
+    assert_eq!(parse(MINIMAL).listeners[0].slow_start, Duration::ZERO);
+    assert!(err(&one_backend("slow_start_s = 3601"))
+        .starts_with("conf/x.toml: listener[0].slow_start_s: "));
 }
 
 // ---- issue 9: hostile traffic and safe defaults ---------------------------------------------
