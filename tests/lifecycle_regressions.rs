@@ -117,7 +117,7 @@ fn a_reload_whose_bind_fails_changes_no_weight() {
     let lb = Lb::start(&conf, |text, _| text);
     // The log names the algorithm as the config spells it.
     assert!(
-        lb.saw_log("balance weighted_round_robin)"),
+        lb.saw_log("balance weighted_round_robin"),
         "{:?}",
         lb.lb.stderr_lines()
     );
