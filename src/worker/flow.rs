@@ -35,7 +35,7 @@ const READ_BUDGET: usize = 16;
 /// tenth of a millisecond, so a new connection never waits behind megabytes. HAProxy stops
 /// after about one pipe per wake-up (a splice returning over `tune.recv_enough`, 10,136
 /// bytes); two pipes halve the extra `epoll_wait` calls per byte for the same bound.
-pub const BYTE_BUDGET: u64 = 128 * 1024;
+pub const BYTE_BUDGET: u64 = 256 * 1024;
 /// In `auto` mode a splice read this small means the stream has turned interactive: go back
 /// to copying, which costs the same syscalls without the pipe.
 const SPLICE_EXIT_BYTES: usize = 4096;
