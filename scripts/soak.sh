@@ -149,8 +149,9 @@ run_load() {
   PIDS+=("$tcp" "$udp" "$crr")
 }
 
-echo "soak: $DURATION s, a reload every $INTERVAL s (backend sets alternate), a backend restart every $((3 * INTERVAL)) s"
-echo "soak: load $LOAD, reloads $RELOADS, restarts $RESTARTS (1 on, 0 off)"
+echo "soak: $DURATION s in intervals of $INTERVAL s; load: $( ((LOAD)) && echo "tcp-rr, udp-rr, $CRR_S s of tcp-crr" || echo none);" \
+  "reloads: $( ((RELOADS)) && echo "one per interval (backend sets alternate)" || echo none);" \
+  "backend restarts: $( ((RESTARTS)) && echo "every $((3 * INTERVAL)) s" || echo none)"
 echo "soak: l4lb $L4LB (pid $LB_PID), $(nproc) CPUs, $(uname -r), started $(date -u +%FT%TZ)"
 printf '%6s %8s %8s %8s %4s %7s %9s %10s %8s %8s %7s %8s %8s %8s\n' \
   elapsed_s rss_kib anon_kib heap_kib fds threads reload_ok reload_err tcp_txn tcp_errs \
