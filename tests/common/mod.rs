@@ -22,6 +22,7 @@ mod data;
 mod deadline;
 mod metrics;
 mod net;
+pub mod netns;
 mod outcome;
 mod process;
 mod ready;
