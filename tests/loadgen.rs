@@ -51,34 +51,44 @@ impl Server {
                 }
             }
         });
-        let mut addrs = Vec::new();
+        // The guard exists before the wait: a panic below still ends the child (Drop), which
+        // would otherwise outlive the test holding its stderr.
+        let mut server = Server {
+            child: Some(child),
+            addrs: Vec::new(),
+            lines: rx,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while addrs.len() < listeners {
+        while server.addrs.len() < listeners {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("serve prints its listeners");
+            let line = server
+                .lines
+                .recv_timeout(left)
+                .expect("serve prints its listeners");
             let addr = line
                 .strip_prefix("listening on ")
                 .and_then(|r| r.split_whitespace().next())
                 .unwrap_or_else(|| panic!("unexpected serve line: {line}"));
-            addrs.push(addr.parse().expect("listener address"));
+            server.addrs.push(addr.parse().expect("listener address"));
         }
-        Server {
-            child: Some(child),
-            addrs,
-            lines: rx,
-        }
+        server
     }
 
     fn addr(&self, i: usize) -> String {
         self.addrs[i].to_string()
     }
 
-    /// SIGTERM, wait (bounded), and return the `served ...` lines.
+    /// SIGTERM, wait for the exit (up to 15 s: the `served` lines are asserted, so a loaded
+    /// machine gets time), and return the `served ...` lines, read up to EOF.
     fn stop(mut self) -> Vec<String> {
         let mut child = self.child.take().expect("running");
-        terminate(&mut child);
+        terminate(&mut child, Duration::from_secs(15));
+        let deadline = Instant::now() + Duration::from_secs(5);
         let mut served = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             if l.starts_with("served ") {
                 served.push(l);
             }
@@ -90,14 +100,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            terminate(&mut c);
+            terminate(&mut c, Duration::from_secs(5));
         }
     }
 }
 
-fn terminate(child: &mut Child) {
+/// SIGTERM, then SIGKILL if it has not exited within `grace`.
+fn terminate(child: &mut Child, grace: Duration) {
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;
