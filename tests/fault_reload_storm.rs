@@ -145,7 +145,12 @@ fn reload_storm_drops_and_corrupts_nothing() {
     let started = Instant::now();
     for n in 0..SIGHUPS {
         let set = if n % 2 == 0 { &b } else { &a };
-        std::fs::write(&lb.config_path, config(&lb, admin, set)).expect("rewrite config");
+        // Written aside and renamed into place, as an operator's tooling would: the reload of
+        // the previous SIGHUP may still be reading the file (it loads on its own thread), and
+        // a truncate-then-write would let it read an empty file and fail.
+        let staged = lb.config_path.with_extension("toml.new");
+        std::fs::write(&staged, config(&lb, admin, set)).expect("write config");
+        std::fs::rename(&staged, &lb.config_path).expect("rename config into place");
         lb.signal(Signal::SIGHUP);
         let next = STORM * (n as u32 + 1) / SIGHUPS as u32;
         thread::sleep(next.saturating_sub(started.elapsed()));
