@@ -15,7 +15,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::proxy_protocol::{self, ParseError, MAX_HEADER};
 use crate::state::SharedState;
-use crate::worker::udp::session::{admit, Session, SessionTable};
+use crate::worker::admission::{Admission, BackendLease};
+use crate::worker::udp::session::{Session, SessionTable};
 
 /// The PROXY v1/v2 parser on `data` (a client's first bytes). Checks: a header never claims
 /// more bytes than it was given, the parser has decided once `MAX_HEADER` bytes are there,
@@ -155,8 +156,9 @@ pub fn udp_session(data: &[u8]) {
                     }
                 }
                 None => {
-                    if let Ok(adm) = admit(&state, &shared, client.ip(), now) {
-                        let backend = backends[usize::from(a) % backends.len()].clone();
+                    if let Ok(adm) = Admission::admit(&state, &shared, client.ip(), now) {
+                        let backend =
+                            BackendLease::take(backends[usize::from(a) % backends.len()].clone());
                         let s = Session::new(1, client, None, (), backend, adm, now);
                         table.insert(s, idle_ms);
                     }
@@ -172,7 +174,7 @@ pub fn udp_session(data: &[u8]) {
                     // udp_responses: the shell closes the session after this many replies.
                     if done {
                         if let Some(s) = table.remove(key) {
-                            s.release(&shared);
+                            s.release();
                         }
                     }
                 }
@@ -182,13 +184,13 @@ pub fn udp_session(data: &[u8]) {
                 now,
                 |_| idle_ms,
                 |s| {
-                    s.release(&shared);
+                    s.release();
                 },
             ),
             4 => {
                 if let Some(key) = table.find(1, client) {
                     if let Some(s) = table.remove(key) {
-                        s.release(&shared);
+                        s.release();
                     }
                 }
             }
@@ -198,7 +200,7 @@ pub fn udp_session(data: &[u8]) {
     }
     for key in table.keys() {
         if let Some(s) = table.remove(key) {
-            s.release(&shared);
+            s.release();
         }
     }
     check_counts(&table, &state, &shared, &backends);

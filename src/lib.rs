@@ -29,6 +29,7 @@ pub mod clock;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hash;
 pub mod limits;
 pub mod metrics;
 pub mod net;

@@ -11,7 +11,7 @@
 //! every cap. Tables are indexed with a keyed hash whose key is random per table (drawn from
 //! the OS when the table is built): the tables need no agreement between hosts or restarts,
 //! and a secret key means nobody can compute offline a set of addresses that lands in a
-//! victim's bucket. (Selection hashing, `balancer::hash`, stays fixed-key: it must be
+//! victim's bucket. (Selection hashing, `crate::hash`, stays fixed-key: it must be
 //! reproducible.)
 //!
 //! Invariants of [`ClientTable`]:

@@ -252,8 +252,10 @@ impl ListenerState {
 pub struct SharedState {
     /// The current listener set, in config order (what /status and /metrics show).
     pub listeners: ArcSwap<Vec<Arc<ListenerState>>>,
-    /// Connections open across all listeners (exact: enforces `runtime.max_connections`).
-    pub active: AtomicU64,
+    /// Connections and UDP sessions open across all listeners (exact: enforces
+    /// `runtime.max_connections`). An `Arc` so that each admission's guard
+    /// (`worker::admission::Admission`) owns what it gives back.
+    pub active: Arc<AtomicU64>,
     /// 0 = unlimited. Applied live on reload.
     pub max_connections: AtomicU64,
     /// The part of `max_connections` UDP sessions may fill ([`udp_global_cap`]); 0 =
@@ -301,7 +303,7 @@ impl SharedState {
             .collect();
         SharedState {
             listeners: ArcSwap::from_pointee(listeners),
-            active: AtomicU64::new(0),
+            active: Arc::new(AtomicU64::new(0)),
             max_connections: AtomicU64::new(config.runtime.max_connections),
             udp_max_connections: AtomicU64::new(udp_global_cap(config)),
             splice: config.runtime.splice,

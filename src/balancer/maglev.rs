@@ -30,7 +30,7 @@
 //!
 //! ## Weights
 //! Each backend permutes the slots with `offset`/`skip` from fixed hashes of its name (see
-//! `super::hash`), and backends take turns claiming their next free slot. With weights, a
+//! `crate::hash`), and backends take turns claiming their next free slot. With weights, a
 //! backend of weight `w` earns `w` credit per round and takes a turn for every `max_weight`
 //! credit, so slot counts are proportional to weights (the heaviest backend takes a turn every
 //! round, which also bounds the number of rounds by the table size). Weight 0 takes no slot.
@@ -42,7 +42,7 @@
 //! `size` steps; every entry is an index into the input or [`EMPTY`]; [`EMPTY`] appears only
 //! when no input has a non-zero weight.
 
-use super::hash::{self, MAGLEV_OFFSET_KEY, MAGLEV_SKIP_KEY};
+use crate::hash::{self, MAGLEV_OFFSET_KEY, MAGLEV_SKIP_KEY};
 
 /// Default table size: the smallest prime above 2^16. Maglev wants the size prime (so each
 /// backend's permutation visits every slot) and much larger than the number of backends (the
@@ -268,7 +268,7 @@ pub fn neg_ln_unit(h: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::hash::RENDEZVOUS_KEY;
+    use crate::hash::RENDEZVOUS_KEY;
     use proptest::prelude::*;
 
     fn names(n: usize) -> Vec<String> {

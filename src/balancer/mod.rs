@@ -4,8 +4,10 @@
 //! precomputed from them) and the [`Selector`] (one worker's mutable selection state for one
 //! listener), and one file per algorithm: `round_robin`, `weighted_round_robin` (smooth),
 //! `least_conn`, `weighted_least_conn`, `random_two`, `least_latency` (peak-EWMA connect
-//! time), and the two hashes (`hash` for the fixed
-//! hash functions, `maglev` for the consistent-hash table they look up).
+//! time), and the two hashes (`source_ip_hash`, `five_tuple_hash`: `crate::hash` holds the
+//! fixed hash functions, `maglev` the consistent-hash table they look up). The algorithm names
+//! are the config's ([`Algorithm`], re-exported from `crate::config`), and the flow key is
+//! the hash's ([`FlowKey`], from `crate::hash`).
 //!
 //! Hot path: [`Selector::pick`], once per new connection and once per connect retry. It never
 //! allocates, locks or does I/O; it reads the pool and the backends' atomics (state, weight,
@@ -28,7 +30,6 @@
 //! - the hashes are functions of the config and the set of available backends only: two
 //!   instances (or restarts) with the same backends and health map every key the same.
 
-pub mod hash;
 mod least_conn;
 mod least_latency;
 pub mod maglev;
@@ -38,80 +39,17 @@ mod weighted_least_conn;
 mod weighted_round_robin;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{slow_start, Backend, BackendState};
+pub use crate::config::Algorithm;
+use crate::hash;
+pub use crate::hash::FlowKey;
 
 use self::maglev::EMPTY;
 use self::random_two::WyRand;
-
-/// A listener's balancing algorithm (`balance` in the config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    RoundRobin,
-    WeightedRoundRobin,
-    LeastConn,
-    WeightedLeastConn,
-    RandomTwo,
-    LeastLatency,
-    SourceIpHash,
-    FiveTupleHash,
-}
-
-impl Algorithm {
-    /// Every algorithm, in the order the spec lists them.
-    pub const ALL: [Algorithm; 8] = [
-        Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin,
-        Algorithm::LeastConn,
-        Algorithm::WeightedLeastConn,
-        Algorithm::RandomTwo,
-        Algorithm::LeastLatency,
-        Algorithm::SourceIpHash,
-        Algorithm::FiveTupleHash,
-    ];
-
-    /// The config spelling (`balance = "..."`), also used in `/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::WeightedRoundRobin => "weighted_round_robin",
-            Algorithm::LeastConn => "least_conn",
-            Algorithm::WeightedLeastConn => "weighted_least_conn",
-            Algorithm::RandomTwo => "random_two",
-            Algorithm::LeastLatency => "least_latency",
-            Algorithm::SourceIpHash => "source_ip_hash",
-            Algorithm::FiveTupleHash => "five_tuple_hash",
-        }
-    }
-
-    /// Parses the config spelling; `None` for anything else.
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
-    }
-
-    /// Whether the algorithm maps a flow key through a Maglev table (and so needs one built).
-    pub fn is_hash(self) -> bool {
-        matches!(self, Algorithm::SourceIpHash | Algorithm::FiveTupleHash)
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What hash-based algorithms hash. `protocol` is the IP protocol number (6 TCP, 17 UDP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowKey {
-    pub client: SocketAddr,
-    pub local: SocketAddr,
-    pub protocol: u8,
-}
 
 /// Source of [`Pool::generation`]; starts at 1 so a fresh [`Selector`] (generation 0) always
 /// adopts its first pool.
@@ -710,6 +648,7 @@ mod tests {
     use super::test_util::*;
     use super::*;
     use proptest::prelude::*;
+    use std::net::SocketAddr;
 
     /// Small tables keep the debug-build tests fast; behaviour does not depend on the size.
     const SMALL: usize = 4093;

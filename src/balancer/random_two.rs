@@ -26,7 +26,7 @@ pub(super) struct WyRand(u64);
 impl WyRand {
     pub(super) fn new(seed: u64) -> WyRand {
         // Spread small seeds (worker 0, 1, 2, ...) over the state space.
-        WyRand(super::hash::mix64(seed ^ 0x2d35_8dcc_aa6c_78a5))
+        WyRand(crate::hash::mix64(seed ^ 0x2d35_8dcc_aa6c_78a5))
     }
 
     #[inline]

@@ -6,6 +6,7 @@
 //! or its routes'), every
 //! address is resolved, every number is within its documented range.
 
+mod algorithm;
 mod raw;
 mod validate;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use crate::balancer::Algorithm;
+pub use algorithm::Algorithm;
 
 /// The largest backend weight (config and admin API). Weights are relative; 1000 gives 0.1%
 /// resolution, and keeps weighted round robin's per-pick arithmetic far from overflow.

@@ -1,90 +1,105 @@
-//! One proxied TCP connection: the client socket, the backend socket once chosen, and the two
-//! directions between them.
+//! One proxied TCP connection: the client socket, the backend socket once chosen, the two
+//! directions between them, the counts it holds, and its [`Phase`], which only this module
+//! changes (every field is private; the worker drives a connection through the transition
+//! methods below).
 //!
-//! Hot path. Lifecycle: [`AwaitingProxyHeader`, only with `accept_proxy_protocol`: the client
-//! is read until a whole PROXY header is in, nothing is connected yet] -> `Connecting` (client
-//! accepted, non-blocking connect to a backend in flight; the client is not read, so it is held
-//! back by TCP flow control) -> `Forwarding` (both directions pumped; with `proxy_protocol` a
-//! header for the backend goes out first) -> closed when both directions have passed their EOF
-//! on, or at once with a reset on both sides when either side breaks. Invariants: while
-//! `awaiting_header`, `connecting` is set too, `backend` is `None` and `connect_deadline` is
-//! the header's deadline; otherwise while `connecting`, `backend` is the socket of the attempt
-//! in flight and `backend_ref` the backend it counts against.
+//! Hot path. Lifecycle (each step a method here, called by the file named):
 //!
-//! With TLS SNI routes (`[[listener.route]]`) one more phase comes before `Connecting`:
-//! [`AwaitingHello`], the client is read until its whole ClientHello is held in `c2b` (after
-//! the PROXY header, if any), nothing is connected yet; the hello's server name picks the
-//! route (`group`), and the held hello is the first thing the backend receives. The same
-//! invariants as for `awaiting_header` hold while `awaiting_hello`.
+//! ```text
+//!  Accepted ──(accept_proxy_protocol: await_proxy_header, accept.rs)──> ProxyHeader
+//!     │                                  │ proxy_header_read (accept.rs): admit_client
+//!     │<─────────────────────────────────┤ (the client-level half of admission)
+//!     ├──(SNI routes: await_hello, hello.rs)──> Hello <─┘ (with routes, keeping its deadline)
+//!     │<──────────── hello_read (hello.rs): route group chosen ──────┘
+//!     └──start_connect (connect.rs)──> Connecting ──connected (connect.rs)──> Forwarding
+//!                     ^                    │ connect_failed (connect.rs): next backend
+//!                     └────────────────────┘
+//! ```
 //!
-//! [`AwaitingProxyHeader`]: Conn::awaiting_header
-//! [`AwaitingHello`]: Conn::awaiting_hello
+//! `Accepted` lasts only within the call that admitted the connection (or read its header
+//! or hello): it always leaves it, for the next phase or for `close`. While `ProxyHeader` or
+//! `Hello` nothing is connected and the client is read until the whole header or hello is
+//! held in `c2b`; while `Connecting` the client is not read (TCP flow control holds it back)
+//! and `backend` is the socket of the attempt in flight, `lease` the backend it counts
+//! against; `Forwarding` pumps both directions (with `proxy_protocol` a header for the backend
+//! goes out first) until both have passed their EOF on, or a side breaks (a reset on both).
+//! Half-closed (one side's EOF read) is not a phase of its own: it only shortens the quiet
+//! limit to `fin_timeout_s` ([`Conn::half_closed`]). Closing is not one either: `close`
+//! (expiry.rs) takes the connection out of the slab and drops it, which gives back every count
+//! it holds ([`Admission`], [`BackendLease`]) and closes its sockets.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::time::Duration;
 
 use mio::net::TcpStream;
 
 use crate::backend::Backend;
 use crate::config::{ListenerConfig, ProxyProtocol, SpliceMode};
-use crate::limits::{ClientSlot, ClientTable};
+use crate::metrics::RejectReason;
 use crate::net::io::{classify, IoClass};
 use crate::proxy_protocol::{self, ParseError, Parsed};
+use crate::state::ListenerState;
 use crate::tls_sni;
 
+use super::admission::{Admission, BackendLease};
 use super::flow::{Broken, Flow, IoResources, Pump, Readiness};
+use super::pick::Tried;
 
-/// Upper bound on connect attempts (the config allows `connect_retries` up to 16).
-pub const MAX_ATTEMPTS: usize = 17;
+/// Where a connection is in its life (see the module doc for the transitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Admitted and in the slab; within the same call it moves on or is closed.
+    Accepted,
+    /// `accept_proxy_protocol`: reading the client's PROXY header until `deadline`; nothing
+    /// connected, the client-level half of admission still to come.
+    ProxyHeader { deadline: u64 },
+    /// SNI routing: reading the client's ClientHello until `deadline`; nothing connected.
+    Hello { deadline: u64 },
+    /// A non-blocking connect in flight, given up at `deadline`. `started_us`: when it
+    /// started (`clock::monotonic_us`) for `least_latency`'s sample, else 0.
+    Connecting { deadline: u64, started_us: u64 },
+    /// Both directions pumped.
+    Forwarding,
+}
 
 #[derive(Debug)]
 pub struct Conn {
-    pub listener: usize,
-    pub generation: u32,
-    pub client: TcpStream,
+    listener: usize,
+    generation: u32,
+    phase: Phase,
+    client: TcpStream,
     /// The client as balancing, ACL and limits see it: the peer, or the source of the PROXY
     /// header it sent (`accept_proxy_protocol`).
-    pub client_addr: SocketAddr,
-    pub client_ready: Readiness,
-    pub backend: Option<TcpStream>,
-    pub backend_ready: Readiness,
-    /// The backend this connection counts against (its `active` was incremented).
-    pub backend_ref: Option<Arc<Backend>>,
-    /// Index of `backend_ref` in the pool it was picked from.
-    pub backend_index: usize,
-    pub connecting: bool,
-    /// Reading the client's PROXY header: no backend yet, client checks not done yet.
-    pub awaiting_header: bool,
-    /// Reading the client's TLS ClientHello (SNI routing): no backend yet.
-    pub awaiting_hello: bool,
+    client_addr: SocketAddr,
+    client_ready: Readiness,
+    backend: Option<TcpStream>,
+    backend_ready: Readiness,
+    /// The backend this connection counts against (its `active`, given back on drop).
+    lease: Option<BackendLease>,
+    /// Index of `lease`'s backend in the pool it was picked from.
+    backend_index: usize,
     /// The pool group backends are picked from: 0 = the listener's own, `r + 1` = SNI route
     /// `r`.
-    pub group: usize,
-    /// Connect timeout of the attempt in flight, or the PROXY header's deadline.
-    pub connect_deadline: u64,
-    /// `clock::monotonic_us` when the connect in flight started, for `least_latency`'s
-    /// samples; 0 when the listener does not need them (no clock read then).
-    pub connect_started_us: u64,
-    /// Indices (in the pool) of backends that failed for this connection.
-    pub tried: [usize; MAX_ATTEMPTS],
-    pub tried_len: usize,
-    pub c2b: Flow,
-    pub b2c: Flow,
+    group: usize,
+    /// The backends that failed for this connection.
+    tried: Tried,
+    c2b: Flow,
+    b2c: Flow,
     /// Coarse ms clock of the last byte moved (idle timeout).
-    pub last_active: u64,
+    last_active: u64,
     /// Coarse ms clock of the accept (client_first_byte_timeout_ms, the access log's duration).
-    pub accepted_at: u64,
-    /// The per-client table this connection counts in (shared with the listener; kept here
-    /// so a reload that drops or replaces the table still releases the right one).
-    pub client_slot: Option<(Arc<ClientTable>, ClientSlot)>,
+    accepted_at: u64,
+    /// The global, listener and per-client counts this connection holds (given back when
+    /// the connection is dropped, whichever way it ends).
+    admission: Admission,
     /// Bytes of `c2b` and `b2c` already added to the backend's shared counters.
-    pub reported: (u64, u64),
+    reported: (u64, u64),
     /// In the worker's resume list: it spent its budget with data still readable and is
     /// driven again after everything else that is ready (events only update its readiness
     /// meanwhile, so it is pumped at most once per loop turn).
-    pub resume: bool,
+    resume: bool,
 }
 
 /// What the worker must do with a connection after driving it.
@@ -139,34 +154,231 @@ impl Conn {
         generation: u32,
         client: TcpStream,
         client_addr: SocketAddr,
+        admission: Admission,
         splice: SpliceMode,
         now_ms: u64,
     ) -> Conn {
         Conn {
             listener,
             generation,
+            phase: Phase::Accepted,
             client,
             client_addr,
             client_ready: Readiness::default(),
             backend: None,
             backend_ready: Readiness::default(),
-            backend_ref: None,
+            lease: None,
             backend_index: 0,
-            connecting: true,
-            awaiting_header: false,
-            awaiting_hello: false,
             group: 0,
-            connect_deadline: 0,
-            connect_started_us: 0,
-            tried: [0; MAX_ATTEMPTS],
-            tried_len: 0,
+            tried: Tried::default(),
             c2b: Flow::new(splice),
             b2c: Flow::new(splice),
             last_active: now_ms,
             accepted_at: now_ms,
-            client_slot: None,
+            admission,
             reported: (0, 0),
             resume: false,
+        }
+    }
+
+    #[inline]
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    #[inline]
+    pub fn is_forwarding(&self) -> bool {
+        self.phase == Phase::Forwarding
+    }
+
+    #[inline]
+    pub fn listener(&self) -> usize {
+        self.listener
+    }
+
+    #[inline]
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    #[inline]
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The address the client connected to (a listener bound to a wildcard must ask).
+    #[inline]
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.client.local_addr().ok()
+    }
+
+    #[inline]
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// The backend this connection counts against, once a connect started.
+    #[inline]
+    pub fn backend(&self) -> Option<&Backend> {
+        self.lease.as_deref()
+    }
+
+    #[inline]
+    pub fn accepted_at(&self) -> u64 {
+        self.accepted_at
+    }
+
+    /// Bytes moved so far, (client to backend, backend to client).
+    #[inline]
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.c2b.bytes, self.b2c.bytes)
+    }
+
+    /// The backends that failed for this connection (the connect path adds to it).
+    #[inline]
+    pub fn tried_mut(&mut self) -> &mut Tried {
+        &mut self.tried
+    }
+
+    /// Whether it is in the worker's resume list.
+    #[inline]
+    pub fn resume(&self) -> bool {
+        self.resume
+    }
+
+    #[inline]
+    pub fn set_resume(&mut self, resume: bool) {
+        self.resume = resume;
+    }
+
+    /// `Accepted` -> `ProxyHeader`: read the client's PROXY header until `deadline`.
+    pub fn await_proxy_header(&mut self, deadline: u64) {
+        debug_assert_eq!(self.phase, Phase::Accepted);
+        self.phase = Phase::ProxyHeader { deadline };
+    }
+
+    /// `ProxyHeader` -> `Hello` (the listener routes by SNI: the hello is read next, within
+    /// the header's deadline) or `Accepted` (the connect follows): the header is in, and its
+    /// `source` (none for LOCAL, UNKNOWN, UNSPEC: the proxy speaks for itself) becomes the
+    /// client's address. Then the client-level half of admission for that address (ACL,
+    /// per-client rate and cap); on refusal the caller closes the connection.
+    pub fn proxy_header_read(
+        &mut self,
+        source: Option<SocketAddr>,
+        hello_next: bool,
+        state: &ListenerState,
+        now_ms: u64,
+    ) -> Result<(), RejectReason> {
+        let Phase::ProxyHeader { deadline } = self.phase else {
+            debug_assert!(false, "header read in {:?}", self.phase);
+            return Err(RejectReason::Acl);
+        };
+        self.phase = if hello_next {
+            Phase::Hello { deadline }
+        } else {
+            Phase::Accepted
+        };
+        if let Some(source) = source {
+            self.client_addr = source;
+        }
+        self.admission
+            .admit_client(state, self.client_addr.ip(), now_ms)
+    }
+
+    /// `Accepted` -> `Hello`: read the client's ClientHello until `deadline`.
+    pub fn await_hello(&mut self, deadline: u64) {
+        debug_assert_eq!(self.phase, Phase::Accepted);
+        self.phase = Phase::Hello { deadline };
+    }
+
+    /// `Hello` -> `Accepted`: the hello picked the pool `group` the connect picks from.
+    pub fn hello_read(&mut self, group: usize) {
+        debug_assert!(matches!(self.phase, Phase::Hello { .. }));
+        self.phase = Phase::Accepted;
+        self.group = group;
+    }
+
+    /// `Accepted` or `Connecting` (after a failed attempt) -> `Connecting`: a connect to the
+    /// backend `lease` counts against (`index` in the pool) is in flight on `socket`.
+    pub fn start_connect(
+        &mut self,
+        socket: TcpStream,
+        lease: BackendLease,
+        index: usize,
+        deadline: u64,
+        started_us: u64,
+    ) {
+        debug_assert!(
+            self.backend.is_none()
+                && matches!(self.phase, Phase::Accepted | Phase::Connecting { .. })
+        );
+        self.backend = Some(socket);
+        self.backend_ready = Readiness::default();
+        self.lease = Some(lease);
+        self.backend_index = index;
+        self.phase = Phase::Connecting {
+            deadline,
+            started_us,
+        };
+    }
+
+    /// The connect in flight failed: its socket is closed and its backend recorded as tried;
+    /// returns the lease for the caller to blame that backend before dropping it. The phase
+    /// stays `Connecting` until the next attempt starts (or the connection is closed).
+    pub fn connect_failed(&mut self) -> Option<BackendLease> {
+        debug_assert!(matches!(self.phase, Phase::Connecting { .. }));
+        self.backend = None;
+        let lease = self.lease.take();
+        if lease.is_some() {
+            self.tried.record(self.backend_index);
+        }
+        lease
+    }
+
+    /// `Connecting` -> `Forwarding`: the handshake completed. Returns the connect's start
+    /// (`started_us`, 0 when not measured).
+    pub fn connected(&mut self, now_ms: u64) -> u64 {
+        let Phase::Connecting { started_us, .. } = self.phase else {
+            debug_assert!(false, "connected in {:?}", self.phase);
+            return 0;
+        };
+        self.phase = Phase::Forwarding;
+        self.last_active = now_ms;
+        started_us
+    }
+
+    /// Record what an event says about one socket of the connection (edge-triggered: kept
+    /// until a read or write meets `WouldBlock`).
+    #[inline]
+    pub fn note_event(&mut self, backend_side: bool, event: &mio::event::Event) {
+        let ready = if backend_side {
+            &mut self.backend_ready
+        } else {
+            &mut self.client_ready
+        };
+        ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+        ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+        ready.read_closed |= event.is_read_closed() || event.is_error();
+        ready.fin |= event.is_read_closed() && !event.is_error();
+    }
+
+    /// Whether either direction still holds bytes (a buffer or a pipe) it has not passed on.
+    #[inline]
+    pub fn holds_bytes(&self) -> bool {
+        self.c2b.holds_bytes() || self.b2c.holds_bytes()
+    }
+
+    /// Give the directions' buffers and pipes back to the worker's pools (at close).
+    pub fn release_buffers(&mut self, io: &mut IoResources) {
+        self.c2b.release(io);
+        self.b2c.release(io);
+    }
+
+    /// SO_LINGER 0 on both sockets: closing them sends a reset instead of a FIN.
+    pub fn set_linger_zero(&self) {
+        set_linger_zero(&self.client);
+        if let Some(b) = &self.backend {
+            set_linger_zero(b);
         }
     }
 
@@ -175,7 +387,7 @@ impl Conn {
     /// Returns whether there was anything to add. Called from the timer, not per read, so the
     /// shared counters are written about once a second per busy connection.
     pub fn report_bytes(&mut self) -> bool {
-        let Some(b) = self.backend_ref.as_ref().filter(|_| !self.connecting) else {
+        let Some(b) = self.lease.as_ref().filter(|_| self.is_forwarding()) else {
             return false;
         };
         let (to_backend, to_client) = (
@@ -192,27 +404,21 @@ impl Conn {
         to_backend != 0 || to_client != 0
     }
 
-    pub fn tried(&self) -> &[usize] {
-        &self.tried[..self.tried_len]
-    }
-
-    pub fn record_failed(&mut self, index: usize) {
-        if self.tried_len < MAX_ATTEMPTS {
-            self.tried[self.tried_len] = index;
-            self.tried_len += 1;
-        }
-    }
-
     /// The next moment something must happen to this connection if nothing else does: the
     /// connect timeout, the first-byte timeout of a client that has sent nothing, or the idle
     /// timeout.
     pub fn deadline(&self, config: &ListenerConfig) -> u64 {
         let first_byte = self.first_byte_deadline(config);
-        if self.connecting {
-            return self.connect_deadline.min(first_byte);
+        match self.phase {
+            Phase::ProxyHeader { deadline }
+            | Phase::Hello { deadline }
+            | Phase::Connecting { deadline, .. } => deadline.min(first_byte),
+            Phase::Accepted => first_byte,
+            Phase::Forwarding => {
+                let idle = self.last_active + self.quiet_limit(config).as_millis() as u64;
+                idle.min(first_byte)
+            }
         }
-        let idle = self.last_active + self.quiet_limit(config).as_millis() as u64;
-        idle.min(first_byte)
     }
 
     /// Either side has closed its direction (its EOF was read).
@@ -259,7 +465,7 @@ impl Conn {
         }
     }
 
-    /// While `awaiting_header`: read what the client sent into `c2b`'s buffer (after room
+    /// While `ProxyHeader`: read what the client sent into `c2b`'s buffer (after room
     /// for the header l4lb may send on) until a whole header is in. Bounded: the parser
     /// decides within `proxy_protocol::MAX_HEADER` bytes, far less than the buffer.
     pub fn read_proxy_header(&mut self, io: &mut IoResources) -> HeaderRead {
@@ -303,7 +509,7 @@ impl Conn {
         HeaderRead::Pending
     }
 
-    /// While `awaiting_hello`: read what the client sends into `c2b`'s buffer (after what is
+    /// While `Hello`: read what the client sends into `c2b`'s buffer (after what is
     /// already held there, or after room for the PROXY header l4lb may send on) until it holds
     /// a whole ClientHello. Bounded: the parser decides within `tls_sni::MAX_HELLO` bytes, and
     /// more held than that without a decision is refused, so the 32 KiB buffer never fills.
@@ -437,4 +643,9 @@ impl Conn {
             _ => Drive::Wait,
         }
     }
+}
+
+/// SO_LINGER 0: closing the socket sends a reset (refusals, `End::resets`, cut streams).
+pub(super) fn set_linger_zero(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }

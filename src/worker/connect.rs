@@ -1,32 +1,37 @@
-//! Backend connects of TCP connections: the balancer's pick, the non-blocking connect(2),
-//! retries on other backends up to `connect_retries`, and passive health: a failed connect
-//! counts against its backend, and `fall` of them in a row mark it down (UDP sessions use the
-//! same rule, `passive_failure`).
+//! Backend connects of TCP connections, from start to outcome: the first connect of an
+//! admitted connection, each attempt (`pick::connect_next`: the balancer's pick, the
+//! `source` address, retries on other backends up to `connect_retries`, passive failures:
+//! the rules UDP shares), the completion event (`connected`: the passive streak ends,
+//! `least_latency` gets its sample, the PROXY header for the backend goes out) and the
+//! failure of a connect in flight (`connect_failed`: blame the backend, try the next).
 //!
-//! Hot path: runs once per connection and once per retry. Invariants: a backend's `active`
-//! counts a connection from the start of its connect and is given back on failure or at close
-//! (the unit `backend_ref` holds); a connection never tries a backend twice (`tried`); a
-//! shortage of this host (no local port or address, out of descriptors or memory:
-//! `net::connect::is_local_shortage`) never blames the backend: the connection is refused as
-//! `local_resources` with a rate-limited warning, and a descriptor or memory shortage also
-//! pauses accepting on every listener; no Maglev table is rebuilt here, only `pool_dirty` set.
-//! Backend sockets bind the listener's `source` addresses round robin (`next_source`).
+//! Hot path: runs once per connection and once per retry. Invariants: a connection is
+//! `Connecting` exactly while a connect of its own is in flight (`Conn::start_connect`,
+//! `Conn::connected`, `Conn::connect_failed` are the only transitions in and out); a shortage
+//! of this host (no local port or address, out of descriptors or memory) never blames the
+//! backend: the connection is refused as `local_resources` with a rate-limited warning, and a
+//! descriptor or memory shortage also pauses accepting on every listener; no Maglev table is
+//! rebuilt here, only `pool_dirty` set.
 
 use std::sync::atomic::Ordering;
 
 use mio::Interest;
 
-use crate::backend::Backend;
-use crate::balancer::{Algorithm, FlowKey};
+use crate::balancer::FlowKey;
+use crate::config::{Algorithm, ProxyProtocol};
 use crate::metrics::RejectReason;
-use crate::net::connect::{is_local_shortage, pick_source, tcp_connect};
+use crate::net::connect::tcp_connect;
 use crate::net::io::is_accept_resource_error;
-use crate::state::ListenerState;
 
 use super::accept::ACCEPT_BACKOFF_MS;
 use super::access_log::End;
+use super::conn::ConnectState;
+use super::pick::{connect_next, passive_failure, passive_success, warn_local_shortage, Attempt};
 use super::timer::TimerEntry;
 use super::{conn_token, Worker};
+
+/// The IP protocol number of TCP, for `FlowKey`.
+const IPPROTO_TCP: u8 = 6;
 
 impl Worker {
     /// The first connect of an admitted connection in the slab (`key`, of listener `li`): on
@@ -63,95 +68,111 @@ impl Worker {
         }
     }
 
-    /// Start a connect to the next backend the balancer picks. `false` when no backend is left
-    /// to try (none available, or `connect_retries` exhausted).
+    /// Start a connect to the next backend the balancer picks (`pick::connect_next`, the
+    /// rules UDP shares), registered as the connection's backend side.
     fn connect(&mut self, key: usize) -> ConnectStart {
         let Some(conn) = self.conns.get_mut(key) else {
             return ConnectStart::NoBackend;
         };
-        let wl = &mut self.listeners[conn.listener];
-        let retries = wl.state.config.connect_retries as usize;
+        let wl = &mut self.listeners[conn.listener()];
         let pool = wl.state.pool.load();
-        // The algorithm of the connection's group (SNI route); None if a reload removed it.
-        let algorithm = pool.algorithm_of(conn.group);
+        let group = conn.group();
         let local = match wl.local {
             Some(addr) => addr,
-            None if algorithm == Some(Algorithm::FiveTupleHash) => {
-                conn.client.local_addr().unwrap_or(wl.state.config.bind)
+            None if pool.algorithm_of(group) == Some(Algorithm::FiveTupleHash) => {
+                conn.local_addr().unwrap_or(wl.state.config.bind)
             }
             None => wl.state.config.bind,
         };
         let flow_key = FlowKey {
-            client: conn.client_addr,
+            client: conn.client_addr(),
             local,
-            protocol: 6,
+            protocol: IPPROTO_TCP,
         };
-        while conn.tried_len <= retries {
-            let Some(index) = wl
-                .selector
-                .pick_in(&pool, conn.group, &flow_key, conn.tried())
-            else {
-                return if conn.tried_len == 0 {
-                    ConnectStart::NoBackend
-                } else {
-                    ConnectStart::Exhausted
-                };
-            };
-            let backend = pool.backends()[index].clone();
-            backend.active.fetch_add(1, Ordering::Relaxed);
-            backend.total.fetch_add(1, Ordering::Relaxed);
-            let source = pick_source(&wl.state.config.source, backend.addr, wl.next_source);
-            if source.is_some() {
-                wl.next_source = wl.next_source.wrapping_add(1);
-            }
-            let started = tcp_connect(backend.addr, source).and_then(|mut s| {
+        let registry = self.poll.registry();
+        let attempt = connect_next(
+            wl,
+            &pool,
+            group,
+            &flow_key,
+            conn.tried_mut(),
+            self.now,
+            |addr, source| {
+                let mut s = tcp_connect(addr, source)?;
                 let _ = s.set_nodelay(true);
-                self.poll.registry().register(
+                registry.register(
                     &mut s,
                     conn_token(key, true),
                     Interest::READABLE | Interest::WRITABLE,
                 )?;
                 Ok(s)
-            });
-            match started {
-                Ok(stream) => {
-                    conn.backend = Some(stream);
-                    conn.backend_ref = Some(backend);
-                    conn.backend_index = index;
-                    conn.backend_ready = Default::default();
-                    conn.connecting = true;
-                    conn.connect_deadline =
-                        self.now + wl.state.config.connect_timeout.as_millis() as u64;
-                    conn.connect_started_us = if algorithm == Some(Algorithm::LeastLatency) {
-                        crate::clock::monotonic_us()
-                    } else {
-                        0
-                    };
-                    return ConnectStart::Started;
-                }
-                Err(e) if is_local_shortage(&e) => {
-                    // This host's shortage, not the backend's fault: no passive failure. Out
-                    // of descriptors or memory also stops accepting until the back-off is
-                    // over (a port shortage does not: other backends or sources may have room).
-                    backend.active.fetch_sub(1, Ordering::Relaxed);
-                    backend.total.fetch_sub(1, Ordering::Relaxed);
-                    let name = &wl.state.config.name;
-                    warn_local_shortage(&mut self.last_local_warn, self.now, self.id, name, &e);
-                    if is_accept_resource_error(&e) {
-                        for l in &mut self.listeners {
-                            l.paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
-                        }
+            },
+        );
+        match attempt {
+            Attempt::Started(started) => {
+                let deadline = self.now + wl.state.config.connect_timeout.as_millis() as u64;
+                conn.start_connect(
+                    started.socket,
+                    started.lease,
+                    started.index,
+                    deadline,
+                    started.started_us,
+                );
+                ConnectStart::Started
+            }
+            Attempt::NoBackend => ConnectStart::NoBackend,
+            Attempt::Exhausted => ConnectStart::Exhausted,
+            Attempt::LocalShortage(e) => {
+                // Out of descriptors or memory also stops accepting until the back-off is
+                // over (a port shortage does not: other backends or sources may have room).
+                let name = &wl.state.config.name;
+                warn_local_shortage(&mut self.last_local_warn, self.now, self.id, name, &e);
+                if is_accept_resource_error(&e) {
+                    for l in &mut self.listeners {
+                        l.paused_until = Some(self.now + ACCEPT_BACKOFF_MS);
                     }
-                    return ConnectStart::LocalError;
                 }
-                Err(_) => {
-                    backend.active.fetch_sub(1, Ordering::Relaxed);
-                    passive_failure(&backend, &wl.state, self.now);
-                    conn.record_failed(index);
-                }
+                ConnectStart::LocalError
             }
         }
-        ConnectStart::Exhausted
+    }
+
+    /// An event on the backend socket of a connection that is `Connecting`: `writable`, or
+    /// `failed` (EPOLLERR or EPOLLHUP).
+    pub(super) fn connect_event(&mut self, key: usize, writable: bool, failed: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.check_connect(writable, failed) {
+            ConnectState::InProgress => {}
+            ConnectState::Failed => self.connect_failed(key),
+            ConnectState::Connected => self.connected(key),
+        }
+    }
+
+    /// The handshake completed: the backend's passive streak ends (and `least_latency` gets
+    /// its sample), the connection is `Forwarding`, and with `proxy_protocol` the header for
+    /// the backend is sent (or queued) first. Its first bytes move in the worker's second
+    /// pass, which sees the same event again.
+    fn connected(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let started_us = conn.connected(self.now);
+        if let Some(b) = conn.backend() {
+            passive_success(b, started_us);
+        }
+        let wl = &self.listeners[conn.listener()];
+        let version = wl.state.config.proxy_protocol;
+        if version != ProxyProtocol::Off {
+            let dest = match wl.local {
+                Some(addr) => addr,
+                None => conn.local_addr().unwrap_or(wl.state.config.bind),
+            };
+            if conn.send_proxy_header(version, dest, &mut self.io).is_err() {
+                self.close(key, End::Reset);
+            }
+        }
     }
 
     /// The connect in flight failed (refused, unreachable, or timed out): count it against the
@@ -160,14 +181,10 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.backend = None;
-        if let Some(b) = conn.backend_ref.take() {
-            b.active.fetch_sub(1, Ordering::Relaxed);
-            passive_failure(&b, &self.listeners[conn.listener].state, self.now);
+        let li = conn.listener();
+        if let Some(lease) = conn.connect_failed() {
+            passive_failure(&lease, &self.listeners[li].state, self.now);
         }
-        let index = conn.backend_index;
-        conn.record_failed(index);
-        let li = conn.listener;
         let outcome = self.connect(key);
         if outcome == ConnectStart::LocalError {
             let reason = outcome.refusal();
@@ -209,50 +226,5 @@ impl ConnectStart {
             ConnectStart::LocalError => RejectReason::LocalResources,
             _ => RejectReason::NoBackend,
         }
-    }
-}
-
-/// Warn about a local shortage at most once a second per worker (`last` holds the time of the
-/// last warning): a flood of refusals must not become a flood of log lines.
-pub(super) fn warn_local_shortage(
-    last: &mut Option<u64>,
-    now: u64,
-    worker: usize,
-    listener: &str,
-    e: &std::io::Error,
-) {
-    if last.is_some_and(|t| now < t + 1000) {
-        return;
-    }
-    *last = Some(now);
-    log::warn!(
-        "worker {worker}: listener {listener}: no local resources for a backend socket ({e}); \
-         refusing as local_resources (see source = [...] and docs/operations.md)"
-    );
-}
-
-/// Failures in a row that mark a backend down when the listener has no `health_check` (and
-/// so no `fall` of its own): HAProxy's default `fall` is 3 as well.
-const DEFAULT_PASSIVE_FALL: u32 = 3;
-
-/// A refused or timed-out connect: count it, and mark the backend down once `fall` of them
-/// happened in a row. The pool is republished by the health thread (`pool_dirty`), never here.
-pub(super) fn passive_failure(backend: &Backend, listener: &ListenerState, now_ms: u64) {
-    backend.connect_errors.fetch_add(1, Ordering::Relaxed);
-    let failures = backend.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-    let fall = listener
-        .config
-        .health_check
-        .as_ref()
-        .map_or(DEFAULT_PASSIVE_FALL, |h| h.fall);
-    if failures >= fall && backend.set_healthy(false) {
-        backend.down_since_ms.store(now_ms, Ordering::Relaxed);
-        backend.consecutive_successes.store(0, Ordering::Relaxed);
-        listener.pool_dirty.store(true, Ordering::Release);
-        log::info!(
-            "listener {}: backend {} is DOWN ({failures} failed connects in a row)",
-            listener.config.name,
-            backend.name
-        );
     }
 }

@@ -11,14 +11,10 @@
 //! together with the bytes still held when a timeout or the drain cuts the connection), and it
 //! gives back every count the connection held (backend, listener, global, per-client).
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
-use mio::net::TcpStream;
-
 use crate::metrics::RejectReason;
 
 use super::access_log::{self, End, TcpLine};
+use super::conn::Phase;
 use super::Worker;
 
 /// How often a connection that moves bytes adds them to its backend's shared counters
@@ -36,53 +32,57 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(entry.key) else {
                 continue;
             };
-            if conn.generation != entry.generation {
+            if conn.generation() != entry.generation {
                 continue;
             }
-            let config = &self.listeners[conn.listener].state.config;
+            let config = &self.listeners[conn.listener()].state.config;
             let deadline = conn.deadline(config);
+            let phase = conn.phase();
             if self.now < deadline {
-                let at = if conn.awaiting_header || conn.awaiting_hello {
-                    header_timer(deadline, self.now, config)
-                } else if conn.report_bytes() {
+                let at = match phase {
+                    Phase::ProxyHeader { .. } | Phase::Hello { .. } => {
+                        header_timer(deadline, self.now, config)
+                    }
                     // Busy: come back soon so the byte counters stay live.
-                    deadline.min(self.now + BYTES_REPORT_MS)
-                } else {
-                    deadline
+                    _ if conn.report_bytes() => deadline.min(self.now + BYTES_REPORT_MS),
+                    _ => deadline,
                 };
                 self.timers.insert(at, entry);
                 continue;
             }
-            if conn.awaiting_header {
-                // No complete PROXY header in time.
-                self.listeners[conn.listener]
-                    .state
-                    .counters
-                    .worker(self.id)
-                    .reject(RejectReason::Acl);
-                self.close(entry.key, End::ProxyHeader);
-            } else if conn.awaiting_hello {
+            match phase {
+                Phase::ProxyHeader { .. } => {
+                    // No complete PROXY header in time.
+                    self.listeners[conn.listener()]
+                        .state
+                        .counters
+                        .worker(self.id)
+                        .reject(RejectReason::Acl);
+                    self.close(entry.key, End::ProxyHeader);
+                }
                 // No whole ClientHello in time (SNI routing): closed like a silent client.
-                self.close(entry.key, End::FirstByteTimeout);
-            } else if conn.connecting && self.now >= conn.connect_deadline {
-                self.connect_failed(entry.key);
-                if let Some(conn) = self.conns.get(entry.key) {
-                    if conn.generation == entry.generation {
-                        let config = &self.listeners[conn.listener].state.config;
-                        self.timers.insert(conn.deadline(config), entry);
+                Phase::Hello { .. } => self.close(entry.key, End::FirstByteTimeout),
+                Phase::Connecting { deadline, .. } if self.now >= deadline => {
+                    self.connect_failed(entry.key);
+                    if let Some(conn) = self.conns.get(entry.key) {
+                        if conn.generation() == entry.generation {
+                            let config = &self.listeners[conn.listener()].state.config;
+                            self.timers.insert(conn.deadline(config), entry);
+                        }
                     }
                 }
-            } else {
-                // Idle, or silent past client_first_byte_timeout_ms (which may fire while the
-                // connect is still in flight).
-                let end = if self.now >= conn.first_byte_deadline(config) {
-                    End::FirstByteTimeout
-                } else if conn.half_closed() && config.fin_timeout < config.idle_timeout {
-                    End::FinTimeout
-                } else {
-                    End::IdleTimeout
-                };
-                self.close(entry.key, end);
+                _ => {
+                    // Idle, or silent past client_first_byte_timeout_ms (which may fire while
+                    // the connect is still in flight).
+                    let end = if self.now >= conn.first_byte_deadline(config) {
+                        End::FirstByteTimeout
+                    } else if conn.half_closed() && config.fin_timeout < config.idle_timeout {
+                        End::FinTimeout
+                    } else {
+                        End::IdleTimeout
+                    };
+                    self.close(entry.key, end);
+                }
             }
         }
         self.fired = fired;
@@ -98,40 +98,29 @@ impl Worker {
         };
         // A timeout or the drain that cuts a connection with bytes still held here resets
         // both sides: a FIN would let the peer take the cut stream for a complete one.
-        let held = conn.c2b.holds_bytes() || conn.b2c.holds_bytes();
-        if end.resets() || (end.cuts() && held) {
-            set_linger_zero(&conn.client);
-            if let Some(b) = &conn.backend {
-                set_linger_zero(b);
-            }
+        if end.resets() || (end.cuts() && conn.holds_bytes()) {
+            conn.set_linger_zero();
         }
-        conn.c2b.release(&mut self.io);
-        conn.b2c.release(&mut self.io);
+        conn.release_buffers(&mut self.io);
         conn.report_bytes();
-        let state = &self.listeners[conn.listener].state;
+        let state = &self.listeners[conn.listener()].state;
         if state.config.access_log {
+            let (bytes_to_backend, bytes_to_client) = conn.bytes();
             access_log::tcp(
                 &self.shared.access_log,
                 &TcpLine {
                     listener: &state.config.name,
-                    client: conn.client_addr,
-                    backend: conn.backend_ref.as_deref().map(|b| b.name.as_str()),
-                    duration_ms: self.now.saturating_sub(conn.accepted_at),
-                    bytes_to_backend: conn.c2b.bytes,
-                    bytes_to_client: conn.b2c.bytes,
+                    client: conn.client_addr(),
+                    backend: conn.backend().map(|b| b.name.as_str()),
+                    duration_ms: self.now.saturating_sub(conn.accepted_at()),
+                    bytes_to_backend,
+                    bytes_to_client,
                     end,
                 },
             );
         }
-        if let Some(b) = conn.backend_ref.take() {
-            b.active.fetch_sub(1, Ordering::Relaxed);
-        }
-        state.active.fetch_sub(1, Ordering::Relaxed);
-        self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some((table, slot)) = conn.client_slot.take() {
-            table.release(slot);
-        }
-        // Dropping the sockets closes them, which also removes them from the epoll set.
+        // Dropping the connection gives back every count it holds (its admission and backend
+        // lease) and closes its sockets, which also takes them out of the epoll set.
     }
 }
 
@@ -145,8 +134,4 @@ pub(super) fn header_timer(
     config: &crate::config::ListenerConfig,
 ) -> u64 {
     deadline.min(now_ms + config.connect_timeout.as_millis() as u64)
-}
-
-pub(super) fn set_linger_zero(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }

@@ -1,5 +1,5 @@
 //! TLS SNI routing in the worker: a listener with `[[listener.route]]` tables reads each
-//! client's ClientHello before connecting (`Conn::awaiting_hello`), picks the route its
+//! client's ClientHello before connecting (`Phase::Hello`), picks the route its
 //! server name matches, and connects to a backend of that route's pool group; the hello, held
 //! in the client-to-backend buffer, is the first thing the backend receives (after the PROXY
 //! header l4lb sends, if any).
@@ -7,7 +7,7 @@
 //! Hot path for routed listeners only (a listener without routes never gets here: one
 //! emptiness test at accept). Per routed connection: one parse per read of the hello (bounded
 //! by `tls_sni::MAX_HELLO`) and one pass over the route patterns; no allocation. Invariants:
-//! a connection leaves `awaiting_hello` exactly once, into `first_connect` or `close`; every
+//! a connection leaves `Phase::Hello` exactly once, into `first_connect` or `close`; every
 //! refusal is counted (`tls_hello` for no valid hello, `no_route` when nothing matches and
 //! the listener has no backends of its own); a client that sends no whole hello in time is
 //! closed by its timer entry (`expiry`), like a silent one.
@@ -35,31 +35,29 @@ impl Worker {
         let deadline = self.now + timeout;
         let first = header_timer(deadline, self.now, config);
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.awaiting_hello = true;
-            conn.connect_deadline = deadline;
+            conn.await_hello(deadline);
             self.timers.insert(first, TimerEntry { key, generation });
         }
     }
 
-    /// A readable event while `awaiting_hello` (or the PROXY header was just accepted): read;
+    /// A readable event while `Hello` (or the PROXY header was just accepted): read;
     /// once the hello is whole, choose the route and connect.
     pub(super) fn read_hello(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let li = conn.listener;
+        let li = conn.listener();
         let name = match conn.read_hello(&mut self.io) {
             HelloRead::Pending => return,
             HelloRead::Done(name) => name,
             HelloRead::Refused => return self.refuse_routed(key, li, RejectReason::TlsHello),
         };
-        conn.awaiting_hello = false;
         let state = &self.listeners[li].state;
         let group = route_group(&state.config.routes, name.as_ref());
         if group == 0 && state.pool.load().group_is_empty(0) {
             return self.refuse_routed(key, li, RejectReason::NoRoute);
         }
-        conn.group = group;
+        conn.hello_read(group);
         // The timer entry armed at accept fires no later than this connect's deadline
         // (`header_timer`) and re-arms for it.
         self.first_connect(key, li, None);

@@ -9,11 +9,14 @@
 //! -> expire timers. Nothing in here returns an error to the loop: every failure closes one
 //! connection (or pauses one listener after a resource error on accept) and the loop goes on.
 //!
-//! This file holds the worker's types, its construction, the loop, event dispatch (connect
-//! completion included) and driving connections. The rest, as `impl Worker` blocks:
+//! This file holds the worker's types, its construction, the loop, event dispatch by a
+//! connection's phase and driving connections. The rest, as `impl Worker` blocks:
 //! `listeners` (the listener set: reload commands, drain), `accept` (accept loop, back-off,
-//! admission), `connect` (backend connects, retries, passive health), `expiry` (timers,
-//! close), `udp` (UDP sessions); `conn` and `flow` hold a connection's state and byte pumps;
+//! admission, refusal), `hello` (SNI routing), `connect` (a TCP backend connect from start to
+//! success or failure), `expiry` (timers, close), `udp` (UDP sessions). Shared by TCP and
+//! UDP: `admission` (the guard that holds a connection's or session's counts and gives them
+//! back on drop, and the backend lease) and `pick` (pick, connect attempt, retries, passive
+//! health). `conn` and `flow` hold a connection's state, its phase and byte pumps;
 //! `access_log` says why a connection or session ended and writes its line when the listener
 //! asks for one.
 //!
@@ -24,19 +27,20 @@
 
 mod accept;
 mod access_log;
+pub mod admission;
 pub mod conn;
 mod connect;
 mod expiry;
 pub mod flow;
 mod hello;
 mod listeners;
+mod pick;
 pub mod slab;
 pub mod timer;
 pub mod udp;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,13 +49,12 @@ use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Poll, Token};
 
 use crate::balancer::Selector;
-use crate::config::ProxyProtocol;
 use crate::net::io::IoErrors;
 use crate::net::pipe::{BufferPool, PipePool};
 use crate::state::{ListenerState, SharedState};
 
 use access_log::End;
-use conn::{Conn, ConnectState, Drive};
+use conn::{Conn, Drive, Phase};
 use flow::IoResources;
 use slab::Slab;
 use timer::{TimerEntry, TimerWheel};
@@ -313,59 +316,26 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if !conn.connecting {
-            // Forwarding: the second pass (`dispatch_forwarding`).
+        let phase = conn.phase();
+        if matches!(phase, Phase::Forwarding | Phase::Accepted) {
+            // Forwarding: the second pass (`dispatch_forwarding`). (`Accepted` never waits
+            // for an event.)
             return;
         }
-        note_readiness(conn, backend_side, event);
-        if !backend_side {
+        conn.note_event(backend_side, event);
+        match (phase, backend_side) {
             // Client bytes wait in the kernel until the backend is connected; only a PROXY
             // header and (SNI routing) a ClientHello are read before.
-            if conn.awaiting_header {
-                self.read_proxy_header(key);
-            } else if conn.awaiting_hello {
-                self.read_hello(key);
-            }
-            return;
-        }
-        if conn.awaiting_header || conn.awaiting_hello {
-            // A stale event of a previous connection on this key: nothing to connect yet.
-            return;
-        }
-        match conn.check_connect(
-            event.is_writable(),
-            event.is_error() || event.is_write_closed(),
-        ) {
-            ConnectState::InProgress => {}
-            ConnectState::Failed => self.connect_failed(key),
-            ConnectState::Connected => {
-                if let Some(b) = &conn.backend_ref {
-                    // Only write the shared line when there is something to reset.
-                    if b.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                        b.consecutive_failures.store(0, Ordering::Relaxed);
-                    }
-                    if conn.connect_started_us != 0 {
-                        // least_latency: the handshake's duration is the sample.
-                        let now = crate::clock::monotonic_us();
-                        b.latency
-                            .observe(now.saturating_sub(conn.connect_started_us), now);
-                    }
-                }
-                conn.connecting = false;
-                conn.last_active = self.now;
-                let wl = &self.listeners[conn.listener];
-                let version = wl.state.config.proxy_protocol;
-                if version != ProxyProtocol::Off {
-                    let dest = match wl.local {
-                        Some(addr) => addr,
-                        None => conn.client.local_addr().unwrap_or(wl.state.config.bind),
-                    };
-                    if conn.send_proxy_header(version, dest, &mut self.io).is_err() {
-                        self.close(key, End::Reset);
-                    }
-                }
-                // Its first bytes move in the second pass, which sees this event again.
-            }
+            (Phase::ProxyHeader { .. }, false) => self.read_proxy_header(key),
+            (Phase::Hello { .. }, false) => self.read_hello(key),
+            (Phase::Connecting { .. }, true) => self.connect_event(
+                key,
+                event.is_writable(),
+                event.is_error() || event.is_write_closed(),
+            ),
+            // A client event while connecting (noted, read once forwarding), or a stale
+            // backend-side event of a previous connection on this key: nothing to do.
+            _ => {}
         }
     }
 
@@ -381,11 +351,11 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.connecting {
+        if !conn.is_forwarding() {
             return;
         }
-        note_readiness(conn, token.0 % 2 == 1, event);
-        if !conn.resume {
+        conn.note_event(token.0 % 2 == 1, event);
+        if !conn.resume() {
             self.drive(key);
         }
     }
@@ -403,10 +373,10 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.generation != generation || !conn.resume {
+            if conn.generation() != generation || !conn.resume() {
                 continue;
             }
-            conn.resume = false;
+            conn.set_resume(false);
             self.drive(key);
         }
         let mut list = list;
@@ -418,33 +388,19 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.connecting {
+        if !conn.is_forwarding() {
             return;
         }
         match conn.drive(&mut self.io, self.now) {
             Drive::Wait => {}
             Drive::Again => {
-                if !conn.resume {
-                    conn.resume = true;
-                    self.resume.push((key, conn.generation));
+                if !conn.resume() {
+                    conn.set_resume(true);
+                    self.resume.push((key, conn.generation()));
                 }
             }
             Drive::Finished => self.close(key, End::Finished),
             Drive::Reset => self.close(key, End::Reset),
         }
     }
-}
-
-/// Record what an event says about one socket of a connection (edge-triggered: kept until a
-/// read or write meets `WouldBlock`).
-fn note_readiness(conn: &mut Conn, backend_side: bool, event: &mio::event::Event) {
-    let ready = if backend_side {
-        &mut conn.backend_ready
-    } else {
-        &mut conn.client_ready
-    };
-    ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
-    ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
-    ready.read_closed |= event.is_read_closed() || event.is_error();
-    ready.fin |= event.is_read_closed() && !event.is_error();
 }

@@ -1,8 +1,9 @@
-//! The sans-io core of UDP balancing: admission of a new session, the session table of one
-//! worker, idle expiry and the per-session counters (those since the last flush, and the
-//! lifetime totals the access log reports). No socket is touched here: the socket
-//! type is a parameter (`S`; `()` in the tests) and time is passed in as a coarse ms clock, so
-//! every rule below is unit-tested without the network.
+//! The sans-io core of UDP balancing: the session table of one worker, idle expiry and the
+//! per-session counters (those since the last flush, and the lifetime totals the access log
+//! reports). Admission of a new session is `worker::admission`'s, the same as a TCP
+//! connection's. No socket is touched here: the socket type is a parameter (`S`; `()` in the
+//! tests) and time is passed in as a coarse ms clock, so every rule below is unit-tested
+//! without the network.
 //!
 //! Hot path. Per datagram the shell does one [`SessionTable::find`] (a hash lookup) and bumps a
 //! session's plain counters and `last_active`; nothing shared is written and nothing is
@@ -14,28 +15,26 @@
 //!
 //! Invariants:
 //! - a session in the table holds exactly one unit of the global count (`SharedState::active`),
-//!   one of its listener's `udp_sessions`, one of its backend's `active`, and (when the
-//!   listener caps clients) one slot of the client table; [`Session::release`] gives all of
-//!   them back, and a session leaves the table only through [`SessionTable::remove`] or
-//!   expiry, whose caller releases it;
+//!   one of its listener's `udp_sessions` and (when the listener caps clients) one slot of the
+//!   client table, in its [`Admission`], and one unit of its backend's `active`, in its
+//!   [`BackendLease`]; both give them back when the session is dropped ([`Session::release`]
+//!   flushes its counters first), and a session leaves the table only through
+//!   [`SessionTable::remove`] or expiry, whose caller releases it;
 //! - one table entry per (listener, client address), so a client's datagrams always reach the
 //!   same backend while its session lives;
 //! - one timer entry per session; activity never touches the wheel (lazy re-arm).
 //!
 //! The lookup map hashes client addresses with std's randomly keyed SipHash on purpose: it
-//! decides nothing that must be reproducible (selection uses `balancer::hash`), and its keys
+//! decides nothing that must be reproducible (selection uses `crate::hash`), and its keys
 //! (source addresses and ports) are chosen by whoever sends datagrams, so a fixed public key
 //! would let a sender aim collisions at one bucket.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::backend::Backend;
-use crate::limits::{ClientSlot, ClientTable};
-use crate::metrics::RejectReason;
-use crate::state::{try_take, ListenerState, SharedState};
+use crate::worker::admission::{Admission, BackendLease};
 use crate::worker::slab::Slab;
 use crate::worker::timer::{TimerEntry, TimerWheel};
 
@@ -86,80 +85,6 @@ impl SessionStats {
     }
 }
 
-/// What an admitted session counts against, from admission until [`Session::release`].
-#[derive(Debug)]
-pub struct Admission {
-    /// The listener's session gauge (shared with every reconfigured `ListenerState`).
-    udp_sessions: Arc<AtomicU64>,
-    client_slot: Option<(Arc<ClientTable>, ClientSlot)>,
-}
-
-impl Admission {
-    /// Give back what admission took (the session never opened).
-    pub fn undo(self, shared: &SharedState) {
-        shared.active.fetch_sub(1, Ordering::Relaxed);
-        self.udp_sessions.fetch_sub(1, Ordering::Relaxed);
-        if let Some((table, slot)) = self.client_slot {
-            table.release(slot);
-        }
-    }
-}
-
-/// Admission control for a datagram from a client without a session, in the order TCP uses:
-/// ACL (deny, then allow), listener rate (`conn_rate_limit`), global cap (UDP's part of it,
-/// `SharedState::udp_max_connections`, so TCP listeners keep their reserve), listener cap
-/// (`max_connections` counts sessions), per-client rate (new sessions per second), per-client
-/// cap (concurrent sessions).
-pub fn admit(
-    state: &ListenerState,
-    shared: &SharedState,
-    ip: IpAddr,
-    now_ms: u64,
-) -> Result<Admission, RejectReason> {
-    if !state.acl_allows(ip) {
-        return Err(RejectReason::Acl);
-    }
-    if let Some(rate) = &state.listener_rate {
-        if !rate.try_acquire(now_ms) {
-            return Err(RejectReason::ListenerRate);
-        }
-    }
-    if !try_take(
-        &shared.active,
-        shared.udp_max_connections.load(Ordering::Relaxed),
-    ) {
-        return Err(RejectReason::GlobalLimit);
-    }
-    if !try_take(&state.udp_sessions, state.config.max_connections) {
-        shared.active.fetch_sub(1, Ordering::Relaxed);
-        return Err(RejectReason::ListenerLimit);
-    }
-    let undo_counts = || {
-        shared.active.fetch_sub(1, Ordering::Relaxed);
-        state.udp_sessions.fetch_sub(1, Ordering::Relaxed);
-    };
-    if let Some(rates) = &state.rates {
-        if !rates.try_acquire(ip, now_ms) {
-            undo_counts();
-            return Err(RejectReason::ClientRate);
-        }
-    }
-    let client_slot = match &state.clients {
-        Some(table) => match table.acquire(ip, state.config.max_conns_per_client) {
-            Ok(slot) => Some((table.clone(), slot)),
-            Err(_) => {
-                undo_counts();
-                return Err(RejectReason::ClientLimit);
-            }
-        },
-        None => None,
-    };
-    Ok(Admission {
-        udp_sessions: state.udp_sessions.clone(),
-        client_slot,
-    })
-}
-
 /// One client's flow through one listener of this worker.
 #[derive(Debug)]
 pub struct Session<S> {
@@ -172,8 +97,8 @@ pub struct Session<S> {
     pub local: Option<IpAddr>,
     /// The socket connected to the backend.
     pub socket: S,
-    /// The backend this session counts against (its `active` was incremented).
-    pub backend: Arc<Backend>,
+    /// The backend this session counts against (its `active`, given back on drop).
+    pub backend: BackendLease,
     /// Coarse ms clock of the last datagram either way.
     pub last_active: u64,
     /// Coarse ms clock of the first datagram (the access log's duration).
@@ -187,22 +112,22 @@ pub struct Session<S> {
     /// `clock::monotonic_us` of the session's first datagram when its listener balances with
     /// `least_latency` (the time to the first reply is the backend's sample); else 0.
     pub opened_us: u64,
+    /// The global, listener and per-client counts the session holds (given back on drop).
+    #[allow(dead_code)] // held for its `Drop`
     admission: Admission,
 }
 
 impl<S> Session<S> {
-    /// A session on `backend`, whose `active` and `total` this increments.
+    /// A session on `backend`, holding the counts of its `admission`.
     pub fn new(
         listener: usize,
         client: SocketAddr,
         local: Option<IpAddr>,
         socket: S,
-        backend: Arc<Backend>,
+        backend: BackendLease,
         admission: Admission,
         now_ms: u64,
     ) -> Session<S> {
-        backend.active.fetch_add(1, Ordering::Relaxed);
-        backend.total.fetch_add(1, Ordering::Relaxed);
         Session {
             listener,
             generation: 0,
@@ -255,12 +180,11 @@ impl<S> Session<S> {
         self.stats.flush(&self.backend)
     }
 
-    /// Flush the counters and give back every count the session holds. Returns the socket so
-    /// the caller decides when it closes (dropping it closes it).
-    pub fn release(mut self, shared: &SharedState) -> S {
+    /// Flush the counters and give back every count the session holds (its admission and
+    /// backend lease, dropped here). Returns the socket so the caller decides when it closes
+    /// (dropping it closes it).
+    pub fn release(mut self) -> S {
         self.flush();
-        self.backend.active.fetch_sub(1, Ordering::Relaxed);
-        self.admission.undo(shared);
         self.socket
     }
 }

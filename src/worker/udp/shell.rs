@@ -1,7 +1,8 @@
 //! The socket shell of UDP balancing: the worker's event handlers for a readable listener
 //! socket and a readable session socket, the reply flush, expiry and teardown. Every decision
-//! is the sans-io core's ([`super::session`]); this file only moves datagrams and classifies
-//! errors. Every session that ends after it opened goes through `end_session`, which writes
+//! is the sans-io core's ([`super::session`]) or shared with TCP (`worker::admission` admits a
+//! new session, `worker::pick` picks and connects its backend, with retries and passive
+//! health); this file only moves datagrams and classifies errors. Every session that ends after it opened goes through `end_session`, which writes
 //! its access-log line when the listener has one; a datagram refused before a session opens
 //! is counted, not logged (a flood of them would otherwise be a line per datagram), and so is
 //! a session whose socket could not be registered (a connect failure).
@@ -16,18 +17,20 @@ use std::sync::atomic::Ordering;
 use mio::net::UdpSocket;
 use mio::Interest;
 
-use crate::balancer::{Algorithm, FlowKey};
+use crate::balancer::FlowKey;
 use crate::metrics::{RejectReason, UdpDrop};
-use crate::net::connect::{is_local_shortage, pick_source, udp_connect};
+use crate::net::connect::udp_connect;
 use crate::net::io::{classify, IoClass};
 use crate::net::udp::{is_unreachable, Batch, BATCH};
 use crate::state::SharedState;
 use crate::worker::access_log::{self, SessionEnd, UdpLine};
-use crate::worker::conn::MAX_ATTEMPTS;
-use crate::worker::connect::{passive_failure, warn_local_shortage};
+use crate::worker::admission::Admission;
+use crate::worker::pick::{
+    connect_next, passive_failure, passive_success, warn_local_shortage, Attempt, Tried,
+};
 use crate::worker::{ListenerSocket, Worker, WorkerListener};
 
-use super::session::{admit, Session};
+use super::session::Session;
 use super::{session_token, Again, LISTENER_BATCHES_PER_TURN, NO_SESSION, SESSION_READS_PER_TURN};
 
 /// The IP protocol number of UDP, for `FlowKey`.
@@ -142,7 +145,7 @@ impl Worker {
         let wl = &mut self.listeners[li];
         let state = wl.state.clone();
         let counters = state.counters.worker(self.id);
-        let admission = match admit(&state, &self.shared, client.ip(), now) {
+        let admission = match Admission::admit(&state, &self.shared, client.ip(), now) {
             Ok(a) => a,
             Err(reason) => {
                 counters.reject(reason);
@@ -161,68 +164,57 @@ impl Worker {
             protocol: IPPROTO_UDP,
         };
         let pool = state.pool.load();
-        let retries = (state.config.connect_retries as usize).min(MAX_ATTEMPTS - 1);
-        let mut tried = [0usize; MAX_ATTEMPTS];
-        let mut tried_len = 0;
-        while tried_len <= retries {
-            let Some(index) = wl.selector.pick(&pool, &flow_key, &tried[..tried_len]) else {
-                break;
-            };
-            let backend = pool.backends()[index].clone();
-            let source = pick_source(&state.config.source, backend.addr, wl.next_source);
-            if source.is_some() {
-                wl.next_source = wl.next_source.wrapping_add(1);
-            }
-            match udp_connect(backend.addr, source) {
-                Ok(socket) => {
-                    let mut session =
-                        Session::new(li, client, reply_from, socket, backend, admission, now);
-                    if pool.algorithm() == Algorithm::LeastLatency {
-                        session.opened_us = crate::clock::monotonic_us();
+        let mut tried = Tried::default();
+        match connect_next(wl, &pool, 0, &flow_key, &mut tried, now, udp_connect) {
+            Attempt::Started(started) => {
+                let mut session = Session::new(
+                    li,
+                    client,
+                    reply_from,
+                    started.socket,
+                    started.lease,
+                    admission,
+                    now,
+                );
+                session.opened_us = started.started_us;
+                let key = self.udp.sessions.insert(session, idle_ms);
+                let registered = match self.udp.sessions.get_mut(key) {
+                    Some(s) => self.poll.registry().register(
+                        &mut s.socket,
+                        session_token(key),
+                        Interest::READABLE,
+                    ),
+                    None => Ok(()),
+                };
+                if let Err(e) = registered {
+                    log::warn!("worker {}: cannot register a UDP session: {e}", self.id);
+                    if let Some(s) = self.udp.sessions.remove(key) {
+                        drop(s.release());
                     }
-                    let key = self.udp.sessions.insert(session, idle_ms);
-                    let registered = match self.udp.sessions.get_mut(key) {
-                        Some(s) => self.poll.registry().register(
-                            &mut s.socket,
-                            session_token(key),
-                            Interest::READABLE,
-                        ),
-                        None => Ok(()),
-                    };
-                    if let Err(e) = registered {
-                        log::warn!("worker {}: cannot register a UDP session: {e}", self.id);
-                        if let Some(s) = self.udp.sessions.remove(key) {
-                            drop(s.release(&self.shared));
-                        }
-                        counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                        return None;
-                    }
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    return Some(key);
-                }
-                Err(e) if is_local_shortage(&e) => {
-                    // No local port (EAGAIN), descriptor or memory: our trouble, never the
-                    // backend's; refuse this session and go on.
-                    let (last, id) = (&mut self.last_local_warn, self.id);
-                    warn_local_shortage(last, now, id, &state.config.name, &e);
-                    admission.undo(&self.shared);
-                    counters.reject(RejectReason::LocalResources);
+                    counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
-                Err(_) => {
-                    passive_failure(&backend, &state, now);
-                    tried[tried_len] = index;
-                    tried_len += 1;
-                }
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                Some(key)
+            }
+            Attempt::LocalShortage(e) => {
+                // No local port (EAGAIN), descriptor or memory: our trouble, never the
+                // backend's; refuse this session and go on.
+                let (last, id) = (&mut self.last_local_warn, self.id);
+                warn_local_shortage(last, now, id, &state.config.name, &e);
+                counters.reject(RejectReason::LocalResources);
+                None
+            }
+            // Dropping `admission` gives its counts back.
+            Attempt::NoBackend => {
+                counters.reject(RejectReason::NoBackend);
+                None
+            }
+            Attempt::Exhausted => {
+                counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                None
             }
         }
-        admission.undo(&self.shared);
-        if tried_len == 0 {
-            counters.reject(RejectReason::NoBackend);
-        } else {
-            counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        None
     }
 
     /// A session socket is readable (or reports an error): receive the backend's datagrams
@@ -275,18 +267,10 @@ impl Worker {
             udp.out_len = kept;
             udp.out_listener = s.listener;
             if !s.answered && kept > start {
+                // The first reply: the backend's passive streak ends, and for least_latency
+                // the time to it is the sample.
                 s.answered = true;
-                // Only write the shared line when there is something to reset.
-                if s.backend.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                    s.backend.consecutive_failures.store(0, Ordering::Relaxed);
-                }
-                if s.opened_us != 0 {
-                    // least_latency over UDP: the time to the first reply is the sample.
-                    let now_us = crate::clock::monotonic_us();
-                    s.backend
-                        .latency
-                        .observe(now_us.saturating_sub(s.opened_us), now_us);
-                }
+                passive_success(&s.backend, s.opened_us);
             }
             let answered_enough =
                 s.answered_enough(self.listeners[listener].state.config.udp_responses);
@@ -433,7 +417,7 @@ fn end_session(
             },
         );
     }
-    drop(session.release(shared));
+    drop(session.release());
 }
 
 /// Where [`send_slots`] sends a batch.

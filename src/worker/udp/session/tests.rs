@@ -2,8 +2,11 @@
 
 use super::*;
 use crate::config::Config;
+use crate::metrics::RejectReason;
+use crate::state::{ListenerState, SharedState};
 use crate::worker::timer::TICK_MS;
 use std::path::Path;
+use std::sync::Arc;
 
 fn setup(extra: &str) -> (Arc<ListenerState>, Arc<SharedState>) {
     let text = format!(
@@ -29,8 +32,8 @@ fn open(
     now: u64,
 ) -> Result<usize, RejectReason> {
     let c = client(port);
-    let adm = admit(state, shared, c.ip(), now)?;
-    let backend = state.pool.load().backends()[0].clone();
+    let adm = Admission::admit(state, shared, c.ip(), now)?;
+    let backend = BackendLease::take(state.pool.load().backends()[0].clone());
     let s = Session::new(0, c, None, (), backend, adm, now);
     Ok(table.insert(s, state.config.idle_timeout.as_millis() as u64))
 }
@@ -47,7 +50,7 @@ fn finds_sessions_by_listener_and_client() {
     assert_eq!(shared.active.load(Ordering::Relaxed), 1);
     let b = state.pool.load().backends()[0].clone();
     assert_eq!((b.active(), b.total.load(Ordering::Relaxed)), (1, 1));
-    t.remove(k).unwrap().release(&shared);
+    t.remove(k).unwrap().release();
     assert_eq!(t.find(0, client(1000)), None);
     assert_eq!(state.udp_sessions.load(Ordering::Relaxed), 0);
     assert_eq!(shared.active.load(Ordering::Relaxed), 0);
@@ -76,7 +79,7 @@ fn expires_after_idle_and_rearms_on_traffic() {
     assert_eq!(gone.len(), 1);
     assert!(t.is_empty() && t.find(0, client(1000)).is_none());
     for s in gone {
-        s.release(&shared);
+        s.release();
     }
     assert_eq!(b.datagrams_to_client.load(Ordering::Relaxed), 1);
     assert_eq!(b.bytes_to_client.load(Ordering::Relaxed), 7);
@@ -107,7 +110,7 @@ fn lifetime_totals_survive_flushes() {
         }
     );
     assert_eq!(s.opened_at, 100);
-    t.remove(k).unwrap().release(&shared);
+    t.remove(k).unwrap().release();
     let b = state.pool.load().backends()[0].clone();
     assert_eq!(b.bytes_to_backend.load(Ordering::Relaxed), 15);
     assert_eq!(b.bytes_to_client.load(Ordering::Relaxed), 30);
@@ -139,7 +142,7 @@ fn a_busy_session_reports_its_counts_every_second() {
         assert_eq!(b.bytes_to_backend.load(Ordering::Relaxed), 5 * n);
     }
     assert!(gone.is_empty());
-    t.remove(k).unwrap().release(&shared);
+    t.remove(k).unwrap().release();
 }
 
 #[test]
@@ -147,7 +150,7 @@ fn stale_timer_entries_are_skipped() {
     let (state, shared) = setup("");
     let mut t = SessionTable::new(0);
     let k = open(&mut t, &state, &shared, 1000, 0).unwrap();
-    t.remove(k).unwrap().release(&shared);
+    t.remove(k).unwrap().release();
     t.release_removed();
     // Same key, new generation, opened later: the old entry must not expire it.
     let k2 = open(&mut t, &state, &shared, 1001, 900).unwrap();
@@ -158,7 +161,7 @@ fn stale_timer_entries_are_skipped() {
         |_| 1000,
         |s| {
             gone += 1;
-            s.release(&shared);
+            s.release();
         },
     );
     assert_eq!(gone, 0);
@@ -168,7 +171,7 @@ fn stale_timer_entries_are_skipped() {
         |_| 1000,
         |s| {
             gone += 1;
-            s.release(&shared);
+            s.release();
         },
     );
     assert_eq!(gone, 1);
@@ -189,7 +192,7 @@ fn per_client_cap_counts_sessions_of_an_ip() {
     assert_eq!(shared.active.load(Ordering::Relaxed), 2);
     // Another IP is served.
     let other = SocketAddr::from(([127, 0, 0, 2], 1000));
-    assert!(admit(&state, &shared, other.ip(), 0).is_ok());
+    assert!(Admission::admit(&state, &shared, other.ip(), 0).is_ok());
 }
 
 #[test]
@@ -226,7 +229,7 @@ fn listener_and_global_caps_and_rate_and_acl() {
 
     let (state, shared) = setup("deny = [\"127.0.0.0/8\"]");
     assert_eq!(
-        admit(&state, &shared, client(1).ip(), 0).map(|_| ()),
+        Admission::admit(&state, &shared, client(1).ip(), 0).map(|_| ()),
         Err(RejectReason::Acl)
     );
     assert_eq!(shared.active.load(Ordering::Relaxed), 0);

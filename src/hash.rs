@@ -1,6 +1,8 @@
-//! The fixed hash functions of the balancer: flow keys (`source_ip_hash`, `five_tuple_hash`),
-//! backend names (Maglev offset/skip, rendezvous seeds) and client fingerprints for
-//! `crate::limits`.
+//! The fixed hash functions of the crate: flow keys ([`FlowKey`]; `source_ip_hash`,
+//! `five_tuple_hash` for the balancer), backend names (Maglev offset/skip, rendezvous seeds)
+//! and [`hash_bytes`] for arbitrary bytes. At the crate root and importing nothing from it: the
+//! balancer, Maglev and whoever else needs a reproducible hash depend on this, never the
+//! reverse.
 //!
 //! Hot path: [`source_ip_hash`] / [`five_tuple_hash`] run once per new connection (or UDP
 //! session); they hash at most 38 bytes from a stack buffer and never allocate.
@@ -17,9 +19,15 @@
 //! The keys are ASCII strings read as little-endian `u64`s, so they can be re-derived from the
 //! source text. They are not secret: the hash has to be reproducible, not unpredictable.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::FlowKey;
+/// What hash-based algorithms hash. `protocol` is the IP protocol number (6 TCP, 17 UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowKey {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub protocol: u8,
+}
 
 /// A 128-bit SipHash key as two little-endian words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +127,8 @@ fn sip_round(v: &mut [u64; 4]) {
     v[2] = v[2].rotate_left(32);
 }
 
-/// The fixed hash of arbitrary bytes under [`FLOW_KEY`] (used by `crate::limits` for client
-/// fingerprints).
+/// The fixed hash of arbitrary bytes under [`FLOW_KEY`] (what the flow-key hashes are built
+/// on).
 #[inline]
 pub fn hash_bytes(data: &[u8]) -> u64 {
     siphash13(FLOW_KEY, data)
