@@ -265,18 +265,25 @@ fn sighup_adds_a_listener_and_removing_it_closes_only_its_port() {
 // SIGTERM
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn sigterm_refuses_new_connections_and_waits_for_the_open_one() {
-    let a = Backend::id("a");
-    let (mut lb, _) = L4lb::start_with_admin(&Conf::new("round_robin", &[a.addr]).drain(30));
+/// A balancer on `a` with `drain_timeout_s = 30` and one open connection, sent SIGTERM;
+/// returns once new connects are refused (the drain has begun).
+fn draining(a: &Backend) -> (L4lb, TcpStream) {
+    let (lb, _) = L4lb::start_with_admin(&Conf::new("round_robin", &[a.addr]).drain(30));
     let addr = lb.addr;
-    let (mut s, _) = open(addr);
-
+    let (s, _) = open(addr);
     lb.signal(Signal::SIGTERM);
     assert!(
         wait_until(APPLY, || connect_refused(addr)),
         "new connections still accepted {APPLY:?} after SIGTERM"
     );
+    (lb, s)
+}
+
+#[test]
+fn sigterm_refuses_new_connections_and_waits_for_the_open_one() {
+    let a = Backend::id("a");
+    let (mut lb, mut s) = draining(&a);
+    let addr = lb.addr;
     for _ in 0..3 {
         assert!(connect_refused(addr), "a connect succeeded while draining");
     }
@@ -321,15 +328,7 @@ fn sigterm_closes_what_is_left_at_drain_timeout_and_exits_0() {
 #[test]
 fn second_sigterm_during_the_drain_exits_at_once() {
     let a = Backend::id("a");
-    let (mut lb, _) = L4lb::start_with_admin(&Conf::new("round_robin", &[a.addr]).drain(30));
-    let addr = lb.addr;
-    let (mut s, _) = open(addr);
-
-    lb.signal(Signal::SIGTERM);
-    assert!(
-        wait_until(APPLY, || connect_refused(addr)),
-        "no drain {APPLY:?} after SIGTERM"
-    );
+    let (mut lb, mut s) = draining(&a);
     assert!(
         lb.wait_exit(Duration::ZERO).is_none(),
         "exited before the second signal"

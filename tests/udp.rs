@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    ask, ask_until_answered, client, closed_port, lo, localhost, Conf, L4lb, Mode, UdpBackend,
+    ask, ask_until_answered, client, free_udp_addr, lo, localhost, Conf, L4lb, Mode, UdpBackend,
     REPLY_TIMEOUT, SILENCE,
 };
 
@@ -169,7 +169,8 @@ fn session_expires_after_idle_timeout() {
 #[test]
 fn closed_backend_port_is_marked_down_and_avoided() {
     let live = UdpBackend::spawn(Mode::Tagged(1));
-    let dead = closed_port();
+    // A port nobody holds: every datagram to it gets ICMP port unreachable.
+    let dead = free_udp_addr();
     let lb = L4lb::start(&Conf::udp("round_robin", &[dead, live.addr]).workers("1"));
     // Each session on the dead backend ends with ICMP port unreachable: a passive failure.
     // Three in a row (the default fall) mark it down.

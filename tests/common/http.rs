@@ -66,7 +66,7 @@ pub fn status_json(admin: SocketAddr) -> Value {
 
 /// The first backend with this `addr` in a `/status` listener, or in any listener of a whole
 /// `/status` (panics if there is none).
-pub fn backend_in(status: &Value, addr: SocketAddr) -> &Value {
+pub fn backend_in(status: &Value, addr: impl std::fmt::Display) -> &Value {
     let addr = addr.to_string();
     let listeners = match status.get("listeners") {
         Some(Value::Array(ls)) => ls.iter().collect(),

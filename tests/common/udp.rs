@@ -98,12 +98,6 @@ impl Drop for UdpBackend {
     }
 }
 
-/// A loopback address nobody listens on now (bound, then released).
-pub fn closed_port() -> SocketAddr {
-    let s = UdpSocket::bind((localhost(), 0)).expect("bind");
-    s.local_addr().expect("addr")
-}
-
 /// A client socket bound to `src` (any port) and connected to `lb`.
 pub fn client(src: IpAddr, lb: SocketAddr) -> UdpSocket {
     let s = UdpSocket::bind((src, 0)).expect("bind client");
