@@ -11,6 +11,12 @@
 # other work, and SOAK_CRR_S (default 1) second(s) of connect-request-close per interval; run it
 # under `nice` on a shared machine.
 #
+# Variants, to tell what memory grows with (docs/soak.md): SOAK_LOAD=0 (no load),
+# SOAK_RELOADS=0 (no reload), SOAK_RESTARTS=0 (no backend restart); each defaults to 1.
+# Memory columns: rss_kib (VmRSS), anon_kib (anonymous memory, /proc/PID/smaps_rollup) and
+# heap_kib (resident part of the [heap] mapping: glibc's main arena; the worker threads'
+# arenas are other anonymous mappings).
+#
 # Expected: RSS and descriptors flat after the first interval; TCP/UDP errors only in the
 # intervals with a backend restart (connections open on the killed backend are reset); zero
 # reload errors.
@@ -27,6 +33,9 @@ BASE=${SOAK_PORT_BASE:-27400}
 CONNS=${SOAK_CONNS:-4}
 # Seconds of connect-request-close load per interval (see run_load).
 CRR_S=${SOAK_CRR_S:-1}
+LOAD=${SOAK_LOAD:-1}
+RELOADS=${SOAK_RELOADS:-1}
+RESTARTS=${SOAK_RESTARTS:-1}
 command -v curl >/dev/null 2>&1 || { echo "soak: needs curl (reads /metrics)" >&2; exit 2; }
 for bin in "$L4LB" "$LOADGEN"; do
   [[ -x $bin ]] || { echo "soak: $bin not found (make build, or set L4LB_BIN/LOADGEN_BIN)" >&2; exit 2; }
@@ -106,6 +115,18 @@ LB_PID=$!
 PIDS+=("$LB_PID")
 wait_port "$LB" "$LB_PID" || { echo "soak: l4lb did not start" >&2; cat "$TMP/l4lb.log" >&2; exit 1; }
 
+# smaps_kib PID FIELD: FIELD (e.g. Anonymous) of /proc/PID/smaps_rollup, KiB.
+smaps_kib() {
+  awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print 0 }' \
+    "/proc/$1/smaps_rollup" 2>/dev/null || echo 0
+}
+
+# heap_kib PID: resident KiB of the [heap] mapping (the main arena).
+heap_kib() {
+  awk '/ \[heap\]$/ { h = 1; next } /^[0-9a-f]+-[0-9a-f]+ / { h = 0 } h && $1 == "Rss:" { t += $2 }
+       END { print t + 0 }' "/proc/$1/smaps" 2>/dev/null || echo 0
+}
+
 # One load run per kind per interval, each with its own JSON summary: request/response on
 # persistent TCP connections and UDP sessions for the whole interval, and a short burst of
 # connect-request-close (each closed connection leaves a port in TIME_WAIT for 60 s, on the
@@ -113,6 +134,8 @@ wait_port "$LB" "$LB_PID" || { echo "soak: l4lb did not start" >&2; cat "$TMP/l4
 # shared machine).
 run_load() {
   local tag=$1
+  LOAD_PIDS=()
+  ((LOAD)) || return 0
   "$LOADGEN" tcp-rr --target "127.0.0.1:$LB" --conns "$CONNS" --threads 1 --duration "$INTERVAL" \
     --quiet --json >"$TMP/tcp-$tag.json" 2>/dev/null &
   local tcp=$!
@@ -126,11 +149,13 @@ run_load() {
   PIDS+=("$tcp" "$udp" "$crr")
 }
 
-echo "soak: $DURATION s, a reload every $INTERVAL s (backend sets alternate), a backend restart every $((3 * INTERVAL)) s"
+echo "soak: $DURATION s in intervals of $INTERVAL s; load: $( ((LOAD)) && echo "tcp-rr, udp-rr, $CRR_S s of tcp-crr" || echo none);" \
+  "reloads: $( ((RELOADS)) && echo "one per interval (backend sets alternate)" || echo none);" \
+  "backend restarts: $( ((RESTARTS)) && echo "every $((3 * INTERVAL)) s" || echo none)"
 echo "soak: l4lb $L4LB (pid $LB_PID), $(nproc) CPUs, $(uname -r), started $(date -u +%FT%TZ)"
-printf '%6s %8s %4s %7s %9s %10s %8s %8s %7s %8s %8s %8s\n' \
-  elapsed_s rss_kib fds threads reload_ok reload_err tcp_txn tcp_errs crr_txn crr_errs \
-  udp_txn udp_errs
+printf '%6s %8s %8s %8s %4s %7s %9s %10s %8s %8s %7s %8s %8s %8s\n' \
+  elapsed_s rss_kib anon_kib heap_kib fds threads reload_ok reload_err tcp_txn tcp_errs \
+  crr_txn crr_errs udp_txn udp_errs
 start=$(date +%s)
 round=0
 half=$((INTERVAL / 2))
@@ -140,21 +165,24 @@ while (($(date +%s) - start < DURATION)); do
   # round restart a backend.
   sleep "$half"
   note=""
-  write_config $(((round + 1) % 2))
-  kill -HUP "$LB_PID"
-  if ((round % 3 == 2)); then
+  if ((RELOADS)); then
+    write_config $(((round + 1) % 2))
+    kill -HUP "$LB_PID"
+  fi
+  if ((RESTARTS && round % 3 == 2)); then
     stop_pid "${BACKEND_PIDS[2]}"
     start_backend 2
     note="  (backend 3 restarted)"
   fi
   sleep $((INTERVAL - half + 1))
-  wait "${LOAD_PIDS[@]}" 2>/dev/null || true
+  ((${#LOAD_PIDS[@]} == 0)) || wait "${LOAD_PIDS[@]}" 2>/dev/null || true
   kill -0 "$LB_PID" 2>/dev/null || { echo "soak: l4lb died" >&2; cat "$TMP/l4lb.log" >&2; exit 1; }
   tcp=$(tail -n 1 "$TMP/tcp-$round.json" 2>/dev/null || true)
   crr=$(tail -n 1 "$TMP/crr-$round.json" 2>/dev/null || true)
   udp=$(tail -n 1 "$TMP/udp-$round.json" 2>/dev/null || true)
-  printf '%6d %8d %4d %7d %9s %10s %8s %8s %7s %8s %8s %8s%s\n' \
-    $(($(date +%s) - start)) "$(rss_kb "$LB_PID")" "$(find "/proc/$LB_PID/fd" -mindepth 1 | wc -l)" \
+  printf '%6d %8d %8d %8d %4d %7d %9s %10s %8s %8s %7s %8s %8s %8s%s\n' \
+    $(($(date +%s) - start)) "$(rss_kb "$LB_PID")" "$(smaps_kib "$LB_PID" Anonymous)" \
+    "$(heap_kib "$LB_PID")" "$(find "/proc/$LB_PID/fd" -mindepth 1 | wc -l)" \
     "$(find "/proc/$LB_PID/task" -mindepth 1 -maxdepth 1 | wc -l)" \
     "$(metric l4lb_config_reloads_total 'result="ok"')" \
     "$(metric l4lb_config_reloads_total 'result="error"')" \

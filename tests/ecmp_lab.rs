@@ -9,9 +9,13 @@
 //! and runs as root, so there it really runs). `down` runs whatever happens (Drop guard);
 //! every step has a deadline, the whole test normally takes 10-20 s.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::netns;
 
 const L4LB: &str = env!("CARGO_BIN_EXE_l4lb");
 const LOADGEN: &str = env!("CARGO_BIN_EXE_l4lb-loadgen");
@@ -21,42 +25,14 @@ fn script() -> PathBuf {
 }
 
 /// Why the lab cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<&'static str> {
-    // The effective UID is the second field of /proc/self/status's "Uid:" line.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    if euid != Some("0") {
-        return Some("not root");
-    }
-    for (tool, arg) in [("ip", "-V"), ("bird", "--version"), ("birdc", "-h")] {
-        let found = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            return Some(match tool {
-                "ip" => "iproute2 (ip) not installed",
-                _ => "BIRD 2 not installed (apt-get install bird2)",
-            });
-        }
+fn missing_prerequisite() -> Option<String> {
+    if let Some(why) = netns::missing(&["ip", "bird", "birdc"]) {
+        return Some(why);
     }
     // Creating a namespace needs CAP_SYS_ADMIN, which a container's root may lack.
-    let probe = format!("l4ecmpprobe{}", std::process::id());
-    let made = Command::new("ip")
-        .args(["netns", "add", &probe])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if made {
-        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-        None
-    } else {
-        Some("cannot create a network namespace here")
+    match netns::Netns::create("ecm", &[]) {
+        Some(_probe) => None,
+        None => Some("cannot create a network namespace here".into()),
     }
 }
 

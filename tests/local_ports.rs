@@ -5,20 +5,21 @@
 //! in). Everything the test binds uses explicit ports, so only l4lb's backend sockets draw on
 //! the ten ephemeral ports.
 //!
-//! Needs root and `ip`; skips with a message otherwise. The namespace has a unique name (the
-//! test's PID and a tag) and is always deleted, with the processes started in it, on drop.
+//! Needs root, `ip` and `sysctl`; skips with a message otherwise. The namespace has a unique
+//! name (`common::netns::Netns`) and is always deleted, with the processes started in it, on
+//! drop.
 
 mod common;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::netns::Netns;
 use common::{l4lb_bin, metric, wait_until, TempDir, IO_TIMEOUT, STARTUP_TIMEOUT};
 
 /// Ten ephemeral ports, all above the default range (32768-60999), so that nothing bound
@@ -30,68 +31,33 @@ fn lo(d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, d))
 }
 
-/// A network namespace (and the processes and threads serving in it) for one test.
-struct Netns {
-    name: String,
+/// A network namespace and the processes and threads serving in it, for one test.
+struct Lab {
+    ns: Netns,
     children: Vec<Child>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl Netns {
+impl Lab {
     /// `None` (after saying why) when this machine cannot run the test.
-    fn create(tag: &str) -> Option<Netns> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: local port tests need root (network namespaces)");
-            return None;
-        }
-        let name = format!("l4lb-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIP: `ip netns add` is not available");
-            return None;
-        }
-        let ns = Netns {
-            name,
+    fn create(tag: &str) -> Option<Lab> {
+        let ns = Netns::create(tag, &["sysctl"])?;
+        Some(Lab {
+            ns,
             children: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
-        };
-        ns.ip(&["link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let status = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .status()
-            .expect("run ip");
-        assert!(status.success(), "ip -n {} {args:?} failed", self.name);
+        })
     }
 
     fn narrow_port_range(&self) {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sysctl", "-q", "-w"])
-            .arg(format!("net.ipv4.ip_local_port_range={PORT_RANGE}"))
-            .status()
-            .expect("run sysctl");
-        assert!(status.success(), "cannot narrow the port range");
+        let range = format!("net.ipv4.ip_local_port_range={PORT_RANGE}");
+        self.ns.exec(&["sysctl", "-q", "-w", &range]);
     }
 
-    /// Run `f` on a thread that joined the namespace (sockets it creates live there).
     fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let fd = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in the namespace")
+        self.ns.within(f)
     }
 
     /// A UDP echo server on `addr` in the namespace that records its peers' addresses.
@@ -134,8 +100,10 @@ impl Netns {
 
     /// Start `l4lb --config FILE` inside the namespace; its stderr goes to `log`.
     fn start_l4lb(&mut self, config: &std::path::Path, log: Arc<Mutex<String>>) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, l4lb_bin(), "--config"])
+        let mut child = self
+            .ns
+            .command(l4lb_bin())
+            .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -173,7 +141,8 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
+/// Stops what the test started in the namespace; the namespace itself goes after (its Drop).
+impl Drop for Lab {
     fn drop(&mut self) {
         for child in &mut self.children {
             let _ = child.kill();
@@ -183,9 +152,6 @@ impl Drop for Netns {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -196,7 +162,7 @@ struct Scraper {
 }
 
 impl Scraper {
-    fn get(&mut self, ns: &Netns, name: &str, labels: &[(&str, &str)]) -> f64 {
+    fn get(&mut self, ns: &Lab, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.next_port += 1;
         ns.scrape(self.admin, self.next_port)
             .and_then(|t| metric(&t, name, labels))
@@ -204,7 +170,7 @@ impl Scraper {
     }
 }
 
-fn wait_for_admin(ns: &Netns, scraper: &mut Scraper, log: &Mutex<String>) {
+fn wait_for_admin(ns: &Lab, scraper: &mut Scraper, log: &Mutex<String>) {
     let up = wait_until(STARTUP_TIMEOUT, || {
         scraper.next_port += 1;
         ns.scrape(scraper.admin, scraper.next_port).is_some()
@@ -214,7 +180,7 @@ fn wait_for_admin(ns: &Netns, scraper: &mut Scraper, log: &Mutex<String>) {
 
 /// UDP clients bound to explicit ports in the namespace, each sends one datagram; returns
 /// the sockets and how many got an answer.
-fn udp_clients(ns: &Netns, lb: SocketAddr, n: u16, base_port: u16) -> (Vec<UdpSocket>, usize) {
+fn udp_clients(ns: &Lab, lb: SocketAddr, n: u16, base_port: u16) -> (Vec<UdpSocket>, usize) {
     let clients: Vec<UdpSocket> = ns.within(move || {
         (0..n)
             .map(|i| UdpSocket::bind(SocketAddr::new(lo(1), base_port + i)).expect("bind client"))
@@ -239,7 +205,7 @@ fn udp_clients(ns: &Netns, lb: SocketAddr, n: u16, base_port: u16) -> (Vec<UdpSo
 /// stay up, and what is open keeps working.
 #[test]
 fn port_exhaustion_refuses_locally_and_never_downs_a_backend() {
-    let Some(mut ns) = Netns::create("ports") else {
+    let Some(mut ns) = Lab::create("prt") else {
         return;
     };
     let peers = Arc::new(Mutex::new(Vec::new()));
@@ -365,7 +331,7 @@ fn port_exhaustion_refuses_locally_and_never_downs_a_backend() {
 /// address brings a full port range of its own.
 #[test]
 fn source_addresses_each_add_a_port_range() {
-    let Some(mut ns) = Netns::create("source") else {
+    let Some(mut ns) = Lab::create("src") else {
         return;
     };
     let peers = Arc::new(Mutex::new(Vec::new()));

@@ -6,14 +6,13 @@
 //! sits behind a veth link where nothing answers (a fixed neighbour entry, so not even ARP
 //! fails), with a resolver timeout of 30 s.
 //! Needs root and `ip`; skips with a message otherwise. The namespace and its files carry the
-//! test's PID in their names and are always removed (Drop).
+//! test's PID in their names and are always removed (`common::netns::Netns`).
 
 mod common;
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use common::netns::Netns;
 use common::{l4lb_bin, wait_until, TempDir};
 
 /// The resolver's single try at the silent name server takes this long (resolv.conf).
@@ -30,94 +30,34 @@ const RESOLVER_TIMEOUT_S: u64 = 30;
 const LOAD_DEADLINE: Duration = Duration::from_secs(10);
 const SLACK: Duration = Duration::from_secs(5);
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn run(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether this process runs as root (effective uid 0, from /proc/self/status).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-            .unwrap_or(false)
-    })
-}
-
-/// A network namespace whose DNS never answers. Drop deletes it and its resolv.conf.
-struct DeadDns {
-    name: String,
-    etc: PathBuf,
-}
-
-impl DeadDns {
-    /// `None` (with a message) when this host cannot make one: not root, or no `ip`.
-    fn new() -> Option<DeadDns> {
-        if !is_root() {
-            eprintln!("SKIP: needs root to create a network namespace");
-            return None;
-        }
-        if !run(&["ip", "-V"]) {
-            eprintln!("SKIP: needs the ip command (iproute2)");
-            return None;
-        }
-        let name = format!(
-            "l4lbdns{}x{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let etc = PathBuf::from(format!("/etc/netns/{name}"));
-        std::fs::create_dir_all(&etc).expect("create /etc/netns/NAME");
-        let dns = DeadDns { name, etc };
-        std::fs::write(
-            dns.etc.join("resolv.conf"),
-            format!("nameserver 198.18.0.53\noptions timeout:{RESOLVER_TIMEOUT_S} attempts:1\n"),
-        )
-        .expect("write resolv.conf");
-        let n = dns.name.as_str();
-        for cmd in [
-            vec!["ip", "netns", "add", n],
-            vec!["ip", "-n", n, "link", "set", "lo", "up"],
-            vec![
-                "ip", "-n", n, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
-            ],
-            vec!["ip", "-n", n, "link", "set", "v0", "up"],
-            vec!["ip", "-n", n, "link", "set", "v1", "up"],
-            vec!["ip", "-n", n, "addr", "add", "198.18.0.1/24", "dev", "v0"],
-            // A fixed neighbour: no ARP to fail fast; the frames reach v1 and nothing answers.
-            vec![
-                "ip",
-                "-n",
-                n,
-                "neigh",
-                "add",
-                "198.18.0.53",
-                "lladdr",
-                "02:00:00:00:00:53",
-                "dev",
-                "v0",
-                "nud",
-                "permanent",
-            ],
-        ] {
-            assert!(run(&cmd), "{cmd:?} failed");
-        }
-        Some(dns)
+/// A network namespace whose DNS never answers: its resolv.conf names a server behind a veth
+/// link where nothing answers (a fixed neighbour entry, so not even ARP fails).
+fn dead_dns() -> Option<Netns> {
+    let mut ns = Netns::create("dns", &[])?;
+    ns.resolv_conf(&format!(
+        "nameserver 198.18.0.53\noptions timeout:{RESOLVER_TIMEOUT_S} attempts:1\n"
+    ));
+    // Both ends of the link are inside the namespace: the names are the namespace's own.
+    for cmd in [
+        &["link", "add", "v0", "type", "veth", "peer", "name", "v1"][..],
+        &["link", "set", "v0", "up"],
+        &["link", "set", "v1", "up"],
+        &["addr", "add", "198.18.0.1/24", "dev", "v0"],
+        &[
+            "neigh",
+            "add",
+            "198.18.0.53",
+            "lladdr",
+            "02:00:00:00:00:53",
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        ns.ip(cmd);
     }
-}
-
-impl Drop for DeadDns {
-    fn drop(&mut self) {
-        run(&["ip", "netns", "del", &self.name]);
-        let _ = std::fs::remove_dir_all(&self.etc);
-    }
+    Some(ns)
 }
 
 /// `l4lb` inside the namespace, its stderr collected. Drop kills it (by PID) and waits.
@@ -137,11 +77,12 @@ fn config(backends: &str) -> String {
 }
 
 impl Inside {
-    fn start(dns: &DeadDns) -> Inside {
+    fn start(dns: &Netns) -> Inside {
         let dir = TempDir::new("dns");
         let config = dir.write("l4lb.toml", &config("{ addr = \"127.0.0.1:9001\" }"));
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &dns.name, l4lb_bin(), "--config"])
+        let mut child = dns
+            .command(l4lb_bin())
+            .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -231,7 +172,7 @@ impl Drop for Inside {
 /// at once. The old code resolved on the signal thread and sat in the resolver for 30 s.
 #[test]
 fn sigterm_is_not_held_by_a_reload_waiting_for_dns() {
-    let Some(dns) = DeadDns::new() else { return };
+    let Some(dns) = dead_dns() else { return };
     let mut lb = Inside::start(&dns);
     lb.reload_unresolvable();
     thread::sleep(Duration::from_millis(300));
@@ -250,7 +191,7 @@ fn sigterm_is_not_held_by_a_reload_waiting_for_dns() {
 /// logged), well before the resolver's own 30 s, and the process keeps running.
 #[test]
 fn a_reload_whose_names_do_not_resolve_in_time_fails() {
-    let Some(dns) = DeadDns::new() else { return };
+    let Some(dns) = dead_dns() else { return };
     let mut lb = Inside::start(&dns);
     let sent = Instant::now();
     lb.reload_unresolvable();

@@ -26,6 +26,7 @@ mod deadline;
 mod http;
 mod metrics;
 mod net;
+pub mod netns;
 mod outcome;
 mod process;
 mod ready;

@@ -8,8 +8,10 @@ Creates the two TUN devices (IFF_TUN | IFF_NO_PI; not persistent, so they vanish
 process), prints "ready", then copies every IP packet read from one device to the other
 DELAY_MS milliseconds later, in both directions: a TCP handshake through the pair takes
 2 x DELAY_MS longer. With JITTER_MS, each packet waits DELAY_MS plus a uniform random extra of
-0..JITTER_MS, so packets also overtake each other (reordering), as on a jittery path. The test moves TUN_B into a network namespace and routes to it through
-TUN_A. Exits when its stdin closes (the test ended or died) or after MAX_LIFETIME_S.
+0..JITTER_MS, so packets also overtake each other (reordering), as on a jittery path. The
+test moves TUN_B into a network namespace and routes to it through TUN_A. Exits when its stdin
+closes (the test ended or died), after printing "relayed N packets, M reordered" (M: packets
+written after a packet that had arrived later in the same direction), or after MAX_LIFETIME_S.
 """
 import fcntl
 import heapq
@@ -46,11 +48,15 @@ def main():
     print("ready", flush=True)
     queue = []  # (due, seq, fd to write, packet)
     seq = 0
+    # Per device written to: the highest arrival number written so far.
+    last = {a: -1, b: -1}
+    relayed = reordered = 0
     end = time.monotonic() + MAX_LIFETIME_S
     while time.monotonic() < end:
         timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else 1.0
         ready, _, _ = select.select([a, b, 0], [], [], timeout)
         if 0 in ready and not os.read(0, 4096):
+            print(f"relayed {relayed} packets, {reordered} reordered", flush=True)
             return 0
         now = time.monotonic()
         for fd in (a, b):
@@ -66,7 +72,11 @@ def main():
                 seq += 1
         now = time.monotonic()
         while queue and queue[0][0] <= now:
-            _, _, fd, packet = heapq.heappop(queue)
+            _, n, fd, packet = heapq.heappop(queue)
+            relayed += 1
+            if n < last[fd]:
+                reordered += 1
+            last[fd] = max(last[fd], n)
             try:
                 os.write(fd, packet)
             except OSError:
