@@ -192,3 +192,4 @@ while (($(date +%s) - start < DURATION)); do
   round=$((round + 1))
 done
 echo "soak: done after $round intervals; l4lb warnings and errors logged: $(grep -cE ' (WARN|ERROR) ' "$TMP/l4lb.log" || true)"
+grep -E ' (WARN|ERROR) ' "$TMP/l4lb.log" | head -n 5 | sed 's/^/soak:   /' || true
