@@ -18,7 +18,6 @@ use arc_swap::ArcSwap;
 use crate::access_queue::AccessQueue;
 use crate::backend::{AdminState, Backend};
 use crate::balancer::Pool;
-use crate::config::Protocol;
 use crate::config::{Config, ListenerConfig, SpliceMode};
 use crate::limits::{ClientKeys, ClientTable, ListenerRate, RateTable};
 use crate::metrics::{IoErrorCounters, ListenerMetrics, LoopMetrics};
@@ -258,7 +257,7 @@ pub struct SharedState {
     pub active: Arc<AtomicU64>,
     /// 0 = unlimited. Applied live on reload.
     pub max_connections: AtomicU64,
-    /// The part of `max_connections` UDP sessions may fill ([`udp_global_cap`]); 0 =
+    /// The part of `max_connections` UDP sessions may fill (`Config::udp_global_cap`); 0 =
     /// unlimited. Applied live on reload.
     pub udp_max_connections: AtomicU64,
     pub splice: SpliceMode,
@@ -305,7 +304,7 @@ impl SharedState {
             listeners: ArcSwap::from_pointee(listeners),
             active: Arc::new(AtomicU64::new(0)),
             max_connections: AtomicU64::new(config.runtime.max_connections),
-            udp_max_connections: AtomicU64::new(udp_global_cap(config)),
+            udp_max_connections: AtomicU64::new(config.udp_global_cap()),
             splice: config.runtime.splice,
             workers,
             started: Instant::now(),
@@ -381,30 +380,6 @@ impl SharedState {
         );
         Ok(())
     }
-}
-
-/// How much of the global cap (`runtime.max_connections`) UDP sessions may hold, so that a
-/// flood of spoofed sources on a UDP listener can never take the last slot from a TCP
-/// listener: the global cap minus a TCP reserve, which is what the TCP listeners' own caps
-/// add up to (0 = unlimited counts as the whole global cap), but at most half the global cap.
-/// TCP connections may still use the whole global cap while UDP is quiet. 0 = unlimited
-/// (no global cap); never 0 otherwise.
-pub fn udp_global_cap(config: &Config) -> u64 {
-    let global = config.runtime.max_connections;
-    if global == 0 {
-        return 0;
-    }
-    let tcp_wants = config
-        .listeners
-        .iter()
-        .filter(|l| l.protocol == Protocol::Tcp)
-        .map(|l| match l.max_connections {
-            0 => global,
-            n => n.min(global),
-        })
-        .fold(0u64, u64::saturating_add);
-    let reserve = tcp_wants.min(global / 2);
-    (global - reserve).max(1)
 }
 
 /// Take one unit of `counter` unless it is at `max` (0 = unlimited). Exact under concurrency.

@@ -242,6 +242,30 @@ pub struct HealthCheckConfig {
 }
 
 impl Config {
+    /// How much of the global cap (`runtime.max_connections`) UDP sessions may hold, so that a
+    /// flood of spoofed sources on a UDP listener can never take the last slot from a TCP
+    /// listener: the global cap minus a TCP reserve, which is what the TCP listeners' own caps
+    /// add up to (0 = unlimited counts as the whole global cap), but at most half the global cap.
+    /// TCP connections may still use the whole global cap while UDP is quiet. 0 = unlimited
+    /// (no global cap); never 0 otherwise.
+    pub fn udp_global_cap(&self) -> u64 {
+        let global = self.runtime.max_connections;
+        if global == 0 {
+            return 0;
+        }
+        let tcp_wants = self
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Tcp)
+            .map(|l| match l.max_connections {
+                0 => global,
+                n => n.min(global),
+            })
+            .fold(0u64, u64::saturating_add);
+        let reserve = tcp_wants.min(global / 2);
+        (global - reserve).max(1)
+    }
+
     /// Read, parse and validate `path`. Hostnames in backend addresses are resolved here.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

@@ -224,7 +224,7 @@ fn apply(running: &mut Running, new: Config, started: Instant) {
     shared.max_connections.store(global_max, Ordering::Relaxed);
     shared
         .udp_max_connections
-        .store(crate::state::udp_global_cap(&new), Ordering::Relaxed);
+        .store(new.udp_global_cap(), Ordering::Relaxed);
     let (mut added, mut replaced, mut removed) = (0, 0, 0);
     for old in current.iter() {
         let kept = new

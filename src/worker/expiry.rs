@@ -1,15 +1,17 @@
 //! The end of TCP connections: the timer visit (`expire_timers`: when an entry fires, the
 //! real deadline is recomputed from `last_active`, the bytes moved are reported to the
 //! backend, and a connection past its PROXY-header, connect, first-byte or idle deadline is
-//! retried or closed) and `close`, which releases everything a connection counted against and
-//! writes its access-log line when the listener has one.
+//! retried or closed) and `close`, which takes a connection out of the slab, writes its
+//! access-log line when the listener has one and drops it, which releases everything it
+//! counted against.
 //!
 //! Hot path: runs every loop turn; each connection is visited about once per wheel revolution
 //! or deadline. Invariants: a connection in the slab has exactly one timer entry; an entry
 //! whose generation is not the slab's was left by a closed connection and is skipped; `close`
 //! is the only way out of the slab, every caller says why ([`End`], which decides the reset,
-//! together with the bytes still held when a timeout or the drain cuts the connection), and it
-//! gives back every count the connection held (backend, listener, global, per-client).
+//! together with the bytes still held when a timeout or the drain cuts the connection), and
+//! the drop at its end gives back every count the connection held (backend, listener, global,
+//! per-client: its `Admission` and `BackendLease`), with no decrement written here.
 
 use crate::metrics::RejectReason;
 

@@ -1242,7 +1242,7 @@ fn hostile_traffic_keys_defaults_and_ranges() {
 /// reserve (their own caps, at most half the global cap).
 #[test]
 fn udp_share_of_the_global_cap() {
-    use crate::state::udp_global_cap;
+    let udp_global_cap = |c: &Config| c.udp_global_cap();
     let two = |global: &str, tcp_max: &str| {
         parse(&format!(
             "[runtime]\nmax_connections = {global}\n{}\n{}",

@@ -3,12 +3,13 @@
 //! `Poll`; replies leave through the listener's socket, so the client sees the address it
 //! sent to.
 //!
-//! Hot path. Split in two: [`session`] is the sans-io core (admission, the session table,
-//! idle expiry, counters; time is a parameter, sockets a type parameter) and `shell` drives it
+//! Hot path. Split in two: [`session`] is the sans-io core (the session table, idle expiry,
+//! counters; time is a parameter, sockets a type parameter) and `shell` drives it
 //! with real sockets: recvmmsg on the listener socket, one send (or sendmmsg for a run of
 //! datagrams of one client) per session socket, recvmmsg on a readable session socket
 //! straight into the reply batch, and one sendmmsg on the listener socket for the replies of
-//! every session that answered in the same loop turn.
+//! every session that answered in the same loop turn. Admission and the backend pick with its
+//! retries are TCP's (`worker::admission`, `worker::pick`).
 //!
 //! The kernel steers each client address to one worker's SO_REUSEPORT socket (hash of the
 //! 4-tuple), so a client's session lives in exactly one worker and the table needs no lock.
