@@ -2,12 +2,11 @@
 //! backends on loopback (port 0), checked through its `--json` summary.
 //!
 //! Hermetic and bounded: ports come from the kernel, every wait has a deadline, and only the
-//! child processes these tests spawned are signalled, by PID.
+//! child processes these tests spawned are signalled, by PID. The summary is read with
+//! serde_json, by path (`errors.total`, `latency_us.p99`), not by searching the text.
 //!
 //! Tests through the balancer (loadgen -> l4lb -> serve) and the `make demo` test are added by
 //! the lead in their own files (tests/ for l4lb); this file covers the generator alone.
-
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -17,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-use common::{json_num, latency_percentiles};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_l4lb-loadgen");
 
@@ -53,34 +51,44 @@ impl Server {
                 }
             }
         });
-        let mut addrs = Vec::new();
+        // The guard exists before the wait: a panic below still ends the child (Drop), which
+        // would otherwise outlive the test holding its stderr.
+        let mut server = Server {
+            child: Some(child),
+            addrs: Vec::new(),
+            lines: rx,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while addrs.len() < listeners {
+        while server.addrs.len() < listeners {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("serve prints its listeners");
+            let line = server
+                .lines
+                .recv_timeout(left)
+                .expect("serve prints its listeners");
             let addr = line
                 .strip_prefix("listening on ")
                 .and_then(|r| r.split_whitespace().next())
                 .unwrap_or_else(|| panic!("unexpected serve line: {line}"));
-            addrs.push(addr.parse().expect("listener address"));
+            server.addrs.push(addr.parse().expect("listener address"));
         }
-        Server {
-            child: Some(child),
-            addrs,
-            lines: rx,
-        }
+        server
     }
 
     fn addr(&self, i: usize) -> String {
         self.addrs[i].to_string()
     }
 
-    /// SIGTERM, wait (bounded), and return the `served ...` lines.
+    /// SIGTERM, wait for the exit (up to 15 s: the `served` lines are asserted, so a loaded
+    /// machine gets time), and return the `served ...` lines, read up to EOF.
     fn stop(mut self) -> Vec<String> {
         let mut child = self.child.take().expect("running");
-        terminate(&mut child);
+        terminate(&mut child, Duration::from_secs(15));
+        let deadline = Instant::now() + Duration::from_secs(5);
         let mut served = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             if l.starts_with("served ") {
                 served.push(l);
             }
@@ -92,14 +100,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            terminate(&mut c);
+            terminate(&mut c, Duration::from_secs(5));
         }
     }
 }
 
-fn terminate(child: &mut Child) {
+/// SIGTERM, then SIGKILL if it has not exited within `grace`.
+fn terminate(child: &mut Child, grace: Duration) {
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;
@@ -149,33 +158,49 @@ fn run(args: &[&str], limit: Duration) -> Output {
     }
 }
 
-/// The JSON summary: the last line of stdout.
-fn summary(o: &Output) -> String {
+/// The JSON summary: the last line of stdout, one object.
+fn summary(o: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let last = stdout.lines().last().unwrap_or("").to_string();
-    assert!(
-        last.starts_with('{') && last.ends_with('}'),
-        "no JSON summary; stdout={stdout} stderr={}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    last
+    let last = stdout.lines().last().unwrap_or("");
+    match serde_json::from_str::<Value>(last) {
+        Ok(v) if v.is_object() => v,
+        r => panic!(
+            "no JSON summary ({r:?}); stdout={stdout} stderr={}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}
+
+/// The number at `path` in the summary (`&["errors", "total"]`); panics when absent.
+fn num(j: &Value, path: &[&str]) -> f64 {
+    let mut v = j;
+    for key in path {
+        v = v
+            .get(key)
+            .unwrap_or_else(|| panic!("{path:?} missing in {j}"));
+    }
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} not a number in {j}"))
 }
 
 /// Common checks: work done, no error of any kind, percentiles present and ordered.
-fn check_clean(json: &str) {
-    assert!(json_num(json, "transactions") > 0.0, "{json}");
-    assert!(json_num(json, "rate") > 0.0, "{json}");
-    assert_eq!(json_num(json, "total"), 0.0, "errors in {json}");
-    let p = latency_percentiles(json);
-    assert!(p[0] > 0.0, "{json}");
-    assert!(p.windows(2).all(|w| w[0] <= w[1]), "unordered: {json}");
+fn check_clean(j: &Value) {
+    assert!(num(j, &["transactions"]) > 0.0, "{j}");
+    assert!(num(j, &["rate"]) > 0.0, "{j}");
+    assert_eq!(num(j, &["errors", "total"]), 0.0, "errors in {j}");
+    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|k| num(j, &["latency_us", k]))
+        .collect();
+    assert!(p[0] > 0.0, "{j}");
+    assert!(p.windows(2).all(|w| w[0] <= w[1]), "unordered: {j}");
 }
 
 const SHORT: Duration = Duration::from_secs(15);
 
 /// Runs a client subcommand with `--json` (within `SHORT`), requires exit 0 and a clean summary
 /// (`check_clean`), and returns the output with its JSON summary.
-fn run_clean(args: &[&str]) -> (Output, String) {
+fn run_clean(args: &[&str]) -> (Output, Value) {
     let args = [args, &["--json"]].concat();
     let o = run(&args, SHORT);
     assert!(o.status.success(), "{args:?}: {o:?}");
@@ -200,8 +225,34 @@ fn tcp_rr_against_echo() {
         "--threads",
         "2",
     ]);
-    assert!(j.contains("\"mode\":\"tcp-rr\""));
-    assert_eq!(json_num(&j, "bytes"), json_num(&j, "transactions") * 128.0);
+    assert_eq!(j["mode"], "tcp-rr", "{j}");
+    assert_eq!(num(&j, &["bytes"]), num(&j, &["transactions"]) * 128.0);
+    // scripts/lib.sh `jget` reads the line with sed: compact, in this key order.
+    let line = String::from_utf8_lossy(&o.stdout);
+    let line = line.lines().last().unwrap_or("");
+    let keys = [
+        "mode",
+        "target",
+        "conns",
+        "threads",
+        "size",
+        "duration_s",
+        "transactions",
+        "rate",
+        "rate_unit",
+        "bytes",
+        "gbit_s",
+        "errors",
+        "total",
+        "latency_us",
+        "p99",
+        "samples",
+    ];
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| line.find(&format!("\"{k}\":")).unwrap_or(usize::MAX))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "key order: {line}");
     // Progress lines go to stderr when stdout carries JSON.
     assert!(String::from_utf8_lossy(&o.stderr).contains("tx/s"));
 }
@@ -220,7 +271,7 @@ fn tcp_crr_against_echo_with_sources() {
         "--sources",
         "127.0.0.2-127.0.0.5",
     ]);
-    assert_eq!(json_num(&j, "sources"), 4.0);
+    assert_eq!(num(&j, &["sources"]), 4.0);
     let served = s.stop();
     let line = served.first().expect("served line");
     let conns: f64 = line
@@ -229,7 +280,7 @@ fn tcp_crr_against_echo_with_sources() {
         .and_then(|v| v.parse().ok())
         .expect("connections=");
     // Every completed transaction was its own connection (in-flight ones at the end too).
-    assert!(conns >= json_num(&j, "transactions"), "{line} vs {j}");
+    assert!(conns >= num(&j, &["transactions"]), "{line} vs {j}");
 }
 
 #[test]
@@ -245,8 +296,9 @@ fn tcp_crr_http_counts_backends() {
         "--duration",
         "1",
     ]);
-    let per_backend = json_num(&j, &s.addr(0));
-    assert_eq!(per_backend, json_num(&j, "transactions"), "{j}");
+    let per_backend = num(&j, &["backends", &s.addr(0)]);
+    assert_eq!(per_backend, num(&j, &["transactions"]), "{j}");
+    assert_eq!(j["backends"].as_object().map(|b| b.len()), Some(1), "{j}");
     let text = String::from_utf8_lossy(&o.stderr);
     assert!(
         text.contains(&format!("backend       {}", s.addr(0))),
@@ -275,8 +327,8 @@ fn tcp_stream_all_directions() {
             "--duration",
             "1",
         ]);
-        assert!(json_num(&j, "gbit_s") > 0.0, "{j}");
-        assert!(j.contains(&format!("\"direction\":\"{dir}\"")));
+        assert!(num(&j, &["gbit_s"]) > 0.0, "{j}");
+        assert_eq!(j["direction"], dir, "{j}");
     }
 }
 
@@ -319,8 +371,8 @@ fn udp_rr_counts_timeouts() {
     );
     assert_eq!(o.status.code(), Some(1), "no transaction succeeded: {o:?}");
     let j = summary(&o);
-    assert_eq!(json_num(&j, "transactions"), 0.0);
-    assert!(json_num(&j, "timeout") >= 2.0, "{j}");
+    assert_eq!(num(&j, &["transactions"]), 0.0);
+    assert!(num(&j, &["errors", "timeout"]) >= 2.0, "{j}");
 }
 
 #[test]
@@ -335,9 +387,9 @@ fn hold_500_verifies_all() {
         "--hold",
         "0.5",
     ]);
-    assert_eq!(json_num(&j, "opened"), 500.0, "{j}");
-    assert_eq!(json_num(&j, "verified"), 500.0, "{j}");
-    assert!(json_num(&j, "open_s") > 0.0, "{j}");
+    assert_eq!(num(&j, &["opened"]), 500.0, "{j}");
+    assert_eq!(num(&j, &["verified"]), 500.0, "{j}");
+    assert!(num(&j, &["open_s"]) > 0.0, "{j}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("opened 500/500 connections"));
 }
 
@@ -364,8 +416,8 @@ fn refused_connections_are_counted_not_fatal() {
     );
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let j = summary(&o);
-    assert!(json_num(&j, "connect_refused") > 0.0, "{j}");
-    assert_eq!(json_num(&j, "transactions"), 0.0);
+    assert!(num(&j, &["errors", "connect_refused"]) > 0.0, "{j}");
+    assert_eq!(num(&j, &["transactions"]), 0.0);
 }
 
 #[test]
@@ -397,6 +449,41 @@ fn serve_http_keep_alive_then_close() {
         "{served:?}"
     );
     assert!(served[0].contains("connections=0 requests=0"), "{served:?}");
+}
+
+#[test]
+fn serve_http_refuses_bad_and_oversized_heads() {
+    let s = Server::start(&["--tcp", "127.0.0.1:0", "--mode", "http"]);
+    let answer = |req: &[u8]| {
+        let mut c = TcpStream::connect(s.addrs[0]).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        c.write_all(req).expect("write");
+        // Until EOF; a reset after the answer (the server closes with our bytes unread) ends
+        // the read too: the answer is what counts.
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    };
+    let bad = answer(b"hello there\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+    // A 17 KiB header and no end of the head: over the 16 KiB bound.
+    let mut big = b"GET / HTTP/1.1\r\nX-Filler: ".to_vec();
+    big.resize(17 * 1024, b'a');
+    let large = answer(&big);
+    assert!(large.starts_with("HTTP/1.1 431 "), "{large}");
+    // A body announced by Content-Length is skipped, not read as the next request.
+    let ok = answer(
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(ok.matches("HTTP/1.1 200 OK").count(), 2, "{ok}");
+    assert!(!ok.contains("400"), "{ok}");
 }
 
 #[test]

@@ -2,15 +2,20 @@
 //! time, merges the per-thread results and prints the summary.
 //!
 //! Control path (the main thread); the workers are the hot path and share nothing but their
-//! own [`Live`] counters and the stop flag. Time bounds, from the start of the run:
-//! - `deadline` (= --duration): workers stop starting transactions; in-flight ones are dropped
-//!   uncounted.
-//! - `soft_end` (deadline + the longest timeout + 1 s): the stop flag is raised, in case a
-//!   worker is waiting on something.
-//! - `hard_end` (soft_end + 2 s): the summary is printed with whatever has arrived; a worker
-//!   still running is reported as missing and dies with the process.
+//! own [`Live`] counters and the stop flag. The driver knows a workload only through the
+//! [`Workload`] trait (`main` maps each subcommand to its implementation); the workloads use
+//! the public types here ([`Ctx`], [`Bounds`]) and never the other way round.
 //!
-//! `hold` has phases (open, hold, verify) and its own bounds; see [`crate::hold`].
+//! Time bounds, from the start of the run (see [`Workload::bounds`]):
+//! - `window` (default --duration): workers stop starting transactions; in-flight ones are
+//!   dropped uncounted.
+//! - `stop` (default window + the longest timeout + 1 s): the stop flag is raised, in case a
+//!   worker is waiting on something.
+//! - `stop` + 2 s: the summary is printed with whatever has arrived; a worker still running is
+//!   reported as missing and dies with the process.
+//!
+//! `hold` has phases (open, hold, verify) and its own bounds; only its progress and summary
+//! lines differ here, chosen by [`Mode`].
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,16 +23,13 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, RecvTimeoutError};
-use mio::net::TcpStream;
-use mio::{Events, Poll, Token};
 
-use crate::net::ErrKind;
+use crate::net;
 use crate::opts::{ClientArgs, ClientOpts, Mode};
 use crate::report::{progress_line, Summary};
 use crate::signals;
 use crate::sources::Picker;
 use crate::stats::{Live, Stats};
-use crate::{hold, net, tcp_crr, tcp_rr, tcp_stream, udp_rr};
 
 /// What one worker gets: its share of the connections and the run's clocks.
 #[derive(Debug)]
@@ -57,142 +59,38 @@ impl Ctx {
     }
 }
 
-/// Poll timeout of every worker loop: how late a worker notices the deadline, the stop flag
-/// and expired timeouts at worst. 5 ms keeps timeouts accurate to a few ms at negligible cost.
-pub const TICK: Duration = Duration::from_millis(5);
+/// A client workload as the driver sees it: what each worker thread runs and how long the
+/// run may take. Each mode implements it in its own file; `main` picks the implementation, so
+/// the driver names no workload and the workloads see only the driver's public types.
+pub trait Workload: Send + Sync {
+    /// One worker's share of the run (its `ctx.conns` connections), on its own thread; returns
+    /// when the window is over or the stop flag is raised.
+    fn run(&self, ctx: Ctx) -> Stats;
 
-/// Pause before a failed connection is retried, so a refusing target costs at most ~50
-/// attempts per second per connection instead of a hot loop.
-pub const RETRY_BACKOFF: Duration = Duration::from_millis(20);
-
-/// One client workload's connections on one worker's mio loop; [`event_loop`] drives it.
-pub trait Workload {
-    /// Every `TICK`: open what is due, expire what timed out.
-    fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats);
-    /// A readiness event for the connection (socket) with index `token`.
-    fn event(&mut self, token: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats);
-    /// How long the next poll may wait (zero when work is queued).
-    fn poll_timeout(&self) -> Duration {
-        TICK
-    }
-    /// After the events of one poll have been handled.
-    fn after_events(&mut self, _st: &mut Stats) {}
-}
-
-/// A worker's hot loop, shared by every client mode but `hold`: creates the poller, builds the
-/// workload, then until the deadline (or a stop) sweeps every `TICK` (publishing the live
-/// counters) and hands each readiness event to the workload. Allocates nothing per turn.
-pub fn event_loop<W: Workload>(mut ctx: Ctx, build: impl FnOnce(&Ctx) -> W) -> Stats {
-    let mut st = Stats::new();
-    let Some(mut poll) = poller(&ctx, &mut st) else {
-        return st;
-    };
-    let mut w = build(&ctx);
-    let mut events = Events::with_capacity(1024);
-    let mut next_sweep = ctx.start;
-    loop {
-        let now = Instant::now();
-        if ctx.done(now) {
-            break;
-        }
-        if now >= next_sweep {
-            w.sweep(now, &poll, &mut ctx, &mut st);
-            st.publish(&ctx.live);
-            next_sweep = now + TICK;
-        }
-        match wait(&mut poll, &mut events, w.poll_timeout(), &ctx) {
-            Waited::Ready => {}
-            Waited::Interrupted => continue,
-            Waited::Failed => {
-                st.error(ErrKind::Other);
-                break;
-            }
-        }
-        for ev in events.iter() {
-            w.event(ev.token().0, &poll, &mut ctx, &mut st);
-        }
-        w.after_events(&mut st);
-    }
-    st.publish(&ctx.live);
-    st
-}
-
-/// The worker's poller; `None` (logged, counted as `other`) when the kernel refuses one.
-pub fn poller(ctx: &Ctx, st: &mut Stats) -> Option<Poll> {
-    match Poll::new() {
-        Ok(p) => Some(p),
-        Err(e) => {
-            log::error!("worker {}: cannot create a poller: {e}", ctx.index);
-            st.error(ErrKind::Other);
-            None
+    /// The run's time bounds. Default: the window is --duration, and workers get the longest
+    /// timeout plus 1 s after it to finish what is in flight before the stop flag is raised.
+    fn bounds(&self, opts: &ClientOpts) -> Bounds {
+        Bounds {
+            window: opts.duration,
+            stop: opts.duration + opts.timeout.max(opts.connect_timeout) + Duration::from_secs(1),
         }
     }
 }
 
-/// What one [`wait`] gave.
-pub enum Waited {
-    Ready,
-    /// A signal interrupted the poll: check the clocks and poll again.
-    Interrupted,
-    /// The poll failed (logged); the loop must end.
-    Failed,
+/// Time bounds of a run, counted from its start.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// End of the work: progress lines stop 0.5 s after it.
+    pub window: Duration,
+    /// The stop flag is raised; 2 s later the summary is printed with whatever has arrived.
+    pub stop: Duration,
 }
 
-/// One `poll` of at most `timeout`.
-pub fn wait(poll: &mut Poll, events: &mut Events, timeout: Duration, ctx: &Ctx) -> Waited {
-    match poll.poll(events, Some(timeout)) {
-        Ok(()) => Waited::Ready,
-        Err(e) if net::interrupted(&e) => Waited::Interrupted,
-        Err(e) => {
-            log::error!("worker {}: poll failed: {e}", ctx.index);
-            Waited::Failed
-        }
-    }
-}
-
-/// A TCP client connection with the life cycle `tcp-rr`, `tcp-crr` and `tcp-stream` share:
-/// idle until due, then connecting (bounded by --connect-timeout-ms), then mode-specific
-/// states; any failure is counted once by kind, closes the socket (drop deregisters it) and
-/// idles the connection for `RETRY_BACKOFF`.
-pub trait TcpConn {
-    /// `TCP_NODELAY` on the socket (request/response modes).
-    const NODELAY: bool;
-    fn stream_mut(&mut self) -> &mut Option<TcpStream>;
-    fn set_idle(&mut self, retry_at: Instant);
-    /// The connect started at `t0` and must complete by `deadline`.
-    fn set_connecting(&mut self, t0: Instant, deadline: Instant);
-
-    /// Starts a connect (from the next `--sources` IP) registered under `token`.
-    fn open(&mut self, token: usize, poll: &Poll, ctx: &mut Ctx, st: &mut Stats, now: Instant) {
-        let target = ctx.opts.target;
-        let opened = net::tcp_open(
-            poll.registry(),
-            Token(token),
-            target,
-            &mut ctx.sources,
-            Self::NODELAY,
-        );
-        match opened {
-            Ok(s) => {
-                *self.stream_mut() = Some(s);
-                self.set_connecting(now, now + ctx.opts.connect_timeout);
-            }
-            Err(e) => self.fail(st, ErrKind::of(&e, true), now),
-        }
-    }
-
-    /// Counts the failure, closes the socket and schedules a reconnect.
-    fn fail(&mut self, st: &mut Stats, k: ErrKind, now: Instant) {
-        st.error(k);
-        *self.stream_mut() = None;
-        self.set_idle(now + RETRY_BACKOFF);
-    }
-}
-
-/// Validates the options (exit 2 on a bad combination) and runs the workload.
-pub fn start(mode: Mode, args: ClientArgs) -> u8 {
+/// Validates the options (exit 2 on a bad combination) and runs `workload` (the one `mode`
+/// names).
+pub fn start(mode: Mode, args: ClientArgs, workload: Arc<dyn Workload>) -> u8 {
     match ClientOpts::from_args(mode, args) {
-        Ok(opts) => run(opts),
+        Ok(opts) => run(opts, workload),
         Err(e) => {
             eprintln!("l4lb-loadgen: {e}");
             2
@@ -200,7 +98,7 @@ pub fn start(mode: Mode, args: ClientArgs) -> u8 {
     }
 }
 
-fn run(opts: ClientOpts) -> u8 {
+fn run(opts: ClientOpts, workload: Arc<dyn Workload>) -> u8 {
     if let Some(limit) = net::raise_nofile_limit() {
         if opts.conns as u64 + 64 > limit {
             eprintln!(
@@ -211,24 +109,10 @@ fn run(opts: ClientOpts) -> u8 {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let _signal = signals::install(stop.clone());
-    let worker: fn(Ctx) -> Stats = match opts.mode {
-        Mode::TcpRr => tcp_rr::run,
-        Mode::TcpCrr { .. } => tcp_crr::run,
-        Mode::TcpStream { .. } => tcp_stream::run,
-        Mode::UdpRr => udp_rr::run,
-        Mode::Hold(_) => hold::run,
-    };
-    let longest_timeout = opts.timeout.max(opts.connect_timeout);
-    let (deadline_after, soft_after) = match opts.mode {
-        Mode::Hold(h) => {
-            let total = hold::phase_bounds(&opts, &h).total();
-            (total, total + Duration::from_secs(1))
-        }
-        _ => (
-            opts.duration,
-            opts.duration + longest_timeout + Duration::from_secs(1),
-        ),
-    };
+    let Bounds {
+        window: deadline_after,
+        stop: soft_after,
+    } = workload.bounds(&opts);
     let hard_after = soft_after + Duration::from_secs(2);
 
     let opts = Arc::new(opts);
@@ -253,10 +137,11 @@ fn run(opts: ClientOpts) -> u8 {
             barrier: barrier.clone(),
         };
         let tx = tx.clone();
+        let workload = workload.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("loadgen-{index}"))
             .spawn(move || {
-                let _ = tx.send(worker(ctx));
+                let _ = tx.send(workload.run(ctx));
             });
         if let Err(e) = spawned {
             eprintln!("l4lb-loadgen: cannot start worker {index}: {e}");
@@ -349,9 +234,16 @@ fn run(opts: ClientOpts) -> u8 {
     let summary = Summary::new(&opts, &total, elapsed, missing);
     out.block(&summary.text());
     if opts.json {
-        let mut so = std::io::stdout().lock();
-        let _ = writeln!(so, "{}", summary.json());
-        let _ = so.flush();
+        match summary.json() {
+            Ok(line) => {
+                let mut so = std::io::stdout().lock();
+                let _ = writeln!(so, "{line}");
+                let _ = so.flush();
+            }
+            // Not reachable with these field types (string keys, finite numbers); said, not
+            // hidden, should that ever change.
+            Err(e) => eprintln!("l4lb-loadgen: cannot write the JSON summary: {e}"),
+        }
     }
     let useful = match opts.mode {
         Mode::Hold(_) => total.verified,

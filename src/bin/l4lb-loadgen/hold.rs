@@ -16,27 +16,47 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Poll, Token};
 
-use crate::driver::{self, Ctx, Waited, TICK};
+use crate::driver::{Bounds, Ctx, Workload};
+use crate::evloop::{self, Waited, TICK};
 use crate::net::{self, ConnectState, ErrKind};
-use crate::opts::{ClientOpts, HoldOpts, Mode};
+use crate::opts::{ClientOpts, HoldOpts};
 use crate::stats::Stats;
+
+/// The `hold` workload with its options.
+#[derive(Debug)]
+pub struct Hold(pub HoldOpts);
+
+impl Workload for Hold {
+    fn run(&self, ctx: Ctx) -> Stats {
+        run(ctx, &self.0)
+    }
+
+    /// The window is the three phases; the stop flag comes 1 s after them.
+    fn bounds(&self, opts: &ClientOpts) -> Bounds {
+        let total = phase_bounds(opts, &self.0).total();
+        Bounds {
+            window: total,
+            stop: total + Duration::from_secs(1),
+        }
+    }
+}
 
 /// Upper bounds of the three phases; the driver's clocks derive from `total`.
 #[derive(Debug, Clone, Copy)]
-pub struct PhaseBounds {
-    pub open: Duration,
-    pub hold: Duration,
-    pub verify: Duration,
+struct PhaseBounds {
+    open: Duration,
+    hold: Duration,
+    verify: Duration,
 }
 
 impl PhaseBounds {
     /// Open + hold + verify, plus 1 s for the barrier and scheduling.
-    pub fn total(&self) -> Duration {
+    fn total(&self) -> Duration {
         self.open + self.hold + self.verify + Duration::from_secs(1)
     }
 }
 
-pub fn phase_bounds(opts: &ClientOpts, h: &HoldOpts) -> PhaseBounds {
+fn phase_bounds(opts: &ClientOpts, h: &HoldOpts) -> PhaseBounds {
     PhaseBounds {
         open: Duration::from_secs_f64(h.open_timeout_s),
         hold: h
@@ -62,21 +82,18 @@ struct Conn {
     state: State,
 }
 
-pub fn run(mut ctx: Ctx) -> Stats {
+fn run(mut ctx: Ctx, h: &HoldOpts) -> Stats {
     let mut st = Stats::new();
-    let Mode::Hold(h) = ctx.opts.mode else {
-        return st;
-    };
-    let bounds = phase_bounds(&ctx.opts, &h);
+    let bounds = phase_bounds(&ctx.opts, h);
     let mut conns: Vec<Conn> = (0..ctx.conns)
         .map(|_| Conn {
             stream: None,
             state: State::NotStarted,
         })
         .collect();
-    match driver::poller(&ctx, &mut st) {
+    match evloop::poller(&ctx, &mut st) {
         Some(mut poll) => {
-            open_phase(&mut ctx, &mut poll, &mut conns, &mut st, &h, bounds.open);
+            open_phase(&mut ctx, &mut poll, &mut conns, &mut st, h, bounds.open);
             ctx.live
                 .open_done
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -153,7 +170,7 @@ fn open_phase(
             st.publish(&ctx.live);
             next_sweep = now + TICK;
         }
-        match driver::wait(poll, &mut events, TICK, ctx) {
+        match evloop::wait(poll, &mut events, TICK, ctx) {
             Waited::Ready => {}
             Waited::Interrupted => continue,
             Waited::Failed => {
@@ -231,7 +248,7 @@ fn verify_phase(ctx: &Ctx, poll: &mut Poll, conns: &mut [Conn], st: &mut Stats, 
             break;
         }
         st.publish(&ctx.live);
-        match driver::wait(poll, &mut events, (end - now).min(TICK * 20), ctx) {
+        match evloop::wait(poll, &mut events, (end - now).min(TICK * 20), ctx) {
             Waited::Ready => {}
             Waited::Interrupted => continue,
             Waited::Failed => break,

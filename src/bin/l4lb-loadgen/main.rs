@@ -6,11 +6,14 @@
 //!
 //! ```text
 //! main ── clap ──> serve::run            demo/test backends (echo | sink | http | source)
-//!            └───> driver::run(mode) ──> one worker thread per core, each its own mio Poll
-//!                    tcp_rr | tcp_crr | tcp_stream | udp_rr | hold
+//!            └───> driver::start(mode, workload) ──> one worker thread per core, each
+//!                    Workload::run: tcp_rr | tcp_crr | tcp_stream | udp_rr (evloop) | hold
 //!                  per-thread Stats (HDR histogram) -> merged -> report (text or JSON)
 //!            └───> probe::run            one request per connection, one line per connection
 //! ```
+//!
+//! Only this file names every workload: the driver sees a `dyn Workload`, and each workload
+//! sees only the driver's public types and the shared worker loop (`evloop`).
 //!
 //! This binary deliberately does not link the l4lb library: it must measure the balancer, not
 //! share its bugs.
@@ -18,7 +21,9 @@
 #![warn(rust_2018_idioms)]
 
 mod driver;
+mod evloop;
 mod hold;
+mod http;
 mod net;
 mod opts;
 mod probe;
@@ -34,10 +39,12 @@ mod tcp_stream;
 mod udp_rr;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::opts::{ClientArgs, Direction, ServeArgs};
+use crate::driver::Workload;
+use crate::opts::{ClientArgs, Direction, Mode, ServeArgs};
 
 /// Load generator and demo backends for l4lb.
 #[derive(Debug, Parser)]
@@ -102,20 +109,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::TcpRr(common) => driver::start(opts::Mode::TcpRr, common),
-        Command::TcpCrr { common, http } => driver::start(opts::Mode::TcpCrr { http }, common),
-        Command::TcpStream { common, direction } => {
-            driver::start(opts::Mode::TcpStream { direction }, common)
-        }
-        Command::UdpRr(common) => driver::start(opts::Mode::UdpRr, common),
+        Command::TcpRr(common) => client(Mode::TcpRr, common),
+        Command::TcpCrr { common, http } => client(Mode::TcpCrr { http }, common),
+        Command::TcpStream { common, direction } => client(Mode::TcpStream { direction }, common),
+        Command::UdpRr(common) => client(Mode::UdpRr, common),
         Command::Probe(args) => probe::run(args),
         Command::Hold {
             common,
             hold,
             open_concurrency,
             open_timeout,
-        } => driver::start(
-            opts::Mode::Hold(opts::HoldOpts {
+        } => client(
+            Mode::Hold(opts::HoldOpts {
                 hold_s: hold,
                 open_concurrency: open_concurrency as usize,
                 open_timeout_s: open_timeout,
@@ -124,4 +129,16 @@ fn main() -> ExitCode {
         ),
     };
     ExitCode::from(code)
+}
+
+/// Runs the client workload `mode` names.
+fn client(mode: Mode, common: ClientArgs) -> u8 {
+    let workload: Arc<dyn Workload> = match mode {
+        Mode::TcpRr => Arc::new(tcp_rr::TcpRr),
+        Mode::TcpCrr { http } => Arc::new(tcp_crr::TcpCrr { http }),
+        Mode::TcpStream { direction } => Arc::new(tcp_stream::Bulk { direction }),
+        Mode::UdpRr => Arc::new(udp_rr::UdpRr),
+        Mode::Hold(h) => Arc::new(hold::Hold(h)),
+    };
+    driver::start(mode, common, workload)
 }

@@ -21,10 +21,10 @@ use std::time::Duration;
 use clap::Args;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::http;
 use crate::net::ErrKind;
 use crate::opts::parse_addr;
 use crate::sources::Sources;
-use crate::tcp_crr::parse_http;
 
 /// The demo backend's answer is ~80 bytes; a real server's headers fit in 16 KiB.
 const MAX_RESPONSE: usize = 16 << 10;
@@ -156,7 +156,7 @@ fn exchange(
         .take(MAX_RESPONSE as u64)
         .read_to_end(&mut resp)
         .map_err(|e| ErrKind::of(&e, false))?;
-    let name = parse_http(&resp)?;
+    let name = http::response_backend(&resp)?;
     Ok(String::from_utf8_lossy(name).into_owned())
 }
 

@@ -1,48 +1,74 @@
 //! The end-of-run summary (text and one-line JSON) and the per-second progress line.
 //!
 //! Control path. Pure formatting: the driver hands in merged [`Stats`] and the run's facts;
-//! nothing here does I/O, so the formats are unit-tested. The JSON is written by hand (no
-//! serde_json): flat numbers, two small objects, strings escaped.
+//! nothing here does I/O, so the formats are unit-tested.
+//!
+//! The JSON line is [`Summary`] serialized by serde_json; the field order is the output order,
+//! which scripts/lib.sh `jget` (a sed expression over the compact line) and the tests rely on.
+//! Floats keep six decimals with trailing zeros dropped (`1.5`, `2`), as the summary always
+//! printed them.
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use serde::{Serialize, Serializer};
 
 use crate::net::ErrKind;
 use crate::opts::{ClientOpts, Mode};
 use crate::stats::Stats;
 
-/// Everything the summary prints, computed once.
-#[derive(Debug)]
+/// Everything the summary prints, computed once; serialized as is for `--json` (fields in
+/// output order; optional ones left out when absent or zero).
+#[derive(Debug, Serialize)]
 pub struct Summary {
     pub mode: &'static str,
-    pub unit: &'static str,
     pub target: String,
     pub conns: usize,
     pub threads: usize,
     pub size: usize,
-    /// Number of --sources addresses (0: kernel-chosen).
-    pub sources: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<&'static str>,
+    /// Number of --sources addresses (0: kernel-chosen).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sources: usize,
+    #[serde(serialize_with = "fixed6")]
     pub duration_s: f64,
     pub transactions: u64,
+    #[serde(serialize_with = "fixed6")]
     pub rate: f64,
+    #[serde(rename = "rate_unit")]
+    pub unit: &'static str,
     pub bytes: u64,
+    #[serde(serialize_with = "fixed6")]
     pub gbit_s: f64,
+    /// By kind, in `ErrKind::ALL` order; serialized by name, then `total`.
+    #[serde(serialize_with = "errors_by_name")]
     pub errors: [u64; ErrKind::COUNT],
     /// p50, p90, p99, p99.9, max, in microseconds.
+    #[serde(serialize_with = "percentiles")]
     pub latency_us: [u64; 5],
     pub samples: u64,
+    /// `hold`: its fields go at the top level of the JSON object.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldSummary>,
+    /// `tcp-crr --http`: responses per backend, sorted by name (a JSON object).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "backends_by_name"
+    )]
     pub backends: Option<Vec<(String, u64)>>,
     /// Workers that did not finish within the grace period (their numbers are missing).
+    #[serde(skip_serializing_if = "is_zero")]
     pub missing_threads: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct HoldSummary {
     pub opened: u64,
     pub verified: u64,
+    #[serde(serialize_with = "fixed6")]
     pub open_s: f64,
+    #[serde(serialize_with = "fixed6")]
     pub hold_s: f64,
 }
 
@@ -202,70 +228,8 @@ impl Summary {
     }
 
     /// One JSON object, no newline inside.
-    pub fn json(&self) -> String {
-        let mut s = String::with_capacity(512);
-        s.push('{');
-        let _ = write!(
-            s,
-            "\"mode\":{},\"target\":{},\"conns\":{},\"threads\":{},\"size\":{},",
-            json_str(self.mode),
-            json_str(&self.target),
-            self.conns,
-            self.threads,
-            self.size
-        );
-        if let Some(d) = self.direction {
-            let _ = write!(s, "\"direction\":{},", json_str(d));
-        }
-        if self.sources > 0 {
-            let _ = write!(s, "\"sources\":{},", self.sources);
-        }
-        let _ = write!(
-            s,
-            "\"duration_s\":{},\"transactions\":{},\"rate\":{},\"rate_unit\":{},\"bytes\":{},\"gbit_s\":{},",
-            json_f64(self.duration_s),
-            self.transactions,
-            json_f64(self.rate),
-            json_str(self.unit),
-            self.bytes,
-            json_f64(self.gbit_s)
-        );
-        s.push_str("\"errors\":{");
-        for k in ErrKind::ALL {
-            let _ = write!(s, "\"{}\":{},", k.name(), self.errors[k.index()]);
-        }
-        let _ = write!(s, "\"total\":{}}},", self.error_total());
-        let [p50, p90, p99, p999, max] = self.latency_us;
-        let _ = write!(
-            s,
-            "\"latency_us\":{{\"p50\":{p50},\"p90\":{p90},\"p99\":{p99},\"p999\":{p999},\"max\":{max}}},\"samples\":{}",
-            self.samples
-        );
-        if let Some(h) = &self.hold {
-            let _ = write!(
-                s,
-                ",\"opened\":{},\"verified\":{},\"open_s\":{},\"hold_s\":{}",
-                h.opened,
-                h.verified,
-                json_f64(h.open_s),
-                json_f64(h.hold_s)
-            );
-        }
-        if let Some(b) = &self.backends {
-            s.push_str(",\"backends\":{");
-            for (i, (name, n)) in b.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                let _ = write!(s, "{}:{}", json_str(name), n);
-            }
-            s.push('}');
-        }
-        if self.missing_threads > 0 {
-            let _ = write!(s, ",\"missing_threads\":{}", self.missing_threads);
-        }
-        s.push('}');
-        s
+    pub fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
     }
 }
 
@@ -299,47 +263,151 @@ pub fn progress_line(
     }
 }
 
-fn json_f64(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.6}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-    } else {
-        "0".to_string()
-    }
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
-fn json_str(v: &str) -> String {
-    let mut s = String::with_capacity(v.len() + 2);
-    s.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
-        }
+/// A float rounded to six decimals; integral values as integers (`2`, not `2.0`), non-finite
+/// ones (a rate over a zero duration) as `0`. Values below 0.00001 come out in exponent form
+/// (`8e-6`), the one place where the line differs from the old hand-written one.
+fn fixed6<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if !v.is_finite() {
+        return s.serialize_u64(0);
     }
-    s.push('"');
-    s
+    let r = (v * 1e6).round() / 1e6;
+    // Below 2^53 every integer is exact in an f64, so the cast loses nothing.
+    if r.fract() == 0.0 && r.abs() < 9.0e15 {
+        return s.serialize_i64(r as i64);
+    }
+    s.serialize_f64(r)
+}
+
+fn errors_by_name<S: Serializer>(e: &[u64; ErrKind::COUNT], s: S) -> Result<S::Ok, S::Error> {
+    let total: u64 = e.iter().sum();
+    s.collect_map(
+        ErrKind::ALL
+            .iter()
+            .map(|k| (k.name(), e[k.index()]))
+            .chain([("total", total)]),
+    )
+}
+
+fn percentiles<S: Serializer>(l: &[u64; 5], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(["p50", "p90", "p99", "p999", "max"].iter().zip(l))
+}
+
+fn backends_by_name<S: Serializer>(
+    b: &Option<Vec<(String, u64)>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match b {
+        Some(b) => s.collect_map(b.iter().map(|(name, n)| (name, n))),
+        None => s.serialize_none(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn summary() -> Summary {
+        Summary {
+            mode: "tcp-crr-http",
+            target: "127.0.0.1:8080".to_string(),
+            conns: 4,
+            threads: 2,
+            size: 1,
+            direction: None,
+            sources: 0,
+            duration_s: 1.000_000_4,
+            transactions: 1234,
+            rate: 1233.999,
+            unit: "conn/s",
+            bytes: 98_765,
+            gbit_s: 0.000_790_123_456_7,
+            errors: [0; ErrKind::COUNT],
+            latency_us: [10, 20, 30, 40, 50],
+            samples: 1234,
+            hold: None,
+            backends: None,
+            missing_threads: 0,
+        }
+    }
+
+    /// The line as the hand-written writer before serde_json printed it (scripts/lib.sh
+    /// `jget` and the tests read it): same keys, same order, same numbers.
     #[test]
-    fn json_escapes_and_numbers() {
-        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-        assert_eq!(json_f64(1.5), "1.5");
-        assert_eq!(json_f64(2.0), "2");
-        assert_eq!(json_f64(0.0), "0");
-        assert_eq!(json_f64(f64::NAN), "0");
+    fn json_line_is_unchanged_without_optional_fields() {
+        let want = concat!(
+            r#"{"mode":"tcp-crr-http","target":"127.0.0.1:8080","conns":4,"threads":2,"size":1,"#,
+            r#""duration_s":1,"transactions":1234,"rate":1233.999,"rate_unit":"conn/s","#,
+            r#""bytes":98765,"gbit_s":0.00079,"errors":{"connect_refused":0,"connect_timeout":0,"#,
+            r#""reset":0,"timeout":0,"short_read":0,"other":0,"total":0},"#,
+            r#""latency_us":{"p50":10,"p90":20,"p99":30,"p999":40,"max":50},"samples":1234}"#
+        );
+        assert_eq!(summary().json().unwrap(), want);
+    }
+
+    #[test]
+    fn json_line_is_unchanged_with_every_optional_field() {
+        let s = Summary {
+            direction: Some("both"),
+            sources: 3,
+            errors: [1, 2, 3, 4, 5, 6],
+            hold: Some(HoldSummary {
+                opened: 500,
+                verified: 499,
+                open_s: 0.25,
+                hold_s: 2.0,
+            }),
+            backends: Some(vec![
+                ("127.0.0.1:9001".to_string(), 7),
+                ("a\"b\\c\n\u{1}".to_string(), 3),
+            ]),
+            missing_threads: 1,
+            ..summary()
+        };
+        let want = concat!(
+            r#"{"mode":"tcp-crr-http","target":"127.0.0.1:8080","conns":4,"threads":2,"size":1,"#,
+            r#""direction":"both","sources":3,"#,
+            r#""duration_s":1,"transactions":1234,"rate":1233.999,"rate_unit":"conn/s","#,
+            r#""bytes":98765,"gbit_s":0.00079,"errors":{"connect_refused":1,"connect_timeout":2,"#,
+            r#""reset":3,"timeout":4,"short_read":5,"other":6,"total":21},"#,
+            r#""latency_us":{"p50":10,"p90":20,"p99":30,"p999":40,"max":50},"samples":1234,"#,
+            r#""opened":500,"verified":499,"open_s":0.25,"hold_s":2,"#,
+            r#""backends":{"127.0.0.1:9001":7,"a\"b\\c\n\u0001":3},"missing_threads":1}"#
+        );
+        assert_eq!(s.json().unwrap(), want);
+    }
+
+    #[test]
+    fn floats_keep_six_decimals() {
+        let line = |v: f64| {
+            Summary {
+                rate: v,
+                ..summary()
+            }
+            .json()
+            .unwrap()
+        };
+        let rate = |v: f64| {
+            let l = line(v);
+            let at = l.find("\"rate\":").unwrap() + 7;
+            let end = at + l[at..].find(',').unwrap();
+            l[at..end].to_string()
+        };
+        assert_eq!(rate(1.5), "1.5");
+        assert_eq!(rate(2.0), "2");
+        assert_eq!(rate(0.0), "0");
+        assert_eq!(rate(f64::NAN), "0");
+        assert_eq!(rate(f64::INFINITY), "0");
+        assert_eq!(rate(12_345.678_901_2), "12345.678901");
+        assert_eq!(rate(0.000_016_4), "0.000016");
+        assert_eq!(rate(0.000_000_4), "0");
+        // The one change from the hand-written writer: below 0.00001 serde_json writes the
+        // same number in exponent form (it printed 0.000008); jget, awk, printf and sort -g
+        // read both alike.
+        assert_eq!(rate(0.000_008), "8e-6");
+        assert_eq!(rate(98_765_432.1), "98765432.1");
     }
 }

@@ -9,7 +9,9 @@
 //! Hot path rules: read/write until `WouldBlock`; a connection gets at most `BURST` reads and
 //! writes per turn, then is re-queued, so a fast peer cannot starve the loop; one peer's error
 //! closes that peer only; output a slow peer does not take is buffered per connection and
-//! reading from it pauses until the buffer drains (no unbounded growth).
+//! reading from it pauses until the buffer drains (no unbounded growth). `--mode http` parses
+//! request heads with [`crate::http`] (httparse): a head over `MAX_HTTP_HEAD` bytes or with
+//! too many headers is answered 431, one that is not HTTP/1.x 400, and the connection closed.
 //!
 //! On SIGTERM/SIGINT (or after --duration) the workers stop and the main thread prints one
 //! line per listener: `served ADDR proto=tcp connections=N requests=N bytes=N`
@@ -21,11 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memchr::memmem;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Protocol, SockAddr, Type};
 
+use crate::http::{self, Request};
 use crate::net;
 use crate::opts::{ServeArgs, ServeMode};
 use crate::signals;
@@ -37,6 +39,9 @@ const BURST: usize = 32;
 const BACKLOG: i32 = 4096;
 /// Largest HTTP request head accepted; a client sending more is answered 431 and closed.
 const MAX_HTTP_HEAD: usize = 16 * 1024;
+/// The answer to a head over `MAX_HTTP_HEAD` bytes or with too many headers.
+const TOO_LARGE: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 /// Poll timeout: how late a worker notices the stop flag and flushes its counters.
 const TICK: Duration = Duration::from_millis(100);
 /// Per-thread I/O buffer; also the largest UDP datagram (65,507) fits.
@@ -595,19 +600,24 @@ fn http_requests(c: &mut Conn, info: &ListenerInfo, local: &mut Local) {
             }
             continue;
         }
-        let Some(end) = memmem::find(rest, b"\r\n\r\n") else {
-            if rest.len() > MAX_HTTP_HEAD {
-                c.out
-                    .extend_from_slice(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        match http::parse_request(rest) {
+            Request::Partial if rest.len() > MAX_HTTP_HEAD => {
+                c.out.extend_from_slice(TOO_LARGE);
                 c.close_after_flush = true;
-                consumed = c.inbuf.len();
             }
-            break;
-        };
-        let head = &rest[..end];
-        consumed += end + 4;
-        match parse_head(head) {
-            Some(req) => {
+            Request::Partial => break,
+            Request::TooManyHeaders => {
+                c.out.extend_from_slice(TOO_LARGE);
+                c.close_after_flush = true;
+            }
+            Request::Bad => {
+                c.out.extend_from_slice(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                c.close_after_flush = true;
+            }
+            Request::Head(req) => {
+                consumed += req.len;
                 local.requests += 1;
                 c.body_left = req.content_length;
                 if req.close {
@@ -616,12 +626,6 @@ fn http_requests(c: &mut Conn, info: &ListenerInfo, local: &mut Local) {
                 } else {
                     c.out.extend_from_slice(&info.http_keep);
                 }
-            }
-            None => {
-                c.out.extend_from_slice(
-                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                c.close_after_flush = true;
             }
         }
         if c.close_after_flush {
@@ -632,77 +636,9 @@ fn http_requests(c: &mut Conn, info: &ListenerInfo, local: &mut Local) {
     c.inbuf.drain(..consumed);
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Head {
-    close: bool,
-    content_length: usize,
-}
-
-/// Parses a request head (without the final CRLFCRLF). `None` when it is not HTTP/1.x.
-fn parse_head(head: &[u8]) -> Option<Head> {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next()?;
-    let version = request_line.rsplit(|&b| b == b' ').next()?;
-    let http10 = match version {
-        b"HTTP/1.1" => false,
-        b"HTTP/1.0" => true,
-        _ => return None,
-    };
-    let mut close = http10;
-    let mut content_length = 0usize;
-    for line in lines {
-        let Some(colon) = memchr::memchr(b':', line) else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"connection") {
-            if value.eq_ignore_ascii_case(b"close") {
-                close = true;
-            } else if value.eq_ignore_ascii_case(b"keep-alive") {
-                close = false;
-            }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            content_length = std::str::from_utf8(value).ok()?.parse().ok()?;
-        }
-    }
-    Some(Head {
-        close,
-        content_length,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn heads() {
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nHost: x"),
-            Some(Head {
-                close: false,
-                content_length: 0
-            })
-        );
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nConnection: Close"),
-            Some(Head {
-                close: true,
-                content_length: 0
-            })
-        );
-        assert_eq!(
-            parse_head(b"POST / HTTP/1.0\r\nContent-Length: 5"),
-            Some(Head {
-                close: true,
-                content_length: 5
-            })
-        );
-        assert_eq!(parse_head(b"hello"), None);
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nContent-Length: x"), None);
-    }
 
     #[test]
     fn response_names_backend() {

@@ -7,20 +7,21 @@
 //! - echo: writes `--size` bytes (with `--tls-hello NAME`: a TLS ClientHello naming NAME,
 //!   the first flight of a client of an SNI-routed listener), reads them back, closes.
 //! - `--http`: writes `GET / HTTP/1.1` with `Connection: close`, reads until EOF, requires a
-//!   `200` status, and counts the response under the `backend <ADDR>` named in its body.
+//!   `200` status, and counts the response under the `backend <ADDR>` named in its body
+//!   (parsed by [`crate::http`]).
 //!
 //! Timeouts: the connect gets --connect-timeout-ms, the response --timeout-ms from connect.
 
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use memchr::memmem;
 use mio::net::TcpStream;
 use mio::Poll;
 
-use crate::driver::{self, Ctx, TcpConn, Workload};
+use crate::driver::{Ctx, Workload};
+use crate::evloop::{self, Handler, TcpConn};
+use crate::http;
 use crate::net::{self, ConnectState, ErrKind};
-use crate::opts::Mode;
 use crate::stats::Stats;
 
 /// Bytes of an HTTP response kept for parsing; the rest is read and counted, not stored.
@@ -78,7 +79,20 @@ enum Progress {
     Finished,
 }
 
-struct Crr {
+/// The `tcp-crr` workload; `http`: `--http`.
+#[derive(Debug)]
+pub struct TcpCrr {
+    pub http: bool,
+}
+
+impl Workload for TcpCrr {
+    fn run(&self, ctx: Ctx) -> Stats {
+        evloop::event_loop(ctx, |ctx| Worker::new(ctx, self.http))
+    }
+}
+
+/// One worker's transactions in flight.
+struct Worker {
     slots: Vec<Slot>,
     request: Vec<u8>,
     /// Echo: the response length; `None` for `--http` (read until EOF).
@@ -86,16 +100,15 @@ struct Crr {
     buf: Vec<u8>,
 }
 
-pub fn run(ctx: Ctx) -> Stats {
-    driver::event_loop(ctx, |ctx| {
-        let http = matches!(ctx.opts.mode, Mode::TcpCrr { http: true });
+impl Worker {
+    fn new(ctx: &Ctx, http: bool) -> Worker {
         let request = match (&ctx.opts.tls_hello, http) {
             (_, true) => HTTP_REQUEST.to_vec(),
             (Some(name), false) => l4lb::tls_sni::build_client_hello(Some(name), 0, 16_384),
             (None, false) => vec![b'c'; ctx.opts.size],
         };
         let expect = (!http).then_some(request.len());
-        Crr {
+        Worker {
             slots: (0..ctx.conns)
                 .map(|_| Slot {
                     stream: None,
@@ -109,10 +122,10 @@ pub fn run(ctx: Ctx) -> Stats {
             expect,
             buf: vec![0u8; 64 * 1024],
         }
-    })
+    }
 }
 
-impl Workload for Crr {
+impl Handler for Worker {
     fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
         for (i, s) in self.slots.iter_mut().enumerate() {
             match s.state {
@@ -206,7 +219,7 @@ fn drive(
                     if expect.is_some() {
                         return Err(ErrKind::ShortRead);
                     }
-                    let name = parse_http(&s.resp)?;
+                    let name = http::response_backend(&s.resp)?;
                     st.backend(name);
                     st.transaction(t0, Instant::now(), (request.len() + got) as u64);
                     return Ok(Progress::Finished);
@@ -232,49 +245,5 @@ fn drive(
                 Err(e) => return Err(ErrKind::of(&e, false)),
             },
         }
-    }
-}
-
-/// Checks a complete HTTP response and returns the backend named in its body (`backend X`),
-/// or `(unnamed)` when the body names none.
-pub fn parse_http(resp: &[u8]) -> Result<&[u8], ErrKind> {
-    if resp.is_empty() {
-        return Err(ErrKind::ShortRead);
-    }
-    if !resp.starts_with(b"HTTP/1.") || resp.len() < 12 {
-        return Err(ErrKind::Other);
-    }
-    if &resp[9..12] != b"200" {
-        return Err(ErrKind::Other);
-    }
-    let Some(h) = memmem::find(resp, b"\r\n\r\n") else {
-        return Err(ErrKind::ShortRead);
-    };
-    let body = &resp[h + 4..];
-    let Some(at) = memmem::find(body, b"backend ") else {
-        return Ok(b"(unnamed)");
-    };
-    let name = &body[at + 8..];
-    let end = memchr::memchr2(b'\n', b'\r', name).unwrap_or(name.len());
-    Ok(&name[..end])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_parse() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\nbackend 127.0.0.1:9001\n";
-        assert_eq!(parse_http(ok), Ok(&b"127.0.0.1:9001"[..]));
-        let plain = b"HTTP/1.1 200 OK\r\n\r\nhello";
-        assert_eq!(parse_http(plain), Ok(&b"(unnamed)"[..]));
-        assert_eq!(
-            parse_http(b"HTTP/1.1 503 Busy\r\n\r\n"),
-            Err(ErrKind::Other)
-        );
-        assert_eq!(parse_http(b"HTTP/1.1 200 OK\r\n"), Err(ErrKind::ShortRead));
-        assert_eq!(parse_http(b""), Err(ErrKind::ShortRead));
-        assert_eq!(parse_http(b"garbage"), Err(ErrKind::Other));
     }
 }

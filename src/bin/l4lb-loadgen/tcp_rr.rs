@@ -13,7 +13,8 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::Poll;
 
-use crate::driver::{self, Ctx, TcpConn, Workload};
+use crate::driver::{Ctx, Workload};
+use crate::evloop::{self, Handler, TcpConn};
 use crate::net::{self, ConnectState, ErrKind};
 use crate::stats::Stats;
 
@@ -44,16 +45,27 @@ impl TcpConn for Conn {
     }
 }
 
-struct Rr {
+/// The `tcp-rr` workload.
+#[derive(Debug)]
+pub struct TcpRr;
+
+impl Workload for TcpRr {
+    fn run(&self, ctx: Ctx) -> Stats {
+        evloop::event_loop(ctx, Worker::new)
+    }
+}
+
+/// One worker's connections.
+struct Worker {
     conns: Vec<Conn>,
     payload: Vec<u8>,
     buf: Vec<u8>,
 }
 
-pub fn run(ctx: Ctx) -> Stats {
-    driver::event_loop(ctx, |ctx| {
+impl Worker {
+    fn new(ctx: &Ctx) -> Worker {
         let size = ctx.opts.size;
-        Rr {
+        Worker {
             conns: (0..ctx.conns)
                 .map(|_| Conn {
                     stream: None,
@@ -65,10 +77,10 @@ pub fn run(ctx: Ctx) -> Stats {
             payload: vec![b'r'; size],
             buf: vec![0u8; size.clamp(4096, 256 * 1024)],
         }
-    })
+    }
 }
 
-impl Workload for Rr {
+impl Handler for Worker {
     fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
         for (i, c) in self.conns.iter_mut().enumerate() {
             let expired = match c.state {

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::Poll;
 
-use crate::driver::{self, Ctx, TcpConn, Workload, TICK};
+use crate::driver::{Ctx, Workload};
+use crate::evloop::{self, Handler, TcpConn, TICK};
 use crate::net::{self, ConnectState, ErrKind};
-use crate::opts::{Direction, Mode};
+use crate::opts::Direction;
 use crate::stats::Stats;
 
 /// Reads plus writes per connection per turn before yielding to the others.
@@ -68,7 +69,20 @@ enum Turn {
     MoreReady,
 }
 
-struct Stream {
+/// The `tcp-stream` workload in one `--direction`.
+#[derive(Debug)]
+pub struct Bulk {
+    pub direction: Direction,
+}
+
+impl Workload for Bulk {
+    fn run(&self, ctx: Ctx) -> Stats {
+        evloop::event_loop(ctx, |ctx| Worker::new(ctx, self.direction))
+    }
+}
+
+/// One worker's connections.
+struct Worker {
     conns: Vec<Conn>,
     /// Connections to drive this turn (ready edge, or still ready after their last turn).
     ready: Vec<usize>,
@@ -77,10 +91,10 @@ struct Stream {
     buf: Vec<u8>,
 }
 
-pub fn run(ctx: Ctx) -> Stats {
-    driver::event_loop(ctx, |ctx| {
+impl Worker {
+    fn new(ctx: &Ctx, direction: Direction) -> Worker {
         let size = ctx.opts.size;
-        Stream {
+        Worker {
             conns: (0..ctx.conns)
                 .map(|_| Conn {
                     stream: None,
@@ -96,17 +110,14 @@ pub fn run(ctx: Ctx) -> Stats {
                 })
                 .collect(),
             ready: Vec::with_capacity(ctx.conns),
-            direction: match ctx.opts.mode {
-                Mode::TcpStream { direction } => direction,
-                _ => Direction::Send,
-            },
+            direction,
             payload: vec![b's'; size],
             buf: vec![0u8; size.clamp(64 * 1024, 1024 * 1024)],
         }
-    })
+    }
 }
 
-impl Workload for Stream {
+impl Handler for Worker {
     fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
         for (i, c) in self.conns.iter_mut().enumerate() {
             match c.state {

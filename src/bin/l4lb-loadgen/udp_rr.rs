@@ -12,7 +12,8 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 use mio::{Interest, Poll, Token};
 
-use crate::driver::{self, Ctx, Workload, RETRY_BACKOFF};
+use crate::driver::{Ctx, Workload};
+use crate::evloop::{self, Handler, RETRY_BACKOFF};
 use crate::net::{self, ErrKind};
 use crate::stats::Stats;
 
@@ -29,17 +30,28 @@ struct Sock {
     seq: u64,
 }
 
-struct UdpRr {
+/// The `udp-rr` workload.
+#[derive(Debug)]
+pub struct UdpRr;
+
+impl Workload for UdpRr {
+    fn run(&self, ctx: Ctx) -> Stats {
+        evloop::event_loop(ctx, Worker::new)
+    }
+}
+
+/// One worker's sockets.
+struct Worker {
     socks: Vec<Sock>,
     tag: usize,
     payload: Vec<u8>,
     buf: Vec<u8>,
 }
 
-pub fn run(ctx: Ctx) -> Stats {
-    driver::event_loop(ctx, |ctx| {
+impl Worker {
+    fn new(ctx: &Ctx) -> Worker {
         let size = ctx.opts.size;
-        UdpRr {
+        Worker {
             socks: (0..ctx.conns)
                 .map(|i| Sock {
                     sock: None,
@@ -55,10 +67,10 @@ pub fn run(ctx: Ctx) -> Stats {
             payload: vec![b'u'; size],
             buf: vec![0u8; 65_536],
         }
-    })
+    }
 }
 
-impl Workload for UdpRr {
+impl Handler for Worker {
     fn sweep(&mut self, now: Instant, poll: &Poll, ctx: &mut Ctx, st: &mut Stats) {
         let tag = self.tag;
         for (i, s) in self.socks.iter_mut().enumerate() {
