@@ -132,7 +132,7 @@ fn assert_picks_do_not_allocate() {
             let _ = sel.pick(&pool, &keys[0], &[]);
             let before = ALLOCATIONS.load(Ordering::Relaxed);
             for (i, key) in keys.iter().enumerate() {
-                black_box(sel.pick(&pool, key, &[i % n]));
+                black_box(sel.pick(&pool, key, &[(i % n) as u16]));
             }
             let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
             assert_eq!(allocated, 0, "{alg} with {n} backends allocated in pick");

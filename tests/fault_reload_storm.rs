@@ -141,6 +141,9 @@ fn reload_storm_drops_and_corrupts_nothing() {
     let started = Instant::now();
     for n in 0..SIGHUPS {
         let set = if n % 2 == 0 { &b } else { &a };
+        // L4lb::reload writes the file aside and renames it into place, as an operator's
+        // tooling would: the reload of the previous SIGHUP may still be reading the file (it
+        // loads on its own thread), and a truncate-then-write would let it read an empty file.
         lb.reload(&config(set));
         let next = STORM * (n as u32 + 1) / SIGHUPS as u32;
         thread::sleep(next.saturating_sub(started.elapsed()));

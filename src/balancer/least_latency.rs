@@ -26,7 +26,7 @@ pub(super) fn pick(
     cursor: &mut usize,
     backends: &[Arc<Backend>],
     members: &[usize],
-    tried: &[usize],
+    tried: &[u16],
     clock: Clock,
 ) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;

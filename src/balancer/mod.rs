@@ -337,7 +337,7 @@ impl Pool {
 
     /// Hash algorithms: the Maglev slot of `h` in the primaries' table, then the backups'.
     #[inline]
-    fn pick_hashed(&self, group: usize, h: u64, tried: &[usize]) -> Option<usize> {
+    fn pick_hashed(&self, group: usize, h: u64, tried: &[u16]) -> Option<usize> {
         self.pick_hashed_class(group, Class::Primary, h, tried)
             .or_else(|| self.pick_hashed_class(group, Class::Backup, h, tried))
     }
@@ -347,7 +347,7 @@ impl Pool {
         group: usize,
         class: Class,
         h: u64,
-        tried: &[usize],
+        tried: &[u16],
     ) -> Option<usize> {
         if let Some(tables) = self.groups.get(group).and_then(|g| g.tables.as_ref()) {
             let lookup = &tables[class as usize].lookup;
@@ -427,8 +427,8 @@ impl Clock {
 
 /// Whether backend `i` may take this connection: available now and not already tried for it.
 #[inline]
-fn eligible(backends: &[Arc<Backend>], i: usize, tried: &[usize]) -> bool {
-    backends.get(i).is_some_and(|b| b.is_available()) && !tried.contains(&i)
+fn eligible(backends: &[Arc<Backend>], i: usize, tried: &[u16]) -> bool {
+    backends.get(i).is_some_and(|b| b.is_available()) && !tried.iter().any(|&t| usize::from(t) == i)
 }
 
 /// Where a pass round a class of `n` members starts: `cursor`, which the passes keep below
@@ -466,7 +466,7 @@ fn rotating_scan<'a>(
     cursor: &mut usize,
     backends: &'a [Arc<Backend>],
     members: &'a [usize],
-    tried: &'a [usize],
+    tried: &'a [u16],
 ) -> impl Iterator<Item = usize> + 'a {
     let n = members.len();
     let start = ring_start(*cursor, n);
@@ -514,7 +514,7 @@ impl Selector {
     /// Must not allocate. O(1) for round robin and the hashes in the common case, O(n) allowed
     /// for least_conn/weighted_least_conn. Picks among the listener's own backends (group 0).
     #[inline]
-    pub fn pick(&mut self, pool: &Pool, key: &FlowKey, tried: &[usize]) -> Option<usize> {
+    pub fn pick(&mut self, pool: &Pool, key: &FlowKey, tried: &[u16]) -> Option<usize> {
         self.pick_in(pool, 0, key, tried)
     }
 
@@ -525,7 +525,7 @@ impl Selector {
         pool: &Pool,
         group: usize,
         key: &FlowKey,
-        tried: &[usize],
+        tried: &[u16],
     ) -> Option<usize> {
         if self.generation != pool.generation {
             self.adopt(pool);
@@ -569,7 +569,7 @@ impl Selector {
         group: usize,
         algorithm: Algorithm,
         class: Class,
-        tried: &[usize],
+        tried: &[u16],
         clock: Clock,
     ) -> Option<usize> {
         let members = pool.members(group, class);
@@ -897,10 +897,10 @@ mod tests {
         let mut b = Selector::new(1);
         for k in &keys {
             let first = a.pick(&pool, k, &[]).unwrap();
-            let retry = a.pick(&pool, k, &[first]).unwrap();
+            let retry = a.pick(&pool, k, &[first as u16]).unwrap();
             assert_ne!(retry, first);
-            assert_eq!(b.pick(&pool, k, &[first]), Some(retry));
-            let third = a.pick(&pool, k, &[first, retry]).unwrap();
+            assert_eq!(b.pick(&pool, k, &[first as u16]), Some(retry));
+            let third = a.pick(&pool, k, &[first as u16, retry as u16]).unwrap();
             assert!(third != first && third != retry);
         }
     }

@@ -48,7 +48,7 @@ pub(super) fn pick(
     rng: &mut WyRand,
     backends: &[Arc<Backend>],
     members: &[usize],
-    tried: &[usize],
+    tried: &[u16],
     clock: Clock,
 ) -> Option<usize> {
     let first = draw(rng, backends, members, tried, usize::MAX)?;
@@ -70,7 +70,7 @@ fn draw(
     rng: &mut WyRand,
     backends: &[Arc<Backend>],
     members: &[usize],
-    tried: &[usize],
+    tried: &[u16],
     exclude: usize,
 ) -> Option<usize> {
     let n = members.len();

@@ -17,7 +17,7 @@ pub(super) fn pick(
     cursor: &mut usize,
     backends: &[Arc<Backend>],
     members: &[usize],
-    tried: &[usize],
+    tried: &[u16],
 ) -> Option<usize> {
     let n = members.len();
     let pos =

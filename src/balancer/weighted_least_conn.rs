@@ -20,7 +20,7 @@ pub(super) fn pick(
     cursor: &mut usize,
     backends: &[Arc<Backend>],
     members: &[usize],
-    tried: &[usize],
+    tried: &[u16],
     clock: Clock,
 ) -> Option<usize> {
     // (index, active + 1, weight)

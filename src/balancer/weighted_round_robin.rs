@@ -21,7 +21,7 @@ pub(super) fn pick(
     current: &mut [i64],
     backends: &[Arc<Backend>],
     members: &[usize],
-    tried: &[usize],
+    tried: &[u16],
     clock: Clock,
 ) -> Option<usize> {
     let mut total: i64 = 0;

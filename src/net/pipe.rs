@@ -29,9 +29,9 @@ pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Bytes sitting in the pipe, not yet spliced out.
-    pending: usize,
+    pending: u32,
     /// What one splice may move in: `PIPE_CAPACITY`, or what F_SETPIPE_SZ granted.
-    capacity: usize,
+    capacity: u32,
     /// Growth was attempted (once per pipe, whatever the result).
     grow_tried: bool,
 }
@@ -48,24 +48,24 @@ impl Pipe {
             read,
             write,
             pending: 0,
-            capacity: PIPE_CAPACITY,
+            capacity: PIPE_CAPACITY as u32,
             grow_tried: false,
         })
     }
 
     #[inline]
     pub fn pending(&self) -> usize {
-        self.pending
+        self.pending as usize
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity as usize
     }
 
     /// Move up to `capacity - pending` bytes from `src` into the pipe. `Ok(0)` is EOF. A
     /// splice that fills an empty pipe marks a bulk stream: the pipe is grown once.
     pub fn fill_from<S: AsFd>(&mut self, src: S) -> io::Result<usize> {
-        let room = self.capacity.saturating_sub(self.pending);
+        let room = self.capacity.saturating_sub(self.pending) as usize;
         let n = splice(
             src,
             None,
@@ -75,8 +75,9 @@ impl Pipe {
             SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
         )
         .map_err(to_io)?;
-        self.pending += n;
-        if n == self.capacity && !self.grow_tried {
+        // A splice moves at most `room` (<= capacity, a u32) bytes.
+        self.pending += n as u32;
+        if n == self.capacity as usize && !self.grow_tried {
             self.grow();
         }
         Ok(n)
@@ -90,7 +91,9 @@ impl Pipe {
             &self.write,
             nix::fcntl::FcntlArg::F_SETPIPE_SZ(BULK_PIPE_CAPACITY as nix::libc::c_int),
         ) {
-            self.capacity = (granted as usize).max(self.pending);
+            self.capacity = u32::try_from(granted)
+                .unwrap_or(self.capacity)
+                .max(self.pending);
         }
     }
 
@@ -101,11 +104,11 @@ impl Pipe {
             None,
             dst,
             None,
-            self.pending,
+            self.pending as usize,
             SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
         )
         .map_err(to_io)?;
-        self.pending -= n.min(self.pending);
+        self.pending -= (n as u32).min(self.pending);
         Ok(n)
     }
 }

@@ -30,9 +30,13 @@ impl L4lb {
         }
     }
 
-    /// Replace the config file with `text` and send SIGHUP.
+    /// Replace the config file with `text` and send SIGHUP. The text is written aside and
+    /// renamed into place: a reload of an earlier SIGHUP may still be reading the file on its
+    /// own thread, and a truncate-then-write could show it an empty file.
     pub fn reload_text(&self, text: &str) {
-        std::fs::write(&self.config_path, text).expect("rewrite the config");
+        let staged = self.config_path.with_extension("toml.new");
+        std::fs::write(&staged, text).expect("write the new config");
+        std::fs::rename(&staged, &self.config_path).expect("rename the config into place");
         self.signal(Signal::SIGHUP);
     }
 
