@@ -7,7 +7,6 @@
 //! and reads its stderr while it runs (`L4lb::stderr_lines`) or after it exits.
 
 mod common;
-mod common_udp;
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -16,7 +15,6 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use common::*;
-use common_udp::{ask, client, Mode, UdpBackend, UdpConf, UdpLb, REPLY_TIMEOUT};
 
 /// How long a line may take to appear after the event that ends a connection or session
 /// (idle timeouts of 1 s included; a debug build on a busy 2-core host).
@@ -355,8 +353,8 @@ fn a_reload_switches_it_on_without_dropping_the_open_connection() {
 #[test]
 fn an_expired_udp_session_is_one_idle_timeout_line() {
     let backend = UdpBackend::spawn(Mode::Echo);
-    let lb = UdpLb::start(
-        &UdpConf::new("round_robin", &[backend.addr])
+    let lb = L4lb::start(
+        &Conf::udp("round_robin", &[backend.addr])
             .idle(1)
             .extra("access_log = true"),
     );
@@ -389,8 +387,8 @@ fn an_expired_udp_session_is_one_idle_timeout_line() {
 #[test]
 fn udp_sessions_open_at_a_stop_are_shutdown() {
     let backend = UdpBackend::spawn(Mode::Echo);
-    let mut lb = UdpLb::start(
-        &UdpConf::new("round_robin", &[backend.addr])
+    let mut lb = L4lb::start(
+        &Conf::udp("round_robin", &[backend.addr])
             .idle(30)
             .extra("access_log = true"),
     );

@@ -503,13 +503,8 @@ fn the_dashboard_shows_live_traffic_drains_and_survives_a_restart() {
             .is_some_and(|r| r.starts_with("1 ") && r.contains("now drain")),
         "{result}"
     );
-    let status = http(admin, "GET", "/status", None, IO_TIMEOUT).expect("status");
-    let status: Value = serde_json::from_slice(&status.1).expect("JSON");
-    let state = status["listeners"][0]["backends"]
-        .as_array()
-        .and_then(|bs| bs.iter().find(|x| x["addr"] == json!(b)))
-        .map(|x| x["state"].clone());
-    assert_eq!(state, Some(json!("drain")));
+    let status = status_json(admin);
+    assert_eq!(backend_in(&status["listeners"][0], &b)["state"], "drain");
 
     // A few more seconds of history for the sparklines (more for the docs' picture:
     // `L4LB_DASHBOARD_WAIT_S`), then the screenshot.

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-
 use common::*;
 
 const SIGHUPS: usize = 20;
@@ -62,16 +60,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn config(lb: &L4lb, admin: SocketAddr, backends: &[&Backend]) -> String {
+fn config(backends: &[&Backend]) -> Conf {
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    Conf::new("least_conn", &addrs).admin(admin).render(lb.addr)
+    Conf::new("least_conn", &addrs)
 }
 
+/// `l4lb_config_reloads_total{result}`, or -1 while the admin API does not answer.
 fn reloads(admin: SocketAddr, result: &str) -> f64 {
-    scrape(admin)
-        .ok()
-        .and_then(|t| metric(&t, "l4lb_config_reloads_total", &[("result", result)]))
-        .unwrap_or(-1.0)
+    try_metric_at(admin, "l4lb_config_reloads_total", &[("result", result)]).unwrap_or(-1.0)
 }
 
 #[test]
@@ -145,13 +141,10 @@ fn reload_storm_drops_and_corrupts_nothing() {
     let started = Instant::now();
     for n in 0..SIGHUPS {
         let set = if n % 2 == 0 { &b } else { &a };
-        // Written aside and renamed into place, as an operator's tooling would: the reload of
-        // the previous SIGHUP may still be reading the file (it loads on its own thread), and
-        // a truncate-then-write would let it read an empty file and fail.
-        let staged = lb.config_path.with_extension("toml.new");
-        std::fs::write(&staged, config(&lb, admin, set)).expect("write config");
-        std::fs::rename(&staged, &lb.config_path).expect("rename config into place");
-        lb.signal(Signal::SIGHUP);
+        // L4lb::reload writes the file aside and renames it into place, as an operator's
+        // tooling would: the reload of the previous SIGHUP may still be reading the file (it
+        // loads on its own thread), and a truncate-then-write would let it read an empty file.
+        lb.reload(&config(set));
         let next = STORM * (n as u32 + 1) / SIGHUPS as u32;
         thread::sleep(next.saturating_sub(started.elapsed()));
     }

@@ -24,30 +24,22 @@ const FAST_CHECKS: &str =
 /// How long a state change may take to show in `/metrics` (a few intervals on a busy host).
 const STATE_CHANGE: Duration = Duration::from_secs(3);
 
-fn scrape_ok(admin: SocketAddr) -> String {
-    scrape(admin).unwrap_or_else(|e| panic!("GET /metrics on {admin}: {e}"))
-}
-
 /// `l4lb_backend_up` of backend `addr` of listener "t" (panics if the series is missing).
 fn backend_up(admin: SocketAddr, addr: SocketAddr) -> f64 {
     backend_metric(admin, "l4lb_backend_up", addr)
 }
 
 fn backend_metric(admin: SocketAddr, name: &str, addr: SocketAddr) -> f64 {
-    let text = scrape_ok(admin);
     let backend = addr.to_string();
-    metric(&text, name, &[("listener", "t"), ("backend", &backend)])
-        .unwrap_or_else(|| panic!("no {name} for backend {backend} in:\n{text}"))
+    metric_at(admin, name, &[("listener", "t"), ("backend", &backend)])
 }
 
 fn rejected_no_backend(admin: SocketAddr) -> f64 {
-    let text = scrape_ok(admin);
-    metric(
-        &text,
+    metric_at(
+        admin,
         "l4lb_connections_rejected_total",
         &[("listener", "t"), ("reason", "no_backend")],
     )
-    .unwrap_or_else(|| panic!("no rejected_total{{reason=\"no_backend\"}} in:\n{text}"))
 }
 
 /// One full client connection through an `id` backend: the id, an echo round trip, a clean

@@ -6,7 +6,6 @@
 //! load. (Local port exhaustion needs its own network namespace: tests/local_ports.rs.)
 
 mod common;
-mod common_udp;
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -16,22 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    attempt, attempt_keep, free_port, l4lb_bin, lo, localhost, metric, run_cli, scrape, wait_until,
-    Backend, Conf, L4lb, Outcome, Ready, TempDir, IO_TIMEOUT, STARTUP_TIMEOUT,
+    ask_until_answered, attempt, attempt_keep, client, free_port, l4lb_bin, lo, localhost, metric,
+    run_cli, scrape, try_metric_at, wait_until, Backend, Conf, L4lb, Mode, Outcome, Ready, TempDir,
+    UdpBackend, IO_TIMEOUT, SILENCE, STARTUP_TIMEOUT,
 };
-use common_udp::{ask_until_answered, client, Mode, UdpBackend, UdpConf, UdpLb, SILENCE};
 
 fn rejected(admin: SocketAddr, listener: &str, reason: &str) -> f64 {
-    scrape(admin)
-        .ok()
-        .and_then(|t| {
-            metric(
-                &t,
-                "l4lb_connections_rejected_total",
-                &[("listener", listener), ("reason", reason)],
-            )
-        })
-        .unwrap_or(-1.0)
+    try_metric_at(
+        admin,
+        "l4lb_connections_rejected_total",
+        &[("listener", listener), ("reason", reason)],
+    )
+    .unwrap_or(-1.0)
 }
 
 /// `conn_rate_limit` caps new connections of the whole listener, whoever sends them.
@@ -67,10 +62,8 @@ fn listener_rate_limits_new_tcp_connections_from_everyone() {
 #[test]
 fn listener_rate_limits_new_udp_sessions() {
     let backend = UdpBackend::spawn(Mode::Echo);
-    let lb = UdpLb::start(
-        &UdpConf::new("round_robin", &[backend.addr])
-            .admin()
-            .extra("conn_rate_limit = 2"),
+    let (lb, admin) = L4lb::start_with_admin(
+        &Conf::udp("round_robin", &[backend.addr]).extra("conn_rate_limit = 2"),
     );
     let started = Instant::now();
     let clients: Vec<UdpSocket> = (0..10).map(|i| client(lo(1 + i), lb.addr)).collect();
@@ -100,10 +93,11 @@ fn listener_rate_limits_new_udp_sessions() {
         assert!(ask_until_answered(first, b"more").is_some());
     }
     let want = (10 - answered) as f64;
-    assert!(wait_until(IO_TIMEOUT, || {
-        lb.metric("l4lb_connections_rejected_total{listener=\"u\",reason=\"listener_rate\"}")
-            == want
-    }));
+    assert!(wait_until(IO_TIMEOUT, || rejected(
+        admin,
+        "u",
+        "listener_rate"
+    ) == want));
 }
 
 /// Regression: UDP sessions from spoofed sources could fill `runtime.max_connections` and
@@ -234,10 +228,9 @@ fn ipv4_mapped_cidr_in_deny_matches_ipv4_clients() {
 #[test]
 fn udp_session_ends_after_its_responses() {
     let backend = UdpBackend::spawn(Mode::Echo);
-    let lb = UdpLb::start(
-        &UdpConf::new("round_robin", &[backend.addr])
+    let (lb, _) = L4lb::start_with_admin(
+        &Conf::udp("round_robin", &[backend.addr])
             .idle(300)
-            .admin()
             .extra("access_log = true")
             .extra("udp_responses = 1"),
     );
@@ -250,7 +243,7 @@ fn udp_session_ends_after_its_responses() {
     }
     assert!(
         wait_until(IO_TIMEOUT, || {
-            lb.metric("l4lb_udp_sessions_active{listener=\"u\"}") == 0.0
+            lb.metric("l4lb_udp_sessions_active", &[("listener", "u")]) == 0.0
         }),
         "sessions outlived their answer"
     );

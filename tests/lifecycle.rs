@@ -25,74 +25,16 @@ const APPLY: Duration = Duration::from_secs(5);
 /// How long the process may take to exit once nothing holds it.
 const EXIT: Duration = Duration::from_secs(5);
 
-/// A balancer with `[admin]` on a free port and the given `drain_timeout_s`.
-struct Lb {
-    // Field order = drop order: the balancer goes before the config it was rendered from.
-    lb: L4lb,
-    admin: SocketAddr,
-    drain_timeout_s: u64,
-}
-
-impl Lb {
-    fn start(conf: Conf, drain_timeout_s: u64) -> Lb {
-        let (lb, admin) =
-            L4lb::start_edited_with_admin(&conf, |text, _| with_drain(text, drain_timeout_s));
-        Lb {
-            lb,
-            admin,
-            drain_timeout_s,
-        }
+/// Wait until `l4lb_config_reloads_total` shows `ok` successful reloads (or, when `error` is
+/// not 0, `error` failed ones); then check the other result's count.
+fn wait_reloads(lb: &L4lb, ok: f64, error: f64) {
+    if error > 0.0 {
+        lb.wait_reloads("error", error, APPLY);
+    } else {
+        lb.wait_reloads("ok", ok, APPLY);
     }
-
-    /// The config text `conf` gives for this balancer (its bind, admin and drain timeout).
-    fn render(&self, conf: &Conf) -> String {
-        let conf = conf.clone().admin(self.admin);
-        with_drain(conf.render(self.lb.addr), self.drain_timeout_s)
-    }
-
-    /// Replace the config file with `text` and send SIGHUP.
-    fn reload(&self, text: &str) {
-        std::fs::write(&self.lb.config_path, text).expect("rewrite the config");
-        self.lb.signal(Signal::SIGHUP);
-    }
-
-    fn reloads(&self, result: &str) -> f64 {
-        let text = scrape(self.admin).unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-        metric(&text, "l4lb_config_reloads_total", &[("result", result)])
-            .unwrap_or_else(|| panic!("no l4lb_config_reloads_total{{result=\"{result}\"}}"))
-    }
-
-    /// Wait until `result` reloads were counted; then check the other result's count.
-    fn wait_reloads(&self, ok: f64, error: f64) {
-        let want = if error > 0.0 {
-            ("error", error)
-        } else {
-            ("ok", ok)
-        };
-        assert!(
-            wait_until(APPLY, || self.reloads(want.0) >= want.1),
-            "l4lb_config_reloads_total{{result=\"{}\"}} did not reach {} within {APPLY:?}",
-            want.0,
-            want.1
-        );
-        assert_eq!(self.reloads("ok"), ok, "reloads ok");
-        assert_eq!(self.reloads("error"), error, "reloads error");
-    }
-}
-
-/// `Conf::render` writes `drain_timeout_s = 1`; put ours instead.
-fn with_drain(text: String, drain_timeout_s: u64) -> String {
-    const LINE: &str = "drain_timeout_s = 1\n";
-    assert!(text.contains(LINE), "Conf::render changed: {text}");
-    text.replacen(LINE, &format!("drain_timeout_s = {drain_timeout_s}\n"), 1)
-}
-
-/// Whether a connect to `addr` is refused by the kernel (nothing listens).
-fn refused(addr: SocketAddr) -> bool {
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-        Err(e) => e.kind() == io::ErrorKind::ConnectionRefused,
-        Ok(_) => false,
-    }
+    assert_eq!(lb.reloads("ok"), ok, "reloads ok");
+    assert_eq!(lb.reloads("error"), error, "reloads error");
 }
 
 /// Connect to an `id` backend through `lb`, keep the connection open; returns it and the id.
@@ -150,10 +92,10 @@ fn sighup_changes_backends_without_touching_a_streaming_connection() {
     let a = Backend::id("a");
     let b = Backend::id("b");
     let c = Backend::id("c");
-    let conf = Conf::new("round_robin", &[a.addr]);
-    let lb = Lb::start(conf.clone(), 5);
+    let conf = Conf::new("round_robin", &[a.addr]).drain(5);
+    let (lb, _) = L4lb::start_with_admin(&conf);
 
-    let (s, id) = open(lb.lb.addr);
+    let (s, id) = open(lb.addr);
     assert_eq!(id, "a");
     let received = Arc::new(AtomicU64::new(0));
 
@@ -210,15 +152,15 @@ fn sighup_changes_backends_without_touching_a_streaming_connection() {
         format!("addr = \"{}\"", b.addr),
         format!("addr = \"{}\"", c.addr),
     ];
-    lb.reload(&lb.render(&changed));
-    lb.wait_reloads(1.0, 0.0);
+    lb.reload(&changed);
+    wait_reloads(&lb, 1.0, 0.0);
     let at_reload = received.load(Ordering::SeqCst);
     assert!(
         at_reload < TOTAL as u64,
         "the stream ended before the reload applied: nothing was tested"
     );
 
-    let seen = spread(lb.lb.addr, 6);
+    let seen = spread(lb.addr, 6);
     assert_eq!(
         seen.get("b").copied().unwrap_or(0) + seen.get("c").copied().unwrap_or(0),
         6,
@@ -243,7 +185,7 @@ fn sighup_changes_backends_without_touching_a_streaming_connection() {
         "the stream through the removed backend came back different (hash, length)"
     );
     let mut lb = lb;
-    lb.lb.assert_running();
+    lb.assert_running();
 }
 
 #[test]
@@ -251,29 +193,29 @@ fn sighup_with_an_invalid_file_keeps_the_running_config() {
     let a = Backend::id("a");
     let b = Backend::id("b");
     let c = Backend::id("c");
-    let conf = Conf::new("round_robin", &[a.addr, b.addr]);
-    let mut lb = Lb::start(conf.clone(), 5);
-    let before = spread(lb.lb.addr, 4);
+    let conf = Conf::new("round_robin", &[a.addr, b.addr]).drain(5);
+    let (mut lb, _) = L4lb::start_with_admin(&conf);
+    let before = spread(lb.addr, 4);
     assert_eq!(before.len(), 2, "{before:?}");
 
     // Valid TOML that moves everything to c, with one unknown key: the whole file is rejected.
     let mut bad = conf.clone().extra("no_such_key = 1");
     bad.backends = vec![format!("addr = \"{}\"", c.addr)];
-    lb.reload(&lb.render(&bad));
-    lb.wait_reloads(0.0, 1.0);
-    lb.lb.assert_running();
+    lb.reload(&bad);
+    wait_reloads(&lb, 0.0, 1.0);
+    lb.assert_running();
 
-    let after = spread(lb.lb.addr, 4);
+    let after = spread(lb.addr, 4);
     assert!(
         after.keys().all(|id| id == "a" || id == "b") && after.len() == 2,
         "after a rejected reload the old backends must keep serving: {after:?}"
     );
 
     // Not TOML at all: rejected as well.
-    lb.reload("this is [not toml\n");
-    lb.wait_reloads(0.0, 2.0);
-    lb.lb.assert_running();
-    let after = spread(lb.lb.addr, 4);
+    lb.reload_text("this is [not toml\n");
+    wait_reloads(&lb, 0.0, 2.0);
+    lb.assert_running();
+    let after = spread(lb.addr, 4);
     assert!(
         after.keys().all(|id| id == "a" || id == "b"),
         "after a rejected reload the old backends must keep serving: {after:?}"
@@ -284,34 +226,29 @@ fn sighup_with_an_invalid_file_keeps_the_running_config() {
 fn sighup_adds_a_listener_and_removing_it_closes_only_its_port() {
     let a = Backend::id("a");
     let b = Backend::id("b");
-    let conf = Conf::new("round_robin", &[a.addr]);
-    let lb = Lb::start(conf.clone(), 5);
+    let conf = Conf::new("round_robin", &[a.addr]).drain(5);
+    let (lb, _) = L4lb::start_with_admin(&conf);
     let base = lb.render(&conf);
     let u = SocketAddr::new(localhost(), free_port(localhost()));
-    let with_u = format!(
-        "{base}\n[[listener]]\nname = \"u\"\nprotocol = \"tcp\"\nbind = \"{u}\"\n\
-         balance = \"round_robin\"\nbackends = [ {{ addr = \"{}\" }} ]\n",
-        b.addr
-    );
+    let with_u = base.clone() + &tcp_listener_toml("u", u, b.addr);
 
-    lb.reload(&with_u);
-    lb.wait_reloads(1.0, 0.0);
+    lb.reload_text(&with_u);
+    wait_reloads(&lb, 1.0, 0.0);
     assert_eq!(served_by(u, None), "b", "the added listener forwards");
     let (kept, id) = open(u);
     assert_eq!(id, "b");
-    assert_eq!(
-        served_by(lb.lb.addr, None),
-        "a",
-        "the first listener goes on"
-    );
+    assert_eq!(served_by(lb.addr, None), "a", "the first listener goes on");
 
-    lb.reload(&base);
-    lb.wait_reloads(2.0, 0.0);
+    lb.reload_text(&base);
+    wait_reloads(&lb, 2.0, 0.0);
     assert!(
-        wait_until(APPLY, || refused(u)),
+        wait_until(APPLY, || connect_refused(u)),
         "the removed listener's port {u} still accepts {APPLY:?} after the reload"
     );
-    assert!(refused(u), "the removed listener's port accepted again");
+    assert!(
+        connect_refused(u),
+        "the removed listener's port accepted again"
+    );
     // The connection it accepted before goes on, and ends cleanly.
     let mut kept = kept;
     for i in 0..5 {
@@ -319,33 +256,36 @@ fn sighup_adds_a_listener_and_removing_it_closes_only_its_port() {
             .unwrap_or_else(|e| panic!("open connection of the removed listener: {e}"));
     }
     finish(kept);
-    assert_eq!(
-        served_by(lb.lb.addr, None),
-        "a",
-        "the first listener goes on"
-    );
+    assert_eq!(served_by(lb.addr, None), "a", "the first listener goes on");
     let mut lb = lb;
-    lb.lb.assert_running();
+    lb.assert_running();
 }
 
 // ---------------------------------------------------------------------------------------------
 // SIGTERM
 // ---------------------------------------------------------------------------------------------
 
+/// A balancer on `a` with `drain_timeout_s = 30` and one open connection, sent SIGTERM;
+/// returns once new connects are refused (the drain has begun).
+fn draining(a: &Backend) -> (L4lb, TcpStream) {
+    let (lb, _) = L4lb::start_with_admin(&Conf::new("round_robin", &[a.addr]).drain(30));
+    let addr = lb.addr;
+    let (s, _) = open(addr);
+    lb.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(APPLY, || connect_refused(addr)),
+        "new connections still accepted {APPLY:?} after SIGTERM"
+    );
+    (lb, s)
+}
+
 #[test]
 fn sigterm_refuses_new_connections_and_waits_for_the_open_one() {
     let a = Backend::id("a");
-    let mut lb = Lb::start(Conf::new("round_robin", &[a.addr]), 30);
-    let addr = lb.lb.addr;
-    let (mut s, _) = open(addr);
-
-    lb.lb.signal(Signal::SIGTERM);
-    assert!(
-        wait_until(APPLY, || refused(addr)),
-        "new connections still accepted {APPLY:?} after SIGTERM"
-    );
+    let (mut lb, mut s) = draining(&a);
+    let addr = lb.addr;
     for _ in 0..3 {
-        assert!(refused(addr), "a connect succeeded while draining");
+        assert!(connect_refused(addr), "a connect succeeded while draining");
     }
     // The open connection keeps working while the process waits for it.
     for i in 0..5 {
@@ -354,23 +294,23 @@ fn sigterm_refuses_new_connections_and_waits_for_the_open_one() {
         thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        lb.lb.wait_exit(Duration::ZERO).is_none(),
+        lb.wait_exit(Duration::ZERO).is_none(),
         "l4lb exited while a connection was open and drain_timeout_s = 30"
     );
     finish(s);
-    assert_exit_0(&mut lb.lb, EXIT, "after the last connection closed");
+    assert_exit_0(&mut lb, EXIT, "after the last connection closed");
 }
 
 #[test]
 fn sigterm_closes_what_is_left_at_drain_timeout_and_exits_0() {
     let a = Backend::id("a");
-    let mut lb = Lb::start(Conf::new("round_robin", &[a.addr]), 1);
+    let (mut lb, _) = L4lb::start_with_admin(&Conf::new("round_robin", &[a.addr]).drain(1));
     // An idle connection whose client never closes.
-    let (mut s, _) = open(lb.lb.addr);
+    let (mut s, _) = open(lb.addr);
 
-    lb.lb.signal(Signal::SIGTERM);
+    lb.signal(Signal::SIGTERM);
     let took = assert_exit_0(
-        &mut lb.lb,
+        &mut lb,
         Duration::from_secs(1) + EXIT,
         "drain_timeout_s = 1",
     );
@@ -388,22 +328,14 @@ fn sigterm_closes_what_is_left_at_drain_timeout_and_exits_0() {
 #[test]
 fn second_sigterm_during_the_drain_exits_at_once() {
     let a = Backend::id("a");
-    let mut lb = Lb::start(Conf::new("round_robin", &[a.addr]), 30);
-    let addr = lb.lb.addr;
-    let (mut s, _) = open(addr);
-
-    lb.lb.signal(Signal::SIGTERM);
+    let (mut lb, mut s) = draining(&a);
     assert!(
-        wait_until(APPLY, || refused(addr)),
-        "no drain {APPLY:?} after SIGTERM"
-    );
-    assert!(
-        lb.lb.wait_exit(Duration::ZERO).is_none(),
+        lb.wait_exit(Duration::ZERO).is_none(),
         "exited before the second signal"
     );
-    lb.lb.signal(Signal::SIGTERM);
+    lb.signal(Signal::SIGTERM);
     // At once: far below the 30 s of drain_timeout_s.
-    assert_exit_0(&mut lb.lb, EXIT, "second SIGTERM");
+    assert_exit_0(&mut lb, EXIT, "second SIGTERM");
     let first = first_read(&mut s, Duration::from_secs(2));
     assert!(
         matches!(first, FirstRead::Eof | FirstRead::Reset),

@@ -15,91 +15,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use common::*;
+use serde_json::Value;
 
 /// How long a reload or a drain may take to show (a debug build on a busy 2-core host).
 const APPLY: Duration = Duration::from_secs(5);
 
-/// A balancer with `[admin]` on a free port.
-struct Lb {
-    lb: L4lb,
-    admin: SocketAddr,
-}
-
-impl Lb {
-    fn start(conf: &Conf, edit: impl Fn(String, SocketAddr) -> String) -> Lb {
-        let (lb, admin) = L4lb::start_edited_with_admin(conf, edit);
-        Lb { lb, admin }
+/// `GET /status` of `lb`, its `uptime_s` value blanked (it ticks on by itself, and a slow run
+/// spans a second boundary between two reads).
+fn status_without_uptime(lb: &L4lb) -> Value {
+    let mut status = lb.status();
+    if let Some(uptime) = status.get_mut("uptime_s") {
+        *uptime = Value::Null;
     }
-
-    /// The config text `conf` gives for this balancer (its bind and admin port).
-    fn render(&self, conf: &Conf) -> String {
-        conf.clone().admin(self.admin).render(self.lb.addr)
-    }
-
-    /// Replace the config file with `text` and send SIGHUP.
-    fn reload(&self, text: &str) {
-        std::fs::write(&self.lb.config_path, text).expect("rewrite the config");
-        self.lb.signal(Signal::SIGHUP);
-    }
-
-    fn reloads(&self, result: &str) -> f64 {
-        let text = scrape(self.admin).unwrap_or_else(|e| panic!("GET /metrics: {e}"));
-        metric(&text, "l4lb_config_reloads_total", &[("result", result)])
-            .unwrap_or_else(|| panic!("no l4lb_config_reloads_total{{result=\"{result}\"}}"))
-    }
-
-    fn wait_reloads(&self, result: &str, n: f64) {
-        assert!(
-            wait_until(APPLY, || self.reloads(result) >= n),
-            "l4lb_config_reloads_total{{result=\"{result}\"}} did not reach {n} within {APPLY:?}"
-        );
-    }
-
-    /// `GET /status`: the JSON body, its `uptime_s` value blanked (it ticks on by itself, and
-    /// a slow run spans a second boundary between two reads).
-    fn status(&self) -> String {
-        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2))
-            .unwrap_or_else(|e| panic!("connect to the admin API: {e}"));
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: t\r\n\r\n")
-            .expect("send GET /status");
-        let out = read_until_eof(&mut s, IO_TIMEOUT).expect("read /status");
-        let text = String::from_utf8_lossy(&out).into_owned();
-        match text.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => {
-                const KEY: &str = "\"uptime_s\":";
-                match body.find(KEY) {
-                    Some(i) => {
-                        let rest = &body[i + KEY.len()..];
-                        let digits = rest.len()
-                            - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-                        format!("{}_{}", &body[..i + KEY.len()], &rest[digits..])
-                    }
-                    None => body.to_string(),
-                }
-            }
-            _ => panic!("bad /status response: {text:?}"),
-        }
-    }
-
-    fn saw_log(&self, needle: &str) -> bool {
-        self.lb.stderr_lines().iter().any(|l| l.contains(needle))
-    }
-}
-
-/// Whether a connect to `addr` is refused by the kernel (nothing listens).
-fn refused(addr: SocketAddr) -> bool {
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-        Err(e) => e.kind() == io::ErrorKind::ConnectionRefused,
-        Ok(_) => false,
-    }
-}
-
-/// A second TCP listener "u" on `bind` with one backend, as TOML to append to a config.
-fn listener_u(bind: SocketAddr, backend: SocketAddr) -> String {
-    format!(
-        "\n[[listener]]\nname = \"u\"\nprotocol = \"tcp\"\nbind = \"{bind}\"\n\
-         balance = \"round_robin\"\nbackends = [ {{ addr = \"{backend}\" }} ]\n"
-    )
+    status
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -114,30 +42,27 @@ fn a_reload_whose_bind_fails_changes_no_weight() {
     let a = Backend::id("a");
     let b = Backend::id("b");
     let conf = Conf::weighted("weighted_round_robin", &[(a.addr, 1), (b.addr, 1)]);
-    let lb = Lb::start(&conf, |text, _| text);
+    let (lb, _) = L4lb::start_with_admin(&conf);
     // The log names the algorithm as the config spells it.
     assert!(
         lb.saw_log("balance weighted_round_robin"),
         "{:?}",
-        lb.lb.stderr_lines()
+        lb.stderr_lines()
     );
-    let before = lb.status();
-    assert!(
-        before.contains(&format!("{{\"addr\":\"{}\",\"weight\":1,", a.addr)),
-        "{before}"
-    );
+    let before = status_without_uptime(&lb);
+    assert_eq!(backend_in(&before, a.addr)["weight"], 1.0, "{before}");
 
     // A port that is taken by a socket without SO_REUSEPORT: l4lb's bind must fail.
     let taken = TcpListener::bind((localhost(), 0)).expect("bind a blocker");
     let taken_addr = taken.local_addr().expect("blocker address");
     let mut changed = Conf::weighted("weighted_round_robin", &[(a.addr, 7), (b.addr, 1)]);
     changed.backends[0] = format!("addr = \"{}\", weight = 7, max_connections = 3", a.addr);
-    let text = lb.render(&changed) + &listener_u(taken_addr, b.addr);
-    lb.reload(&text);
-    lb.wait_reloads("error", 1.0);
+    let text = lb.render(&changed) + &tcp_listener_toml("u", taken_addr, b.addr);
+    lb.reload_text(&text);
+    lb.wait_reloads("error", 1.0, APPLY);
     assert_eq!(lb.reloads("ok"), 0.0);
 
-    let after = lb.status();
+    let after = status_without_uptime(&lb);
     assert_eq!(
         after, before,
         "a failed reload changed the live state (weight or cap of a kept backend)"
@@ -145,7 +70,7 @@ fn a_reload_whose_bind_fails_changes_no_weight() {
     // And both backends still serve.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..12 {
-        seen.insert(served_by(lb.lb.addr, None));
+        seen.insert(served_by(lb.addr, None));
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
     drop(taken);
@@ -160,33 +85,28 @@ fn a_reload_whose_bind_fails_changes_no_weight() {
 #[test]
 fn sighup_while_draining_is_ignored() {
     let a = Backend::id("a");
-    let conf = Conf::new("round_robin", &[a.addr]);
-    let mut lb = Lb::start(&conf, |text, _| {
-        text.replacen("drain_timeout_s = 1\n", "drain_timeout_s = 30\n", 1)
-    });
-    let addr = lb.lb.addr;
+    let conf = Conf::new("round_robin", &[a.addr]).drain(30);
+    let (mut lb, _) = L4lb::start_with_admin(&conf);
+    let addr = lb.addr;
     let mut held = connect(addr).expect("connect");
     assert_eq!(read_line(&mut held, IO_TIMEOUT).expect("id"), "a");
 
-    lb.lb.signal(Signal::SIGTERM);
+    lb.signal(Signal::SIGTERM);
     assert!(
-        wait_until(APPLY, || refused(addr)),
+        wait_until(APPLY, || connect_refused(addr)),
         "still accepting {APPLY:?} after SIGTERM"
     );
     let u = SocketAddr::new(localhost(), free_port(localhost()));
-    let text = lb
-        .render(&conf)
-        .replacen("drain_timeout_s = 1\n", "drain_timeout_s = 30\n", 1)
-        + &listener_u(u, a.addr);
-    lb.reload(&text);
+    let text = lb.render(&conf) + &tcp_listener_toml("u", u, a.addr);
+    lb.reload_text(&text);
     // Either the log says it was ignored, or (the old bug) the new listener accepts.
     let decided = wait_until(APPLY, || {
-        lb.saw_log("SIGHUP while draining: ignored") || !refused(u)
+        lb.saw_log("SIGHUP while draining: ignored") || !connect_refused(u)
     });
     assert!(decided, "no sign of the SIGHUP within {APPLY:?}");
     for _ in 0..3 {
         assert!(
-            refused(u),
+            connect_refused(u),
             "a listener added by SIGHUP during the drain accepts"
         );
     }
@@ -194,7 +114,7 @@ fn sighup_while_draining_is_ignored() {
     // The held connection still works, and the drain ends when it closes.
     echo_roundtrip(&mut held, b"still here\n").expect("held connection during the drain");
     drop(held);
-    let Some((status, stderr)) = lb.lb.wait_exit(APPLY) else {
+    let Some((status, stderr)) = lb.wait_exit(APPLY) else {
         panic!("l4lb did not exit after its last connection closed");
     };
     assert_eq!(status.code(), Some(0), "{stderr}");
@@ -265,17 +185,12 @@ fn idle_timeout_with_bytes_held_resets_the_client() {
 // ---------------------------------------------------------------------------------------------
 
 /// The state `/status` shows for backend `addr`.
-fn state_of(status: &str, addr: SocketAddr) -> String {
-    let from = status
-        .find(&format!("\"addr\":\"{addr}\""))
-        .unwrap_or_else(|| panic!("no backend {addr} in {status}"));
-    let entry = &status[from..];
-    let entry = &entry[..entry.find('}').unwrap_or(entry.len())];
-    let state = entry
-        .split_once("\"state\":\"")
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .unwrap_or_else(|| panic!("no state in {entry}"));
-    state.0.to_string()
+fn state_of(status: &Value, addr: SocketAddr) -> String {
+    let b = backend_in(status, addr);
+    b["state"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no state in {b}"))
+        .to_string()
 }
 
 /// Backend "a" accepts TCP (so every client connect to it succeeds) but never answers the
@@ -288,10 +203,10 @@ fn a_backend_failing_its_checks_goes_down_under_traffic() {
     let a = Backend::id("a");
     let b = Backend::spawn(localhost(), "b", Arc::new(|s| echo_conn(s, b"PONG\n")));
     let conf = Conf::new("round_robin", &[a.addr, b.addr]);
-    let lb = Lb::start(&conf, |text, _| text);
+    let (lb, _) = L4lb::start_with_admin(&conf);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
-        let (stop, addr) = (stop.clone(), lb.lb.addr);
+        let (stop, addr) = (stop.clone(), lb.addr);
         thread::spawn(move || {
             let mut served = 0usize;
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -313,8 +228,8 @@ fn a_backend_failing_its_checks_goes_down_under_traffic() {
     let with_check = lb.render(&conf)
         + "\n[listener.health_check]\ninterval_ms = 100\ntimeout_ms = 300\nrise = 2\n\
            fall = 2\nsend = \"PING\\n\"\nexpect = \"PONG\"\n";
-    lb.reload(&with_check);
-    lb.wait_reloads("ok", 1.0);
+    lb.reload_text(&with_check);
+    lb.wait_reloads("ok", 1.0, APPLY);
     let a_before = a.accepted();
     let went_down = wait_until(Duration::from_secs(8), || {
         state_of(&lb.status(), a.addr) == "down"
@@ -388,15 +303,15 @@ fn a_reload_loop_that_rebinds_listeners_keeps_the_rss_flat() {
             })
             .collect::<String>()
     };
-    let lb = Lb::start(&conf, |text, _| text);
+    let (lb, _) = L4lb::start_with_admin(&conf);
     let base = lb.render(&conf);
-    let pid = lb.lb.pid().expect("pid");
+    let pid = lb.pid().expect("pid");
     let mut reloads = 0.0;
     let mut rss_after_warmup = 0;
     for round in 0..WARMUP + MEASURED {
-        lb.reload(&(base.clone() + &extra(round % 2)));
+        lb.reload_text(&(base.clone() + &extra(round % 2)));
         reloads += 1.0;
-        lb.wait_reloads("ok", reloads);
+        lb.wait_reloads("ok", reloads, APPLY);
         if round % 10 == 0 {
             // The new listeners forward.
             let id = served_by(ports[0][round % 2], None);
@@ -431,15 +346,11 @@ fn a_reload_loop_that_rebinds_listeners_keeps_the_rss_flat() {
 fn a_reset_closing_a_connection_is_counted() {
     let backend = Backend::echo("e");
     let conf = Conf::new("round_robin", &[backend.addr]);
-    let lb = Lb::start(&conf, |text, _| text);
-    let io_errors = |class: &str| {
-        let text = scrape(lb.admin).expect("GET /metrics");
-        metric(&text, "l4lb_io_errors_total", &[("class", class)])
-            .unwrap_or_else(|| panic!("no l4lb_io_errors_total{{class=\"{class}\"}}"))
-    };
+    let (lb, _) = L4lb::start_with_admin(&conf);
+    let io_errors = |class: &str| lb.metric("l4lb_io_errors_total", &[("class", class)]);
     assert_eq!(io_errors("reset"), 0.0);
     for _ in 0..3 {
-        let mut s = connect(lb.lb.addr).expect("connect");
+        let mut s = connect(lb.addr).expect("connect");
         echo_roundtrip(&mut s, b"before the reset\n").expect("echo");
         reset(s);
     }

@@ -130,13 +130,11 @@ fn v2_header(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn rejected(admin: SocketAddr, reason: &str) -> f64 {
-    let text = scrape(admin).expect("GET /metrics");
-    metric(
-        &text,
+    metric_at(
+        admin,
         "l4lb_connections_rejected_total",
         &[("listener", "t"), ("reason", reason)],
     )
-    .unwrap_or_else(|| panic!("no rejected_total{{reason=\"{reason}\"}} in:\n{text}"))
 }
 
 /// Send `preamble` from `src`, then classify as `attempt_on` does (an `id` backend).

@@ -7,40 +7,28 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 /// The ramp under test; long enough for four 1-second buckets, short enough for CI.
 const RAMP_S: u64 = 4;
 
-fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("admin connect");
-    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nUser-Agent: l4lb-test\r\n\r\n");
-    s.write_all(req.as_bytes()).expect("admin write");
-    let out = read_until_eof(&mut s, Duration::from_secs(5)).expect("admin read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+/// `method path` on the admin API: the status code.
+fn post(admin: SocketAddr, path: &str) -> u16 {
+    http(admin, "POST", path, "")
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+        .0
 }
 
-/// `effective_weight` of backend `addr` in a `/status` body (a float).
-fn effective_weight(status: &str, addr: SocketAddr) -> f64 {
-    let at = status
-        .find(&format!("\"addr\":\"{addr}\""))
-        .unwrap_or_else(|| panic!("{addr} not in {status}"));
-    let rest = &status[at..];
-    let key = "\"effective_weight\":";
-    let v = &rest[rest.find(key).expect("effective_weight") + key.len()..];
-    let end = v.find([',', '}']).unwrap();
-    v[..end].parse().expect("a number")
+/// `effective_weight` of backend `addr` in `/status` (a float).
+fn effective_weight(status: &Value, addr: SocketAddr) -> f64 {
+    let b = backend_in(status, addr);
+    b["effective_weight"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no effective_weight in {b}"))
 }
 
 /// New connections until `secs` seconds after `start`, one every ~10 ms; per 1-second bucket
@@ -78,14 +66,14 @@ fn an_enabled_backend_ramps_up_linearly() {
     let (lb, admin) = L4lb::start_with_admin(&conf);
     let b = backends[1].addr;
     let path = |action: &str| format!("/listeners/t/backends/{b}/{action}");
-    assert_eq!(http(admin, "POST", &path("disable")).0, 200);
+    assert_eq!(post(admin, &path("disable")), 200);
     // Without a ramp (up since the start), the effective weight is the weight.
-    let (_, status) = http(admin, "GET", "/status");
+    let status = status_json(admin);
     assert_eq!(effective_weight(&status, backends[0].addr), 4.0, "{status}");
-    assert_eq!(http(admin, "POST", &path("enable")).0, 200);
+    assert_eq!(post(admin, &path("enable")), 200);
     // The ramp started when l4lb handled the POST, just before its answer.
     let enabled = Instant::now();
-    let (_, status) = http(admin, "GET", "/status");
+    let status = status_json(admin);
     let w = effective_weight(&status, b);
     // 4 x 1% at once, 4 x 25% a second later (a slow machine may take that long to answer).
     assert!(
@@ -111,7 +99,7 @@ fn an_enabled_backend_ramps_up_linearly() {
         assert!(pair[1].1 + 0.08 >= pair[0].1, "share fell: {measured:?}");
     }
     assert!(measured[3].1 - measured[0].1 > 0.2, "no rise: {measured:?}");
-    let (_, status) = http(admin, "GET", "/status");
+    let status = status_json(admin);
     assert_eq!(effective_weight(&status, b), 4.0, "{status}");
 }
 
@@ -133,13 +121,14 @@ fn a_backend_added_by_reload_ramps_and_a_kept_one_does_not() {
     assert_ne!(added, text, "backend line not found in {text}");
     std::fs::write(&lb.config_path, added).unwrap();
     lb.signal(nix::sys::signal::Signal::SIGHUP);
+    let added_addr = backends[1].addr.to_string();
     let seen = wait_until(Duration::from_secs(10), || {
-        http(admin, "GET", "/status")
-            .1
-            .contains(&backends[1].addr.to_string())
+        status_json(admin)["listeners"][0]["backends"]
+            .as_array()
+            .is_some_and(|bs| bs.iter().any(|b| b["addr"] == added_addr.as_str()))
     });
     assert!(seen, "the reload did not add {}", backends[1].addr);
-    let (_, status) = http(admin, "GET", "/status");
+    let status = status_json(admin);
     let w = effective_weight(&status, backends[1].addr);
     assert!(w < 0.2, "added backend: effective weight {w} in {status}");
     assert_eq!(effective_weight(&status, backends[0].addr), 1.0, "{status}");

@@ -124,13 +124,8 @@ fn with_routes(text: String, routes: &[(&str, &[SocketAddr], &str)]) -> String {
     out
 }
 
-fn value(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = scrape(admin).expect("GET /metrics");
-    metric(&text, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in:\n{text}"))
-}
-
 fn rejected(admin: SocketAddr, reason: &str) -> f64 {
-    value(
+    metric_at(
         admin,
         "l4lb_connections_rejected_total",
         &[("listener", "t"), ("reason", reason)],
@@ -185,7 +180,7 @@ fn routes_by_sni_with_a_default() {
         )
     });
     let dead_down = wait_until(Duration::from_secs(10), || {
-        value(
+        metric_at(
             admin,
             "l4lb_backend_up",
             &[("listener", "t"), ("backend", &dead.to_string())],
@@ -242,7 +237,7 @@ fn routes_by_sni_with_a_default() {
 
     // Metrics: per-route sums and the backend-to-route map; nothing refused reached a backend.
     let route = |r: &str| {
-        value(
+        metric_at(
             admin,
             "l4lb_route_connections_total",
             &[("listener", "t"), ("route", r)],
@@ -253,7 +248,7 @@ fn routes_by_sni_with_a_default() {
     assert_eq!(route("2"), 3.0);
     assert_eq!(route("default"), 4.0);
     assert_eq!(
-        value(
+        metric_at(
             admin,
             "l4lb_backend_route_info",
             &[

@@ -19,8 +19,14 @@ fn valid_conf() -> Conf {
     Conf::new("round_robin", &[backend, backend2])
 }
 
-fn valid_toml() -> String {
-    valid_conf().render("127.0.0.1:1".parse().expect("addr"))
+/// The listener's address in `valid_toml`: a free port, so that a config that is wrongly
+/// accepted when run binds no fixed port.
+fn valid_bind() -> SocketAddr {
+    SocketAddr::new(localhost(), free_port(localhost()))
+}
+
+fn valid_toml(bind: SocketAddr) -> String {
+    valid_conf().render(bind)
 }
 
 fn check(path: &Path) -> CliOutput {
@@ -88,7 +94,7 @@ fn bad_command_line_exits_2() {
 #[test]
 fn check_accepts_valid_config() {
     let dir = TempDir::new("cli");
-    let path = dir.write("good.toml", &valid_toml());
+    let path = dir.write("good.toml", &valid_toml(valid_bind()));
     let out = check(&path);
     assert_eq!(
         out.code(),
@@ -125,7 +131,8 @@ fn missing_config_file_exits_2() {
 /// Each invalid config exits 2, under `--check` and when run, naming file and key path.
 #[test]
 fn invalid_configs_exit_2_with_key_path() {
-    let good = valid_toml();
+    let bind = valid_bind();
+    let good = valid_toml(bind);
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "unknown key",
@@ -172,7 +179,7 @@ fn invalid_configs_exit_2_with_key_path() {
         ),
         (
             "bad listener bind",
-            good.replace("bind = \"127.0.0.1:1\"", "bind = \"nowhere\""),
+            good.replace(&format!("bind = \"{bind}\""), "bind = \"nowhere\""),
             "listener[0].bind",
         ),
     ];

@@ -3,17 +3,15 @@
 //! caps, and the largest datagram.
 
 mod common;
-mod common_udp;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{lo, localhost};
-use common_udp::{
-    ask, ask_until_answered, client, closed_port, Mode, UdpBackend, UdpConf, UdpLb, REPLY_TIMEOUT,
-    SILENCE,
+use common::{
+    ask, ask_until_answered, client, free_udp_addr, lo, localhost, Conf, L4lb, Mode, UdpBackend,
+    REPLY_TIMEOUT, SILENCE,
 };
 
 const CLIENTS: usize = 64;
@@ -31,7 +29,7 @@ fn tag(reply: &[u8]) -> u8 {
 fn sixty_four_clients_get_every_reply_once() {
     let backends: Vec<UdpBackend> = (0..4).map(|_| UdpBackend::spawn(Mode::Echo)).collect();
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let lb = UdpLb::start(&UdpConf::new("round_robin", &addrs));
+    let lb = L4lb::start(&Conf::udp("round_robin", &addrs));
     let started = Instant::now();
     let threads: Vec<_> = (0..CLIENTS)
         .map(|c| {
@@ -87,7 +85,7 @@ fn round_robin_spreads_sessions_evenly() {
     let backends: Vec<UdpBackend> = (0..3).map(|i| UdpBackend::spawn(Mode::Tagged(i))).collect();
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
     // One worker: one selector, so round robin is exact.
-    let lb = UdpLb::start(&UdpConf::new("round_robin", &addrs).workers(1));
+    let lb = L4lb::start(&Conf::udp("round_robin", &addrs).workers("1"));
     let mut per_backend = [0usize; 3];
     let mut clients = Vec::new();
     for i in 0..30 {
@@ -106,7 +104,7 @@ fn round_robin_spreads_sessions_evenly() {
 fn source_ip_hash_keeps_each_client_ip_on_one_backend() {
     let backends: Vec<UdpBackend> = (0..3).map(|i| UdpBackend::spawn(Mode::Tagged(i))).collect();
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let lb = UdpLb::start(&UdpConf::new("source_ip_hash", &addrs));
+    let lb = L4lb::start(&Conf::udp("source_ip_hash", &addrs));
     let mut chosen: HashMap<IpAddr, u8> = HashMap::new();
     for ip in 1..=12u8 {
         for port_try in 0..3 {
@@ -131,17 +129,16 @@ fn session_expires_after_idle_timeout() {
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
     // max_connections = 1: a second session is possible only once the first is gone, which
     // shows that the exact session count (l4lb_udp_sessions_active) went back to 0.
-    let conf = UdpConf::new("round_robin", &addrs)
-        .workers(1)
+    let conf = Conf::udp("round_robin", &addrs)
+        .workers("1")
         .idle(1)
-        .extra("max_connections = 1")
-        .admin();
-    let lb = UdpLb::start(&conf);
-    const GAUGE: &str = "l4lb_udp_sessions_active{listener=\"u\"}";
-    assert_eq!(lb.metric(GAUGE), 0.0);
+        .extra("max_connections = 1");
+    let (lb, _) = L4lb::start_with_admin(&conf);
+    let sessions = || lb.metric("l4lb_udp_sessions_active", &[("listener", "u")]);
+    assert_eq!(sessions(), 0.0);
     let a = client(localhost(), lb.addr);
     let first = ask_until_answered(&a, b"a1").expect("a served");
-    assert_eq!(lb.metric(GAUGE), 1.0);
+    assert_eq!(sessions(), 1.0);
     let b = client(localhost(), lb.addr);
     assert_eq!(ask(&b, b"b1", SILENCE), None, "listener cap: b refused");
     // Traffic keeps a session alive past its timeout...
@@ -160,20 +157,21 @@ fn session_expires_after_idle_timeout() {
     thread::sleep(Duration::from_millis(1300));
     let r = ask(&a, b"a2", REPLY_TIMEOUT).expect("a served after b's session expired");
     assert_eq!(tag(&r), tag(&first));
-    assert_eq!(lb.metric(GAUGE), 1.0);
+    assert_eq!(sessions(), 1.0);
     assert!(
-        common::wait_until(Duration::from_secs(3), || lb.metric(GAUGE) == 0.0),
+        common::wait_until(Duration::from_secs(3), || sessions() == 0.0),
         "the session gauge did not go back to 0"
     );
-    let refused = "l4lb_connections_rejected_total{listener=\"u\",reason=\"listener_limit\"}";
-    assert!(lb.metric(refused) >= 1.0);
+    let refused = [("listener", "u"), ("reason", "listener_limit")];
+    assert!(lb.metric("l4lb_connections_rejected_total", &refused) >= 1.0);
 }
 
 #[test]
 fn closed_backend_port_is_marked_down_and_avoided() {
     let live = UdpBackend::spawn(Mode::Tagged(1));
-    let dead = closed_port();
-    let lb = UdpLb::start(&UdpConf::new("round_robin", &[dead, live.addr]).workers(1));
+    // A port nobody holds: every datagram to it gets ICMP port unreachable.
+    let dead = free_udp_addr();
+    let lb = L4lb::start(&Conf::udp("round_robin", &[dead, live.addr]).workers("1"));
     // Each session on the dead backend ends with ICMP port unreachable: a passive failure.
     // Three in a row (the default fall) mark it down.
     let mut clients = Vec::new();
@@ -195,15 +193,15 @@ fn closed_backend_port_is_marked_down_and_avoided() {
 fn active_udp_check_marks_a_silent_backend_down() {
     let good = UdpBackend::spawn(Mode::Pong);
     let silent = UdpBackend::spawn(Mode::Silent);
-    let conf = UdpConf::new("round_robin", &[silent.addr, good.addr])
-        .workers(1)
+    let conf = Conf::udp("round_robin", &[silent.addr, good.addr])
+        .workers("1")
         .health("interval_ms = 100")
         .health("timeout_ms = 100")
         .health("rise = 1")
         .health("fall = 1")
         .health("send = \"ping\"")
         .health("expect = \"pong\"");
-    let lb = UdpLb::start(&conf);
+    let lb = L4lb::start(&conf);
     // The first check of the silent backend times out within ~200 ms.
     assert!(common::wait_until(Duration::from_secs(3), || silent
         .received()
@@ -221,8 +219,8 @@ fn active_udp_check_marks_a_silent_backend_down() {
 #[test]
 fn per_client_cap_refuses_the_extra_session_only() {
     let backend = UdpBackend::spawn(Mode::Echo);
-    let conf = UdpConf::new("round_robin", &[backend.addr]).extra("max_conns_per_client = 2");
-    let lb = UdpLb::start(&conf);
+    let conf = Conf::udp("round_robin", &[backend.addr]).extra("max_conns_per_client = 2");
+    let lb = L4lb::start(&conf);
     let a1 = client(lo(5), lb.addr);
     let a2 = client(lo(5), lb.addr);
     let a3 = client(lo(5), lb.addr);
@@ -239,7 +237,7 @@ fn per_client_cap_refuses_the_extra_session_only() {
 #[test]
 fn largest_datagram_round_trips_intact() {
     let backend = UdpBackend::spawn(Mode::Echo);
-    let lb = UdpLb::start(&UdpConf::new("round_robin", &[backend.addr]));
+    let lb = L4lb::start(&Conf::udp("round_robin", &[backend.addr]));
     let s = client(localhost(), lb.addr);
     let mut rng = common::XorShift::new(7);
     let mut msg = vec![0u8; 65_507];
@@ -254,12 +252,12 @@ fn reload_replaces_adds_and_removes_udp_listeners() {
     let a = UdpBackend::spawn(Mode::Tagged(0));
     let b = UdpBackend::spawn(Mode::Tagged(1));
     let c = UdpBackend::spawn(Mode::Tagged(2));
-    let lb = UdpLb::start(&UdpConf::new("round_robin", &[a.addr]).workers(1));
+    let lb = L4lb::start(&Conf::udp("round_robin", &[a.addr]).workers("1"));
     let c1 = client(localhost(), lb.addr);
     assert_eq!(ask_until_answered(&c1, b"1").map(|r| tag(&r)), Some(0));
 
     // Same listener, other backends: new sessions go to b, c1's session stays on a.
-    lb.reload(&UdpConf::new("round_robin", &[b.addr]).workers(1));
+    lb.reload(&Conf::udp("round_robin", &[b.addr]).workers("1"));
     assert!(
         common::wait_until(REPLY_TIMEOUT, || {
             let s = client(localhost(), lb.addr);
@@ -271,7 +269,7 @@ fn reload_replaces_adds_and_removes_udp_listeners() {
 
     // Listener "u" removed, "v" added on the same address: u's sessions close with it, and
     // c1's next datagram opens a session of v.
-    lb.reload(&UdpConf::new("round_robin", &[c.addr]).workers(1).name("v"));
+    lb.reload(&Conf::udp("round_robin", &[c.addr]).workers("1").name("v"));
     assert!(
         common::wait_until(REPLY_TIMEOUT, || {
             ask(&c1, b"3", Duration::from_millis(200)).map(|r| tag(&r)) == Some(2)
@@ -283,7 +281,7 @@ fn reload_replaces_adds_and_removes_udp_listeners() {
 #[test]
 fn sigterm_drops_udp_sessions_and_exits_at_once() {
     let backend = UdpBackend::spawn(Mode::Echo);
-    let mut lb = UdpLb::start(&UdpConf::new("round_robin", &[backend.addr]).drain(30));
+    let mut lb = L4lb::start(&Conf::udp("round_robin", &[backend.addr]).drain(30));
     let clients: Vec<_> = (0..4).map(|_| client(localhost(), lb.addr)).collect();
     for s in &clients {
         assert!(ask_until_answered(s, b"x").is_some());

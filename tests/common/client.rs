@@ -32,6 +32,14 @@ pub fn connect_from(src: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Whether a connect to `addr` is refused by the kernel (nothing listens there).
+pub fn connect_refused(addr: SocketAddr) -> bool {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Err(e) => e.kind() == io::ErrorKind::ConnectionRefused,
+        Ok(_) => false,
+    }
+}
+
 /// Close with a reset instead of a FIN.
 pub fn reset(s: TcpStream) {
     let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));

@@ -1,22 +1,41 @@
-//! `Conf`: the builder of a TCP balancer's config (one `[runtime]`, one `[[listener]]`) and
-//! its rendering to TOML once the listener's address is known.
+//! `Conf`: the one builder of a test balancer's config, TCP or UDP (one `[runtime]`, one
+//! `[[listener]]`, optionally its `[listener.health_check]`), rendered to TOML once the
+//! listener's address is known.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-/// One `[runtime]` and one TCP `[[listener]]` named "t"; rendered once the port is known.
+/// The listener's protocol; it also decides what shows that the balancer is up (`Ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One `[runtime]` and one `[[listener]]` (TCP "t" from `Conf::new`, UDP "u" from
+/// `Conf::udp`); rendered once the port is known.
 #[derive(Debug, Clone)]
 pub struct Conf {
+    pub proto: Proto,
+    /// The listener's name.
+    pub name: String,
     /// TOML value as written: `"\"auto\""` or `"3"`.
     pub workers: String,
     pub pin_cpus: bool,
+    /// `runtime.splice` (written for TCP only).
     pub splice: String,
+    pub drain_timeout_s: u64,
     pub balance: String,
+    /// Written for TCP only (a UDP listener connects nothing).
     pub connect_timeout_ms: u64,
+    /// `idle_timeout_s`, when written.
+    pub idle_timeout_s: Option<u64>,
     /// Extra `key = value` lines of the listener (before `backends`).
     pub listener_extra: Vec<String>,
     /// Inline-table bodies, e.g. `addr = "127.0.0.1:9", weight = 2`.
     pub backends: Vec<String>,
+    /// Lines of a `[listener.health_check]` table (after `backends`).
+    pub health_check: Vec<String>,
     /// Listen on `[::1]` instead of 127.0.0.1.
     pub ipv6: bool,
     /// Extra `key = value` lines of `[runtime]`.
@@ -26,19 +45,36 @@ pub struct Conf {
 }
 
 impl Conf {
-    /// Three workers (more than the two cores of CI), no pinning, splice auto.
+    /// A TCP listener "t": three workers (more than the two cores of CI), no pinning, splice
+    /// auto, `connect_timeout_ms = 2000`.
     pub fn new(balance: &str, backends: &[SocketAddr]) -> Conf {
         Conf {
+            proto: Proto::Tcp,
+            name: "t".to_string(),
             workers: "3".to_string(),
             pin_cpus: false,
             splice: "auto".to_string(),
+            drain_timeout_s: 1,
             balance: balance.to_string(),
             connect_timeout_ms: 2000,
+            idle_timeout_s: None,
             listener_extra: Vec::new(),
             backends: backends.iter().map(|a| format!("addr = \"{a}\"")).collect(),
+            health_check: Vec::new(),
             ipv6: false,
             runtime_extra: Vec::new(),
             nofile: None,
+        }
+    }
+
+    /// A UDP listener "u": two workers, no pinning, `idle_timeout_s = 30`.
+    pub fn udp(balance: &str, backends: &[SocketAddr]) -> Conf {
+        Conf {
+            proto: Proto::Udp,
+            name: "u".to_string(),
+            workers: "2".to_string(),
+            idle_timeout_s: Some(30),
+            ..Conf::new(balance, backends)
         }
     }
 
@@ -62,6 +98,11 @@ impl Conf {
         self
     }
 
+    pub fn name(mut self, name: &str) -> Conf {
+        self.name = name.to_string();
+        self
+    }
+
     pub fn pin_cpus(mut self, pin: bool) -> Conf {
         self.pin_cpus = pin;
         self
@@ -72,9 +113,25 @@ impl Conf {
         self
     }
 
+    pub fn drain(mut self, s: u64) -> Conf {
+        self.drain_timeout_s = s;
+        self
+    }
+
+    pub fn idle(mut self, s: u64) -> Conf {
+        self.idle_timeout_s = Some(s);
+        self
+    }
+
     /// Add one `key = value` line to the listener.
     pub fn extra(mut self, line: &str) -> Conf {
         self.listener_extra.push(line.to_string());
+        self
+    }
+
+    /// Add one `key = value` line to the listener's `[listener.health_check]`.
+    pub fn health(mut self, line: &str) -> Conf {
+        self.health_check.push(line.to_string());
         self
     }
 
@@ -107,22 +164,31 @@ impl Conf {
     }
 
     pub fn render(&self, bind: SocketAddr) -> String {
+        let tcp = self.proto == Proto::Tcp;
         let mut s = String::new();
         let _ = writeln!(s, "[runtime]");
         let _ = writeln!(s, "workers = {}", self.workers);
         let _ = writeln!(s, "pin_cpus = {}", self.pin_cpus);
-        let _ = writeln!(s, "splice = \"{}\"", self.splice);
-        let _ = writeln!(s, "drain_timeout_s = 1");
+        if tcp {
+            let _ = writeln!(s, "splice = \"{}\"", self.splice);
+        }
+        let _ = writeln!(s, "drain_timeout_s = {}", self.drain_timeout_s);
         for line in &self.runtime_extra {
             let _ = writeln!(s, "{line}");
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "[[listener]]");
-        let _ = writeln!(s, "name = \"t\"");
-        let _ = writeln!(s, "protocol = \"tcp\"");
+        let _ = writeln!(s, "name = \"{}\"", self.name);
+        let proto = if tcp { "tcp" } else { "udp" };
+        let _ = writeln!(s, "protocol = \"{proto}\"");
         let _ = writeln!(s, "bind = \"{bind}\"");
         let _ = writeln!(s, "balance = \"{}\"", self.balance);
-        let _ = writeln!(s, "connect_timeout_ms = {}", self.connect_timeout_ms);
+        if tcp {
+            let _ = writeln!(s, "connect_timeout_ms = {}", self.connect_timeout_ms);
+        }
+        if let Some(idle) = self.idle_timeout_s {
+            let _ = writeln!(s, "idle_timeout_s = {idle}");
+        }
         for line in &self.listener_extra {
             let _ = writeln!(s, "{line}");
         }
@@ -131,6 +197,21 @@ impl Conf {
             let _ = writeln!(s, "  {{ {b} }},");
         }
         let _ = writeln!(s, "]");
+        if !self.health_check.is_empty() {
+            let _ = writeln!(s, "[listener.health_check]");
+            for line in &self.health_check {
+                let _ = writeln!(s, "{line}");
+            }
+        }
         s
     }
+}
+
+/// One more round-robin TCP `[[listener]]` with one backend, as TOML to append to a rendered
+/// config (a reload that adds a listener).
+pub fn tcp_listener_toml(name: &str, bind: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        "\n[[listener]]\nname = \"{name}\"\nprotocol = \"tcp\"\nbind = \"{bind}\"\n\
+         balance = \"round_robin\"\nbackends = [ {{ addr = \"{backend}\" }} ]\n"
+    )
 }

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -163,18 +163,6 @@ impl Drop for LoadgenEcho {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn free_tcp_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free tcp port")
-}
-
-pub fn free_udp_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free udp port")
 }
 
 /// A config: `runtime` lines, then one listener per `(name, protocol, bind, backend)`.

@@ -1,7 +1,7 @@
 //! The loopback addresses and ports the tests use, whether IPv6 is there, and the
 //! open-files limit of the test process.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 
 pub fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -20,6 +20,25 @@ pub fn ipv6_available() -> bool {
 pub fn free_port(ip: IpAddr) -> u16 {
     let l = TcpListener::bind((ip, 0)).expect("bind port 0");
     l.local_addr().expect("local_addr").port()
+}
+
+/// A UDP port of `ip` nobody holds right now (bound, then released; the race is accepted).
+pub fn free_udp_port(ip: IpAddr) -> u16 {
+    UdpSocket::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .expect("bind UDP port 0")
+        .port()
+}
+
+/// A free TCP address on 127.0.0.1 (see `free_port`).
+pub fn free_tcp_addr() -> SocketAddr {
+    SocketAddr::new(localhost(), free_port(localhost()))
+}
+
+/// A free UDP address on 127.0.0.1 (see `free_udp_port`): also a backend that answers
+/// nothing but ICMP port unreachable.
+pub fn free_udp_addr() -> SocketAddr {
+    SocketAddr::new(localhost(), free_udp_port(localhost()))
 }
 
 /// Raise this process's soft RLIMIT_NOFILE to its hard limit (tests that hold many sockets).

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::conf::Conf;
+use super::conf::{Conf, Proto};
 use super::deadline::{wait_until, STARTUP_TIMEOUT};
-use super::metrics::scrape;
+use super::http::scrape;
 use super::net::{free_port, localhost};
 use super::ready::{owns_socket, Ready};
 use super::tempdir::TempDir;
@@ -31,6 +31,8 @@ pub struct L4lb {
     stderr_reader: Option<JoinHandle<()>>,
     /// The listener's address.
     pub addr: SocketAddr,
+    /// The admin API's address, when started with one (`start_with_admin`).
+    pub admin: Option<SocketAddr>,
     pub config_path: PathBuf,
     _dir: TempDir,
 }
@@ -42,7 +44,8 @@ enum StartError {
 }
 
 impl L4lb {
-    /// Start on a free loopback port, retrying with another port if the bind raced (exit 1).
+    /// Start on a free loopback port of `conf`'s protocol, retrying with another port if the
+    /// bind raced (exit 1).
     pub fn start(conf: &Conf) -> L4lb {
         L4lb::start_edited(conf, |text, _| text)
     }
@@ -59,7 +62,8 @@ impl L4lb {
         edit: impl Fn(String, SocketAddr) -> String,
     ) -> (L4lb, SocketAddr) {
         let admin = SocketAddr::new(localhost(), free_port(localhost()));
-        let lb = L4lb::start_edited(&conf.clone().admin(admin), edit);
+        let mut lb = L4lb::start_edited(&conf.clone().admin(admin), edit);
+        lb.admin = Some(admin);
         assert!(
             wait_until(STARTUP_TIMEOUT, || scrape(admin).is_ok()),
             "admin API not answering on {admin}"
@@ -75,9 +79,11 @@ impl L4lb {
         } else {
             localhost()
         };
-        L4lb::launch(ip, Ready::TcpListen, conf.nofile, |addr| {
-            edit(conf.render(addr), addr)
-        })
+        let ready = match conf.proto {
+            Proto::Tcp => Ready::TcpListen,
+            Proto::Udp => Ready::UdpBound,
+        };
+        L4lb::launch(ip, ready, conf.nofile, |addr| edit(conf.render(addr), addr))
     }
 
     /// Start `l4lb` on the config `render` writes for a listener on `addr` (a free port of
@@ -159,6 +165,7 @@ impl L4lb {
             stderr,
             stderr_reader,
             addr,
+            admin: None,
             config_path,
             _dir: dir,
         };

@@ -2,9 +2,9 @@
 //! in `tcp{,6}`, or a bound socket in `udp{,6}`, on our port and owned by the child), so that
 //! starting it sends no probe connection or datagram.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 
-use super::net::free_port;
+use super::net::{free_port, free_udp_port};
 
 /// What shows that the balancer is up: a socket of the child on the listener's port, read from
 /// `/proc/net` (so that starting it sends nothing that would open a connection or a session).
@@ -21,10 +21,7 @@ impl Ready {
     pub(super) fn free_port(self, ip: IpAddr) -> u16 {
         match self {
             Ready::TcpListen => free_port(ip),
-            Ready::UdpBound => UdpSocket::bind((ip, 0))
-                .and_then(|s| s.local_addr())
-                .expect("bind UDP port 0")
-                .port(),
+            Ready::UdpBound => free_udp_port(ip),
         }
     }
 
