@@ -75,10 +75,11 @@ impl Tried {
 
     #[inline]
     pub fn record(&mut self, index: usize) {
-        // An index past u16 cannot come from a valid pool (config caps it at 4,096); it is
-        // not recorded rather than recorded as another backend's.
-        if let (true, Ok(index)) = (self.len() < MAX_ATTEMPTS, u16::try_from(index)) {
-            self.list[self.len()] = index;
+        // An index past u16 cannot come from a valid pool (config caps it at 4,096). Were one
+        // to come, it is still counted as an attempt (as `u16::MAX`, which names no backend),
+        // so that `connect_next`'s retry loop always ends.
+        if self.len() < MAX_ATTEMPTS {
+            self.list[self.len()] = u16::try_from(index).unwrap_or(u16::MAX);
             self.len += 1;
         }
     }
@@ -235,5 +236,15 @@ mod tests {
         }
         assert_eq!(t.len(), MAX_ATTEMPTS);
         assert_eq!(t.as_slice()[..3], [0, 1, 2]);
+    }
+
+    /// An index no u16 holds still counts as an attempt (the retry loop is bounded by the
+    /// count) and names no real backend.
+    #[test]
+    fn an_index_past_u16_still_counts_as_an_attempt() {
+        let mut t = Tried::default();
+        t.record(70_000);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.as_slice(), [u16::MAX]);
     }
 }
