@@ -224,8 +224,15 @@ mod tests {
         let mut sizes = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while received.len() < 4 * BULK_PIPE_CAPACITY && std::time::Instant::now() < deadline {
-            // Let the sender queue more than a default pipe holds before each splice.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            // Let the sender queue more than a default pipe holds before each splice (or
+            // all it has left), however slowly this machine runs it.
+            let left = 4 * BULK_PIPE_CAPACITY - received.len();
+            let mut peeked = vec![0u8; PIPE_CAPACITY + 1];
+            while std::time::Instant::now() < deadline
+                && rx.peek(&mut peeked).unwrap() < (PIPE_CAPACITY + 1).min(left)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             let n = p.fill_from(&rx).unwrap();
             sizes.push((n, p.capacity()));
             while p.pending() > 0 {
