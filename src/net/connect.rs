@@ -41,11 +41,14 @@ pub fn pick_source(sources: &[IpAddr], backend: SocketAddr, n: usize) -> Option<
     sources.iter().filter(same).nth(n % count).copied()
 }
 
+/// One socket(2) call: non-blocking and close-on-exec come from the type flags
+/// (`SOCK_NONBLOCK | SOCK_CLOEXEC`), not from three fcntl(2) calls after it.
 fn new_socket(backend: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(backend), ty, Some(proto))?;
-    socket.set_nonblocking(true)?;
-    socket.set_cloexec(true)?;
-    Ok(socket)
+    Socket::new(
+        Domain::for_address(backend),
+        ty.nonblocking().cloexec(),
+        Some(proto),
+    )
 }
 
 /// Start a non-blocking connect to `backend`, from `source` when given (port chosen at
@@ -110,6 +113,27 @@ mod tests {
         for errno in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::EHOSTUNREACH] {
             assert!(!is_local_shortage(&io::Error::from_raw_os_error(errno)));
         }
+    }
+
+    /// (O_NONBLOCK, FD_CLOEXEC) of a descriptor.
+    fn status_flags(fd: &impl std::os::fd::AsFd) -> (bool, bool) {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+        let fl = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+        let fd_flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+        (
+            fl.contains(OFlag::O_NONBLOCK),
+            fd_flags.contains(FdFlag::FD_CLOEXEC),
+        )
+    }
+
+    #[test]
+    fn backend_sockets_are_non_blocking_and_close_on_exec() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = tcp_connect(listener.local_addr().unwrap(), None).unwrap();
+        assert_eq!(status_flags(&tcp), (true, true));
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp = udp_connect(peer.local_addr().unwrap(), None).unwrap();
+        assert_eq!(status_flags(&udp), (true, true));
     }
 
     #[test]

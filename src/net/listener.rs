@@ -13,13 +13,16 @@ pub const BACKLOG: i32 = 65535;
 
 /// A non-blocking TCP listener with SO_REUSEADDR and SO_REUSEPORT set, bound to `addr`.
 pub fn bind_tcp_reuseport(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     // Linux copies TCP_NODELAY to every accepted socket: one setsockopt here instead of one
     // per connection.
     socket.set_tcp_nodelay(true)?;

@@ -54,13 +54,16 @@ type Iovecs = [MaybeUninit<libc::iovec>; BATCH];
 /// address it also asks for IP_PKTINFO / IPV6_RECVPKTINFO, so that each datagram tells which
 /// local address it was sent to and the reply can leave from that same address.
 pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<mio::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     // Best effort: a smaller buffer only means drops sooner under a burst.
     let _ = socket.set_recv_buffer_size(LISTENER_SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(LISTENER_SOCKET_BUFFER);
@@ -73,21 +76,6 @@ pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<mio::net::UdpSocket> {
         set.map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     }
     socket.bind(&addr.into())?;
-    Ok(mio::net::UdpSocket::from_std(socket.into()))
-}
-
-/// A non-blocking UDP socket connected to `backend` (a session's socket): the kernel then
-/// delivers only that backend's datagrams to it and reports its ICMP errors (port unreachable
-/// becomes ECONNREFUSED on the next call).
-pub fn connect_udp(backend: SocketAddr) -> io::Result<mio::net::UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(backend),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    socket.set_nonblocking(true)?;
-    socket.set_cloexec(true)?;
-    socket.connect(&backend.into())?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
 }
 
@@ -607,7 +595,7 @@ mod tests {
         let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        let s = connect_udp(addr).unwrap();
+        let s = crate::net::connect::udp_connect(addr, None).unwrap();
         let mut batch = Batch::new();
         batch.set_data(0, b"x");
         assert_eq!(batch.send(&s, 0, 1, false).unwrap(), 1);

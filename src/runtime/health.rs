@@ -36,7 +36,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::backend::Backend;
 use crate::config::{HealthCheckConfig, Protocol};
-use crate::net::udp::connect_udp;
+use crate::net::connect::udp_connect;
 use crate::state::{ListenerState, SharedState};
 
 /// Back-off before a passively downed backend (no active checks configured) is probed again.
@@ -90,7 +90,7 @@ impl Probe {
 
 /// Open a UDP probe: a socket connected to `addr` that has sent `payload`.
 fn start_udp_probe(addr: std::net::SocketAddr, payload: &[u8]) -> io::Result<UdpSocket> {
-    let socket = connect_udp(addr)?;
+    let socket = udp_connect(addr, None)?;
     socket.send(payload)?;
     Ok(socket)
 }
