@@ -796,13 +796,32 @@ summary_row() { # LABEL WL MAP DIR FORMAT
   l=$(median "${ref2[l4lb|$wl]:-}")
   [[ -n ${b:-} && -n $l ]] || return 0
   # shellcheck disable=SC2059 # vf is the caller's constant
-  printf "| %s | $vf (%s) | $vf | %s |\n" "$label" "$b" "$who" "$l" \
-    "$(awk -v a="$l" -v b="$b" 'BEGIN { if (b != 0) printf "%.2fx", a / b; else print "n/a" }')"
+  printf "| %s | $vf (%s) | $vf | %s | %s |\n" "$label" "$b" "$who" "$l" \
+    "$(awk -v a="$l" -v b="$b" 'BEGIN { if (b != 0) printf "%.2fx", a / b; else print "n/a" }')" \
+    "$(paired_ratios "${ref2[l4lb|$wl]:-}" "${ref2[$who|$wl]:-}")"
+}
+# paired_ratios "L4LB VALUES" "ANCHOR VALUES": l4lb's value over the anchor's in the same run,
+# for each run, and their median. The machine's speed drifts between runs (see
+# docs/benchmarks.md); a ratio within one run, where both were measured seconds apart, is
+# less exposed to that drift than the ratio of two medians.
+paired_ratios() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    n = split(a, x, " "); m = split(b, y, " ")
+    if (n == 0 || n != m) { print "n/a"; exit }
+    list = ""
+    for (i = 1; i <= n; i++) {
+      r[i] = (y[i] != 0) ? x[i] / y[i] : 0
+      list = list (i > 1 ? " " : "") sprintf("%.2f", r[i])
+    }
+    for (i = 2; i <= n; i++) { v = r[i]; j = i - 1; while (j > 0 && r[j] > v) { r[j + 1] = r[j]; j-- } r[j + 1] = v }
+    med = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+    printf "%.2fx (%s)", med, list
+  }'
 }
 if [[ ",$CANDIDATES," == *",l4lb,"* && ${#ANCHORS[@]} -gt 0 ]]; then
   echo
-  echo "| workload | best anchor | l4lb | l4lb / best |"
-  echo "|---|---|---|---|"
+  echo "| workload | best anchor | l4lb | l4lb / best | per-run l4lb / best: median (runs) |"
+  echo "|---|---|---|---|---|"
   for wl in "${WORKLOADS[@]}"; do
     case "$wl" in
       iperf-*)
