@@ -27,8 +27,10 @@ pub const TARGET: &str = "l4lb::access";
 pub const LINE_MAX: usize = 512;
 /// Lines that may wait: about a second of a refusal flood at 1,000 lines/s, 512 KiB in all.
 pub const QUEUE_LINES: usize = 1024;
-/// How often the writer looks at the shutdown flag while the queue is empty.
-const WRITER_POLL: Duration = Duration::from_millis(100);
+/// How often the writer looks at the shutdown flag while the queue is empty. A stop wakes it
+/// at once (`AccessQueue::wake`), so this only bounds a stop whose wake-up found the queue
+/// full; idle, the writer wakes once per interval.
+const WRITER_POLL: Duration = Duration::from_secs(1);
 
 /// One formatted line, in place.
 pub struct Line {
@@ -114,6 +116,13 @@ impl AccessQueue {
         }
     }
 
+    /// Tell the writer that no more lines will come (the workers have ended): it writes what
+    /// is queued and returns. An empty line is the marker (a real line is never empty); when
+    /// the queue is full, the writer finds the shutdown flag once it has drained it.
+    pub fn wake(&self) {
+        let _ = self.tx.try_send(Line::format(""));
+    }
+
     /// Lines dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -141,6 +150,8 @@ pub fn spawn_writer(shared: Arc<SharedState>) -> std::io::Result<JoinHandle<()>>
             let rx = shared.access_log.rx.clone();
             loop {
                 match rx.recv_timeout(WRITER_POLL) {
+                    // The marker of `wake`: queued after every worker's last line.
+                    Ok(line) if line.as_str().is_empty() => return,
                     Ok(line) => log::info!(target: TARGET, "{}", line.as_str()),
                     Err(RecvTimeoutError::Timeout) if shared.is_shutting_down() => return,
                     Err(RecvTimeoutError::Timeout) => {}
@@ -164,6 +175,20 @@ mod tests {
         assert_eq!(q.pop(Duration::ZERO).unwrap().as_str(), "line 0");
         assert_eq!(q.pop(Duration::ZERO).unwrap().as_str(), "line 1");
         assert!(q.pop(Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn the_wake_marker_follows_every_queued_line_and_is_never_counted() {
+        let q = AccessQueue::new(3);
+        q.push("a");
+        q.push("b");
+        q.wake();
+        q.wake(); // full: dropped silently, the writer finds the shutdown flag instead
+        assert_eq!(q.pop(Duration::ZERO).unwrap().as_str(), "a");
+        assert_eq!(q.pop(Duration::ZERO).unwrap().as_str(), "b");
+        assert_eq!(q.pop(Duration::ZERO).unwrap().as_str(), "");
+        assert!(q.pop(Duration::ZERO).is_none());
+        assert_eq!(q.dropped(), 0);
     }
 
     #[test]

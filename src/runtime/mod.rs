@@ -129,6 +129,7 @@ impl Running {
         // The writer ends once the lines the workers queued are out; a stderr that blocks
         // must not block the exit, so wait a bounded time only.
         if let Some(t) = self.access_log.take() {
+            self.shared.access_log.wake();
             let deadline = Instant::now() + ACCESS_LOG_FLUSH;
             while !t.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
