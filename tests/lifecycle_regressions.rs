@@ -285,8 +285,11 @@ fn a_reload_loop_that_rebinds_listeners_keeps_the_rss_flat() {
         .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
         .collect::<Vec<_>>()
         .join(", ");
-    let ports: Vec<[SocketAddr; 2]> = (0..LISTENERS)
-        .map(|_| [0, 1].map(|_| SocketAddr::new(localhost(), free_port(localhost()))))
+    // Distinct: two listeners given one port would fail the reload (seen once in CI).
+    let free = distinct_free_ports(localhost(), 2 * LISTENERS);
+    let ports: Vec<[SocketAddr; 2]> = free
+        .chunks(2)
+        .map(|p| [0, 1].map(|k| SocketAddr::new(localhost(), p[k])))
         .collect();
     let conf = Conf::new("round_robin", &[a.addr]);
     let extra = |set: usize| {

@@ -51,8 +51,8 @@ pub use self::{
     http::{backend_in, http, keys, raw_request, scrape, status_json},
     metrics::{metric, metric_at, try_metric_at, Scrape},
     net::{
-        free_port, free_tcp_addr, free_udp_addr, free_udp_port, ipv6_available, lo, localhost,
-        raise_nofile_limit,
+        distinct_free_ports, free_port, free_tcp_addr, free_udp_addr, free_udp_port,
+        ipv6_available, lo, localhost, raise_nofile_limit,
     },
     outcome::{attempt, attempt_keep, attempt_on, served_by, Outcome},
     process::{l4lb_bin, L4lb},

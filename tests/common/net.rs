@@ -22,6 +22,17 @@ pub fn free_port(ip: IpAddr) -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// `n` distinct TCP ports of `ip` nobody holds right now: all bound at once, then released,
+/// so that two of them can never be the same port (separate `free_port` calls can be).
+pub fn distinct_free_ports(ip: IpAddr, n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((ip, 0)).expect("bind port 0"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}
+
 /// A UDP port of `ip` nobody holds right now (bound, then released; the race is accepted).
 pub fn free_udp_port(ip: IpAddr) -> u16 {
     UdpSocket::bind((ip, 0))
