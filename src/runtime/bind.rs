@@ -174,6 +174,10 @@ impl Bound {
         }
 
         let mut workers = Vec::with_capacity(placement.workers);
+        let cpus: Vec<Option<usize>> = (0..per_worker.len())
+            .map(|id| placement.cpu_for(id).map(|cpu| cpu.id))
+            .collect();
+        let mut core_mates = crate::worker::core_mates::groups(&cpus).into_iter();
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let poll = Poll::new().map_err(io_err("cannot create an event loop"))?;
             let waker = Arc::new(
@@ -187,6 +191,7 @@ impl Bound {
                 listeners,
                 shared: shared.clone(),
                 commands: rx,
+                core_mates: core_mates.next().flatten(),
             })
             .map_err(io_err("cannot register a listener"))?;
             let cpu = placement.cpu_for(id);

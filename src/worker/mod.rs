@@ -18,7 +18,8 @@
 //! back on drop, and the backend lease) and `pick` (pick, connect attempt, retries, passive
 //! health). `conn` and `flow` hold a connection's state, its phase and byte pumps;
 //! `access_log` says why a connection or session ended and writes its line when the listener
-//! asks for one.
+//! asks for one; `core_mates` lets workers pinned to one CPU hand it to each other instead of
+//! sleeping.
 //!
 //! Invariants: one token space, matched in this order by `dispatch`: the waker is
 //! `usize::MAX`, listener `i` is `usize::MAX - 1 - i`, a UDP session is `UDP_TOKEN_BIT | key`,
@@ -30,6 +31,7 @@ mod access_log;
 pub mod admission;
 pub mod conn;
 mod connect;
+pub mod core_mates;
 mod expiry;
 pub mod flow;
 mod hello;
@@ -55,6 +57,7 @@ use crate::state::{ListenerState, SharedState};
 
 use access_log::End;
 use conn::{Conn, Drive, Phase};
+use core_mates::{CoreMates, MAX_HANDOFFS};
 use flow::IoResources;
 use slab::Slab;
 use timer::{TimerEntry, TimerWheel};
@@ -103,6 +106,8 @@ pub struct WorkerSetup {
     pub listeners: Vec<(Arc<ListenerState>, Option<ListenerSocket>)>,
     pub shared: Arc<SharedState>,
     pub commands: Receiver<WorkerCommand>,
+    /// The other workers pinned to this worker's CPU, if any (`core_mates::groups`).
+    pub core_mates: Option<Arc<CoreMates>>,
 }
 
 /// Changes the control thread asks a worker to make (followed by a wake-up).
@@ -141,6 +146,7 @@ pub struct Worker {
     shared: Arc<SharedState>,
     listeners: Vec<WorkerListener>,
     commands: Receiver<WorkerCommand>,
+    core_mates: Option<Arc<CoreMates>>,
     conns: Slab<Conn>,
     io: IoResources,
     timers: TimerWheel,
@@ -168,6 +174,7 @@ impl Worker {
             listeners,
             shared,
             commands,
+            core_mates,
         } = setup;
         let now = shared.now_ms();
         let mut worker = Worker {
@@ -175,6 +182,7 @@ impl Worker {
             poll,
             listeners: Vec::with_capacity(listeners.len()),
             commands,
+            core_mates,
             conns: Slab::with_capacity(1024),
             io: IoResources {
                 scratch: vec![0u8; COPY_BUFFER].into_boxed_slice(),
@@ -216,7 +224,7 @@ impl Worker {
                 break;
             }
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = self.wait(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker {}: poll failed: {e}", self.id);
                     std::thread::sleep(Duration::from_millis(10));
@@ -258,6 +266,10 @@ impl Worker {
                 log::warn!("worker {}: {line}", self.id);
             }
         }
+        if let Some(mates) = &self.core_mates {
+            // A stopped worker is never awake again: its mates must not yield to it.
+            mates.sleeping();
+        }
         log::debug!(
             "worker {} stopping with {} connections",
             self.id,
@@ -269,6 +281,29 @@ impl Worker {
             self.close(key, End::Shutdown);
         }
         self.udp_close_sessions(None);
+    }
+
+    /// Wait for events. A worker with core mates first hands the CPU to an awake mate while
+    /// nothing is ready (see `core_mates`), and blocks only as the last one awake.
+    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        let mates = match &self.core_mates {
+            Some(mates) if timeout != Some(Duration::ZERO) => mates,
+            _ => return self.poll.poll(events, timeout),
+        };
+        self.poll.poll(events, Some(Duration::ZERO))?;
+        let mut handoffs = 0;
+        while events.is_empty() && handoffs < MAX_HANDOFFS && mates.others_awake() {
+            std::thread::yield_now();
+            self.poll.poll(events, Some(Duration::ZERO))?;
+            handoffs += 1;
+        }
+        if !events.is_empty() {
+            return Ok(());
+        }
+        mates.sleeping();
+        let polled = self.poll.poll(events, timeout);
+        mates.woke();
+        polled
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
