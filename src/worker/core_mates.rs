@@ -48,22 +48,23 @@ impl CoreMates {
 /// For each worker, given the CPU it is pinned to (`None`: not pinned), the group of workers
 /// pinned to the same CPU when there are at least two of them.
 pub fn groups(cpus: &[Option<usize>]) -> Vec<Option<Arc<CoreMates>>> {
-    let mut by_cpu: Vec<(usize, Arc<CoreMates>)> = Vec::new();
-    for cpu in cpus.iter().flatten() {
-        match by_cpu.iter().find(|(c, _)| c == cpu) {
-            Some((_, mates)) => mates.woke(),
-            None => by_cpu.push((
-                *cpu,
-                Arc::new(CoreMates {
-                    awake: AtomicUsize::new(1),
-                }),
-            )),
-        }
-    }
+    let mut made: Vec<(usize, Arc<CoreMates>)> = Vec::new();
     cpus.iter()
-        .map(|cpu| {
-            let (_, mates) = by_cpu.iter().find(|(c, _)| Some(*c) == *cpu)?;
-            (mates.awake.load(Ordering::Relaxed) > 1).then(|| mates.clone())
+        .map(|&cpu| {
+            let cpu = cpu?;
+            if let Some((_, group)) = made.iter().find(|(c, _)| *c == cpu) {
+                return Some(group.clone());
+            }
+            let size = cpus.iter().filter(|&&c| c == Some(cpu)).count();
+            if size < 2 {
+                return None;
+            }
+            // Every worker starts awake.
+            let group = Arc::new(CoreMates {
+                awake: AtomicUsize::new(size),
+            });
+            made.push((cpu, group.clone()));
+            Some(group)
         })
         .collect()
 }
