@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use core_affinity::CoreId;
 use mio::{Poll, Waker};
 
 use crate::config::{Config, ListenerConfig, Protocol};
@@ -16,6 +17,7 @@ use crate::net::inherit::{self, Inherited};
 use crate::net::listener::bind_tcp_reuseport;
 use crate::net::udp::bind_udp_reuseport;
 use crate::state::{ListenerState, SharedState};
+use crate::worker::cpu_group::WorkerThread;
 use crate::worker::{ListenerSocket, Worker, WorkerSetup, WAKER_TOKEN};
 
 use super::cpus;
@@ -174,10 +176,8 @@ impl Bound {
         }
 
         let mut workers = Vec::with_capacity(placement.workers);
-        let cpus: Vec<Option<usize>> = (0..per_worker.len())
-            .map(|id| placement.cpu_for(id).map(|cpu| cpu.id))
-            .collect();
-        let mut core_mates = crate::worker::core_mates::groups(&cpus).into_iter();
+        // The workers of each thread: those pinned to one CPU share it (`worker::cpu_group`).
+        let mut threads: Vec<(Option<CoreId>, Vec<Worker>)> = Vec::new();
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let poll = Poll::new().map_err(io_err("cannot create an event loop"))?;
             let waker = Arc::new(
@@ -191,26 +191,36 @@ impl Bound {
                 listeners,
                 shared: shared.clone(),
                 commands: rx,
-                core_mates: core_mates.next().flatten(),
             })
             .map_err(io_err("cannot register a listener"))?;
             let cpu = placement.cpu_for(id);
-            let thread = std::thread::Builder::new()
-                .name(format!("l4lb-worker-{id}"))
-                .spawn(move || {
-                    if let Some(cpu) = cpu {
-                        if !core_affinity::set_for_current(cpu) {
-                            log::warn!("worker {id}: cannot pin to CPU {}", cpu.id);
-                        }
-                    }
-                    worker.run();
-                })
-                .map_err(io_err("cannot spawn a worker thread"))?;
+            match threads.iter_mut().find(|(c, _)| cpu.is_some() && *c == cpu) {
+                Some((_, group)) => group.push(worker),
+                None => threads.push((cpu, vec![worker])),
+            }
             workers.push(WorkerHandle {
                 waker,
                 commands: tx,
-                thread: Some(thread),
+                thread: None,
             });
+        }
+        for (cpu, group) in threads {
+            let first = group.first().map_or(0, Worker::id);
+            let run = WorkerThread::new(group)
+                .map_err(io_err("cannot create a worker group's event loop"))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("l4lb-worker-{first}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if !core_affinity::set_for_current(cpu) {
+                            log::warn!("worker {first}: cannot pin to CPU {}", cpu.id);
+                        }
+                    }
+                    run.run();
+                })
+                .map_err(io_err("cannot spawn a worker thread"))?;
+            // The control thread waits for a worker's thread through its first worker.
+            workers[first].thread = Some(thread);
         }
         super::health::spawn(shared.clone()).map_err(io_err("cannot start the health checker"))?;
         let access_log = crate::access_queue::spawn_writer(shared.clone())

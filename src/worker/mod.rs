@@ -18,8 +18,7 @@
 //! back on drop, and the backend lease) and `pick` (pick, connect attempt, retries, passive
 //! health). `conn` and `flow` hold a connection's state, its phase and byte pumps;
 //! `access_log` says why a connection or session ended and writes its line when the listener
-//! asks for one; `core_mates` lets workers pinned to one CPU hand it to each other instead of
-//! sleeping.
+//! asks for one; `cpu_group` runs the workers pinned to one CPU on one thread.
 //!
 //! Invariants: one token space, matched in this order by `dispatch`: the waker is
 //! `usize::MAX`, listener `i` is `usize::MAX - 1 - i`, a UDP session is `UDP_TOKEN_BIT | key`,
@@ -31,7 +30,7 @@ mod access_log;
 pub mod admission;
 pub mod conn;
 mod connect;
-pub mod core_mates;
+pub mod cpu_group;
 mod expiry;
 pub mod flow;
 mod hello;
@@ -57,7 +56,6 @@ use crate::state::{ListenerState, SharedState};
 
 use access_log::End;
 use conn::{Conn, Drive, Phase};
-use core_mates::{CoreMates, MAX_HANDOFFS};
 use flow::IoResources;
 use slab::Slab;
 use timer::{TimerEntry, TimerWheel};
@@ -106,8 +104,6 @@ pub struct WorkerSetup {
     pub listeners: Vec<(Arc<ListenerState>, Option<ListenerSocket>)>,
     pub shared: Arc<SharedState>,
     pub commands: Receiver<WorkerCommand>,
-    /// The other workers pinned to this worker's CPU, if any (`core_mates::groups`).
-    pub core_mates: Option<Arc<CoreMates>>,
 }
 
 /// Changes the control thread asks a worker to make (followed by a wake-up).
@@ -146,7 +142,10 @@ pub struct Worker {
     shared: Arc<SharedState>,
     listeners: Vec<WorkerListener>,
     commands: Receiver<WorkerCommand>,
-    core_mates: Option<Arc<CoreMates>>,
+    /// False once a drain has started (`keep_running`).
+    accepting: bool,
+    /// When the drain started, ms.
+    drain_since: u64,
     conns: Slab<Conn>,
     io: IoResources,
     timers: TimerWheel,
@@ -174,7 +173,6 @@ impl Worker {
             listeners,
             shared,
             commands,
-            core_mates,
         } = setup;
         let now = shared.now_ms();
         let mut worker = Worker {
@@ -182,7 +180,8 @@ impl Worker {
             poll,
             listeners: Vec::with_capacity(listeners.len()),
             commands,
-            core_mates,
+            accepting: true,
+            drain_since: 0,
             conns: Slab::with_capacity(1024),
             io: IoResources {
                 scratch: vec![0u8; COPY_BUFFER].into_boxed_slice(),
@@ -208,68 +207,93 @@ impl Worker {
         Ok(worker)
     }
 
-    /// Run until the process shuts down.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Run until the process shuts down: a worker alone on its thread.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         log::debug!("worker {} running", self.id);
-        let mut accepting = true;
-        let mut drain_since = 0;
-        while !self.shared.is_shutting_down() {
-            if accepting && self.shared.is_draining() {
-                accepting = false;
-                drain_since = self.now;
-                self.stop_accepting();
-            }
-            if !accepting && self.conns.is_empty() && self.udp_handover_done(drain_since) {
-                break;
-            }
+        while self.keep_running() {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.wait(&mut events, timeout) {
+            if self.poll_events(&mut events, timeout) {
+                self.turn(&events);
+            }
+        }
+        self.finish();
+    }
+
+    /// Whether the loop goes on: false once the process shuts down, or once a drain has
+    /// started and this worker has nothing left (no connection, UDP sessions handed over).
+    fn keep_running(&mut self) -> bool {
+        if self.shared.is_shutting_down() {
+            return false;
+        }
+        if self.accepting && self.shared.is_draining() {
+            self.accepting = false;
+            self.drain_since = self.now;
+            self.stop_accepting();
+        }
+        self.accepting || !self.conns.is_empty() || !self.udp_handover_done(self.drain_since)
+    }
+
+    /// Wait up to `timeout` for this worker's events; false when the wait failed (logged,
+    /// after a pause so that a persistent error does not spin).
+    fn poll_events(&mut self, events: &mut Events, timeout: Option<Duration>) -> bool {
+        match self.poll.poll(events, timeout) {
+            Ok(()) => true,
+            Err(e) => {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker {}: poll failed: {e}", self.id);
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                continue;
-            }
-            let woke = Instant::now();
-            self.now = woke
-                .saturating_duration_since(self.shared.started)
-                .as_millis() as u64;
-            let mut nevents = 0;
-            // New connections first: accepts, connect completions, PROXY headers.
-            for event in events.iter() {
-                nevents += 1;
-                self.dispatch(event);
-            }
-            // Then forwarding, each ready connection with its budget.
-            for event in events.iter() {
-                self.dispatch_forwarding(event);
-            }
-            // Last, the bulk flows that spent their budget in an earlier turn.
-            self.drive_resumed();
-            self.udp_drive_again();
-            // Replies of every session that answered this turn: one sendmmsg per 32.
-            self.udp_flush();
-            self.expire_timers();
-            self.udp_expire();
-            self.resume_listeners();
-            // Only now, after every event of the batch was dispatched, may a key closed in
-            // this turn go to a new connection or session (stale events, see `slab`).
-            self.conns.release_removed();
-            self.udp.release_removed();
-            if self.retiring > 0 {
-                self.sweep_retired();
-            }
-            let ran = woke.elapsed().as_nanos() as u64;
-            self.shared.loops.worker(self.id).record(ran, nevents);
-            if let Some(line) = self.io.errors.report(self.now) {
-                log::warn!("worker {}: {line}", self.id);
+                false
             }
         }
-        if let Some(mates) = &self.core_mates {
-            // A stopped worker is never awake again: its mates must not yield to it.
-            mates.sleeping();
+    }
+
+    /// One loop turn over the events of one wait. Returns how many there were.
+    fn turn(&mut self, events: &Events) -> usize {
+        let woke = Instant::now();
+        self.now = woke
+            .saturating_duration_since(self.shared.started)
+            .as_millis() as u64;
+        let mut nevents = 0;
+        // New connections first: accepts, connect completions, PROXY headers.
+        for event in events.iter() {
+            nevents += 1;
+            self.dispatch(event);
         }
+        // Then forwarding, each ready connection with its budget.
+        for event in events.iter() {
+            self.dispatch_forwarding(event);
+        }
+        // Last, the bulk flows that spent their budget in an earlier turn.
+        self.drive_resumed();
+        self.udp_drive_again();
+        // Replies of every session that answered this turn: one sendmmsg per 32.
+        self.udp_flush();
+        self.expire_timers();
+        self.udp_expire();
+        self.resume_listeners();
+        // Only now, after every event of the batch was dispatched, may a key closed in
+        // this turn go to a new connection or session (stale events, see `slab`).
+        self.conns.release_removed();
+        self.udp.release_removed();
+        if self.retiring > 0 {
+            self.sweep_retired();
+        }
+        let ran = woke.elapsed().as_nanos() as u64;
+        self.shared.loops.worker(self.id).record(ran, nevents);
+        if let Some(line) = self.io.errors.report(self.now) {
+            log::warn!("worker {}: {line}", self.id);
+        }
+        nevents
+    }
+
+    /// Close what is left once the loop is over.
+    fn finish(mut self) {
         log::debug!(
             "worker {} stopping with {} connections",
             self.id,
@@ -283,27 +307,10 @@ impl Worker {
         self.udp_close_sessions(None);
     }
 
-    /// Wait for events. A worker with core mates first hands the CPU to an awake mate while
-    /// nothing is ready (see `core_mates`), and blocks only as the last one awake.
-    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
-        let mates = match &self.core_mates {
-            Some(mates) if timeout != Some(Duration::ZERO) => mates,
-            _ => return self.poll.poll(events, timeout),
-        };
-        self.poll.poll(events, Some(Duration::ZERO))?;
-        let mut handoffs = 0;
-        while events.is_empty() && handoffs < MAX_HANDOFFS && mates.others_awake() {
-            std::thread::yield_now();
-            self.poll.poll(events, Some(Duration::ZERO))?;
-            handoffs += 1;
-        }
-        if !events.is_empty() {
-            return Ok(());
-        }
-        mates.sleeping();
-        let polled = self.poll.poll(events, timeout);
-        mates.woke();
-        polled
+    /// The worker's epoll descriptor: readable while events wait in it (`cpu_group`).
+    fn poll_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.poll.as_raw_fd()
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
