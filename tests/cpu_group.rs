@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -155,4 +155,30 @@ fn a_drain_ends_a_group_once_its_last_connection_closes() {
     let (status, log) = exit.unwrap_or_else(|| panic!("still running 10 s after the drain ended"));
     assert!(status.success(), "exit status {status:?}; log:\n{log}");
     assert!(closed.elapsed() < Duration::from_secs(10));
+}
+
+/// A reload reaches every worker of a group through its own waker: a listener it adds is
+/// served on every worker's socket.
+#[test]
+fn a_listener_added_by_a_reload_is_served_by_every_worker_of_a_group() {
+    let a = Backend::echo("a");
+    let b = Backend::echo("b");
+    let conf = grouped(Conf::new("round_robin", &[a.addr]), 2);
+    let (lb, _) = L4lb::start_with_admin(&conf);
+    let added = SocketAddr::new(localhost(), free_port(localhost()));
+    lb.reload_text(&(lb.render(&conf) + &tcp_listener_toml("added", added, b.addr)));
+    lb.wait_reloads("ok", 1.0, Duration::from_secs(10));
+    // 40 connections from 20 sources: with one worker deaf to the reload, about half of
+    // them would hang or be refused ((1/2)^40 that none lands on it).
+    let open: Vec<TcpStream> = (0..40u8)
+        .map(|i| {
+            let mut s = connect_from(lo(2 + i / 2), added)
+                .unwrap_or_else(|e| panic!("connect #{i} to the added listener: {e}"));
+            echo_roundtrip(&mut s, format!("added {i}").as_bytes())
+                .unwrap_or_else(|e| panic!("connection #{i} to the added listener: {e}"));
+            s
+        })
+        .collect();
+    assert_eq!(b.accepted(), 40);
+    drop(open);
 }

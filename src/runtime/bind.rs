@@ -18,7 +18,7 @@ use crate::net::listener::bind_tcp_reuseport;
 use crate::net::udp::bind_udp_reuseport;
 use crate::state::{ListenerState, SharedState};
 use crate::worker::cpu_group::WorkerThread;
-use crate::worker::{ListenerSocket, Worker, WorkerSetup, WAKER_TOKEN};
+use crate::worker::{waker_token, ListenerSocket, Worker, WorkerSetup, MAX_MEMBERS};
 
 use super::cpus;
 use super::takeover::Handover;
@@ -175,39 +175,54 @@ impl Bound {
             log::info!("admin API on http://{}", admin.bind);
         }
 
-        let mut workers = Vec::with_capacity(placement.workers);
-        // The workers of each thread: those pinned to one CPU share it (`worker::cpu_group`).
-        let mut threads: Vec<(Option<CoreId>, Vec<Worker>)> = Vec::new();
-        for (id, listeners) in per_worker.into_iter().enumerate() {
-            let poll = Poll::new().map_err(io_err("cannot create an event loop"))?;
-            let waker = Arc::new(
-                Waker::new(poll.registry(), WAKER_TOKEN)
-                    .map_err(io_err("cannot create a waker"))?,
-            );
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let worker = Worker::new(WorkerSetup {
-                id,
-                poll,
-                listeners,
-                shared: shared.clone(),
-                commands: rx,
-            })
-            .map_err(io_err("cannot register a listener"))?;
+        // The workers of each thread: those pinned to one CPU share it and its epoll
+        // (`worker::cpu_group`), up to as many as one epoll's tokens can tell apart.
+        let mut threads: Vec<(Option<CoreId>, Vec<usize>)> = Vec::new();
+        for id in 0..per_worker.len() {
             let cpu = placement.cpu_for(id);
-            match threads.iter_mut().find(|(c, _)| cpu.is_some() && *c == cpu) {
-                Some((_, group)) => group.push(worker),
-                None => threads.push((cpu, vec![worker])),
+            let shared_with = threads
+                .iter_mut()
+                .find(|(c, ids)| cpu.is_some() && *c == cpu && ids.len() < MAX_MEMBERS);
+            match shared_with {
+                Some((_, ids)) => ids.push(id),
+                None => threads.push((cpu, vec![id])),
             }
-            workers.push(WorkerHandle {
-                waker,
-                commands: tx,
-                thread: None,
-            });
         }
-        for (cpu, group) in threads {
-            let first = group.first().map_or(0, Worker::id);
-            let run = WorkerThread::new(group)
-                .map_err(io_err("cannot create a worker group's event loop"))?;
+        let mut per_worker: Vec<_> = per_worker.into_iter().map(Some).collect();
+        let mut handles: Vec<Option<WorkerHandle>> = per_worker.iter().map(|_| None).collect();
+        for (cpu, ids) in threads {
+            let poll = Poll::new().map_err(io_err("cannot create an event loop"))?;
+            let mut group = Vec::with_capacity(ids.len());
+            for (member, &id) in ids.iter().enumerate() {
+                let registry = poll
+                    .registry()
+                    .try_clone()
+                    .map_err(io_err("cannot share an event loop"))?;
+                let waker = Arc::new(
+                    Waker::new(&registry, waker_token(member))
+                        .map_err(io_err("cannot create a waker"))?,
+                );
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let listeners = per_worker[id].take().unwrap_or_default();
+                group.push(
+                    Worker::new(WorkerSetup {
+                        id,
+                        registry,
+                        member,
+                        listeners,
+                        shared: shared.clone(),
+                        commands: rx,
+                    })
+                    .map_err(io_err("cannot register a listener"))?,
+                );
+                handles[id] = Some(WorkerHandle {
+                    waker,
+                    commands: tx,
+                    thread: None,
+                });
+            }
+            let first = ids[0];
+            let run = WorkerThread::new(poll, group);
             let thread = std::thread::Builder::new()
                 .name(format!("l4lb-worker-{first}"))
                 .spawn(move || {
@@ -219,9 +234,12 @@ impl Bound {
                     run.run();
                 })
                 .map_err(io_err("cannot spawn a worker thread"))?;
-            // The control thread waits for a worker's thread through its first worker.
-            workers[first].thread = Some(thread);
+            // The control thread waits for a thread through its first worker's handle.
+            if let Some(handle) = handles[first].as_mut() {
+                handle.thread = Some(thread);
+            }
         }
+        let workers: Vec<WorkerHandle> = handles.into_iter().flatten().collect();
         super::health::spawn(shared.clone()).map_err(io_err("cannot start the health checker"))?;
         let access_log = crate::access_queue::spawn_writer(shared.clone())
             .map_err(io_err("cannot start the access-log writer"))?;

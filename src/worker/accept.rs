@@ -113,9 +113,9 @@ impl Worker {
         };
         // TCP_NODELAY is inherited from the listening socket (net::listener): no setsockopt.
         let (key, generation) = self.conns.reserve_key();
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = self.registry.register(
             &mut stream,
-            conn_token(key, false),
+            self.tagged(conn_token(key, false)),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("worker {}: cannot register a client socket: {e}", self.id);

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::Ordering;
 
-use mio::Interest;
+use mio::{Interest, Token};
 
 use crate::balancer::FlowKey;
 use crate::config::{Algorithm, ProxyProtocol};
@@ -89,7 +89,8 @@ impl Worker {
             local,
             protocol: IPPROTO_TCP,
         };
-        let registry = self.poll.registry();
+        let registry = &self.registry;
+        let token = Token(self.tag | conn_token(key, true).0);
         let attempt = connect_next(
             wl,
             &pool,
@@ -100,11 +101,7 @@ impl Worker {
             |addr, source| {
                 let mut s = tcp_connect(addr, source)?;
                 let _ = s.set_nodelay(true);
-                registry.register(
-                    &mut s,
-                    conn_token(key, true),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
+                registry.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
                 Ok(s)
             },
         );

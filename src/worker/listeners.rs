@@ -37,14 +37,11 @@ impl Worker {
             .iter()
             .position(|l| l.vacant)
             .unwrap_or(self.listeners.len());
-        let registry = self.poll.registry();
+        let registry = &self.registry;
+        let token = self.tagged(listener_token(index));
         match &mut socket {
-            Some(ListenerSocket::Tcp(s)) => {
-                registry.register(s, listener_token(index), Interest::READABLE)?
-            }
-            Some(ListenerSocket::Udp(s)) => {
-                registry.register(s, listener_token(index), Interest::READABLE)?
-            }
+            Some(ListenerSocket::Tcp(s)) => registry.register(s, token, Interest::READABLE)?,
+            Some(ListenerSocket::Udp(s)) => registry.register(s, token, Interest::READABLE)?,
             None => {}
         }
         let bind = state.config.bind;
@@ -135,7 +132,7 @@ impl Worker {
     /// (`udp_handover_done` says when to stop waiting for them).
     pub(super) fn stop_accepting(&mut self) {
         let handed_over = self.shared.is_handed_over();
-        let registry = self.poll.registry();
+        let registry = &self.registry;
         for l in &mut self.listeners {
             l.paused_until = None;
             // Deregister explicitly: epoll forgets a descriptor on close only once no process

@@ -20,10 +20,13 @@
 //! `access_log` says why a connection or session ended and writes its line when the listener
 //! asks for one; `cpu_group` runs the workers pinned to one CPU on one thread.
 //!
-//! Invariants: one token space, matched in this order by `dispatch`: the waker is
-//! `usize::MAX`, listener `i` is `usize::MAX - 1 - i`, a UDP session is `UDP_TOKEN_BIT | key`,
-//! and the two sockets of TCP connection `key` are `2 * key` (client) and `2 * key + 1`
-//! (backend), below `UDP_TOKEN_BIT`.
+//! Invariants: one token space per worker, below `LOCAL_TOKENS`, matched in this order by
+//! `dispatch`: the waker is `LOCAL_TOKENS - 1`, listener `i` is `LOCAL_TOKENS - 2 - i`, a UDP
+//! session is `UDP_TOKEN_BIT | key`, and the two sockets of TCP connection `key` are `2 * key`
+//! (client) and `2 * key + 1` (backend), below `UDP_TOKEN_BIT`. The bits above carry the
+//! worker's index in the epoll it shares with the other workers of its CPU (`cpu_group`), 0
+//! for a worker alone; a worker registers every socket with its index and handles only the
+//! events that carry it.
 
 mod accept;
 mod access_log;
@@ -47,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, UdpSocket};
-use mio::{Events, Poll, Token};
+use mio::{Events, Poll, Registry, Token};
 
 use crate::balancer::Selector;
 use crate::net::io::IoErrors;
@@ -60,7 +63,17 @@ use flow::IoResources;
 use slab::Slab;
 use timer::{TimerEntry, TimerWheel};
 
-pub const WAKER_TOKEN: Token = Token(usize::MAX);
+/// The bits of a token above this one hold the worker's index in its thread's epoll.
+pub const MEMBER_SHIFT: u32 = usize::BITS - 8;
+/// Workers that one epoll can tell apart.
+pub const MAX_MEMBERS: usize = 1 << (usize::BITS - MEMBER_SHIFT);
+const LOCAL_TOKENS: usize = 1 << MEMBER_SHIFT;
+const WAKER_LOCAL: usize = LOCAL_TOKENS - 1;
+
+/// The token of worker `member`'s waker in its thread's epoll.
+pub fn waker_token(member: usize) -> Token {
+    Token(member << MEMBER_SHIFT | WAKER_LOCAL)
+}
 /// Events drained per poll; more wait for the next turn.
 const EVENTS_CAPACITY: usize = 1024;
 /// Connections the resume list holds before it grows: as many as the slab starts with. A
@@ -78,8 +91,29 @@ const MAX_IDLE_BUFFERS: usize = 64;
 /// last connection may end in another worker, which does not wake this one.
 const RETIRED_SWEEP_MS: u64 = 1000;
 
+/// Wait up to `timeout` for events; false when the wait failed (logged, after a pause so
+/// that a persistent error does not spin).
+fn wait(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) -> bool {
+    match poll.poll(events, timeout) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("worker thread: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        }
+    }
+}
+
+/// Whether `event` is for the worker with `tag` (the epoll may be shared, see `cpu_group`).
+#[inline]
+fn is_for(tag: usize, event: &mio::event::Event) -> bool {
+    event.token().0 & !(LOCAL_TOKENS - 1) == tag
+}
+
 fn listener_token(i: usize) -> Token {
-    Token(usize::MAX - 1 - i)
+    Token(LOCAL_TOKENS - 2 - i)
 }
 
 fn conn_token(key: usize, backend_side: bool) -> Token {
@@ -99,7 +133,9 @@ pub enum ListenerSocket {
 #[derive(Debug)]
 pub struct WorkerSetup {
     pub id: usize,
-    pub poll: Poll,
+    /// The epoll of the worker's thread (`cpu_group`), and the worker's index in it.
+    pub registry: Registry,
+    pub member: usize,
     /// Each listener with this worker's own socket for it (`None`: not served here).
     pub listeners: Vec<(Arc<ListenerState>, Option<ListenerSocket>)>,
     pub shared: Arc<SharedState>,
@@ -138,7 +174,9 @@ struct WorkerListener {
 #[derive(Debug)]
 pub struct Worker {
     id: usize,
-    poll: Poll,
+    registry: Registry,
+    /// `member << MEMBER_SHIFT`: the bits every token of this worker carries.
+    tag: usize,
     shared: Arc<SharedState>,
     listeners: Vec<WorkerListener>,
     commands: Receiver<WorkerCommand>,
@@ -169,7 +207,8 @@ impl Worker {
     pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
         let WorkerSetup {
             id,
-            poll,
+            registry,
+            member,
             listeners,
             shared,
             commands,
@@ -177,7 +216,8 @@ impl Worker {
         let now = shared.now_ms();
         let mut worker = Worker {
             id,
-            poll,
+            registry,
+            tag: member << MEMBER_SHIFT,
             listeners: Vec::with_capacity(listeners.len()),
             commands,
             accepting: true,
@@ -211,13 +251,14 @@ impl Worker {
         self.id
     }
 
-    /// Run until the process shuts down: a worker alone on its thread.
-    pub fn run(mut self) {
+    /// Run until the process shuts down: a worker alone on its thread, waiting in `poll`
+    /// (whose registry it was built with).
+    pub fn run(mut self, mut poll: Poll) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         log::debug!("worker {} running", self.id);
         while self.keep_running() {
             let timeout = self.poll_timeout();
-            if self.poll_events(&mut events, timeout) {
+            if wait(&mut poll, &mut events, timeout) {
                 self.turn(&events);
             }
         }
@@ -238,22 +279,13 @@ impl Worker {
         self.accepting || !self.conns.is_empty() || !self.udp_handover_done(self.drain_since)
     }
 
-    /// Wait up to `timeout` for this worker's events; false when the wait failed (logged,
-    /// after a pause so that a persistent error does not spin).
-    fn poll_events(&mut self, events: &mut Events, timeout: Option<Duration>) -> bool {
-        match self.poll.poll(events, timeout) {
-            Ok(()) => true,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("worker {}: poll failed: {e}", self.id);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                false
-            }
-        }
+    /// `token` with this worker's index: what every socket of it is registered with.
+    #[inline]
+    fn tagged(&self, token: Token) -> Token {
+        Token(self.tag | token.0)
     }
 
-    /// One loop turn over the events of one wait. Returns how many there were.
+    /// One loop turn over this worker's events of one wait. Returns how many there were.
     fn turn(&mut self, events: &Events) -> usize {
         let woke = Instant::now();
         self.now = woke
@@ -261,12 +293,13 @@ impl Worker {
             .as_millis() as u64;
         let mut nevents = 0;
         // New connections first: accepts, connect completions, PROXY headers.
-        for event in events.iter() {
+        let tag = self.tag;
+        for event in events.iter().filter(|e| is_for(tag, e)) {
             nevents += 1;
             self.dispatch(event);
         }
         // Then forwarding, each ready connection with its budget.
-        for event in events.iter() {
+        for event in events.iter().filter(|e| is_for(tag, e)) {
             self.dispatch_forwarding(event);
         }
         // Last, the bulk flows that spent their budget in an earlier turn.
@@ -307,12 +340,6 @@ impl Worker {
         self.udp_close_sessions(None);
     }
 
-    /// The worker's epoll descriptor: readable while events wait in it (`cpu_group`).
-    fn poll_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.poll.as_raw_fd()
-    }
-
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.resume.is_empty() || self.udp.has_work() {
             return Some(Duration::ZERO);
@@ -335,13 +362,13 @@ impl Worker {
     }
 
     fn dispatch(&mut self, event: &mio::event::Event) {
-        let token = event.token();
-        if token == WAKER_TOKEN {
+        let token = Token(event.token().0 & (LOCAL_TOKENS - 1));
+        if token.0 == WAKER_LOCAL {
             self.apply_commands();
             return;
         }
-        if token.0 >= usize::MAX - self.listeners.len() {
-            let li = usize::MAX - 1 - token.0;
+        if token.0 >= WAKER_LOCAL - self.listeners.len() {
+            let li = WAKER_LOCAL - 1 - token.0;
             match self.listeners[li].socket {
                 Some(ListenerSocket::Udp(_)) => self.udp_listener_readable(li),
                 _ if self.listeners[li].paused_until.is_none() => self.accept(li),
@@ -384,7 +411,7 @@ impl Worker {
     /// Second pass over a turn's events: connections that are forwarding. One in the resume
     /// list only learns its readiness here; it is driven with the resumed ones, once.
     fn dispatch_forwarding(&mut self, event: &mio::event::Event) {
-        let token = event.token();
+        let token = Token(event.token().0 & (LOCAL_TOKENS - 1));
         if token.0 >= udp::UDP_TOKEN_BIT {
             // The waker, a listener or a UDP session: the first pass served it.
             return;

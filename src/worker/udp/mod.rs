@@ -29,8 +29,8 @@ use crate::net::udp::{Batch, BATCH};
 use session::SessionTable;
 
 /// Bit that marks a UDP session token. TCP connection tokens are `2 * key + side`, far below;
-/// listener tokens and the waker are `usize::MAX - small` and are matched before this bit.
-pub const UDP_TOKEN_BIT: usize = 1 << (usize::BITS - 2);
+/// listener tokens and the waker are `LOCAL_TOKENS - small` and are matched before this bit.
+pub const UDP_TOKEN_BIT: usize = 1 << (super::MEMBER_SHIFT - 2);
 /// Batches a listener socket may take per loop turn before yielding to other sockets (8 x 32
 /// datagrams): keeps one flooded listener from starving the sessions of the same worker.
 const LISTENER_BATCHES_PER_TURN: usize = 8;

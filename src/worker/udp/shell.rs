@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use mio::net::UdpSocket;
-use mio::Interest;
+use mio::{Interest, Token};
 
 use crate::balancer::FlowKey;
 use crate::metrics::{RejectReason, UdpDrop};
@@ -179,9 +179,9 @@ impl Worker {
                 session.opened_us = started.started_us;
                 let key = self.udp.sessions.insert(session, idle_ms);
                 let registered = match self.udp.sessions.get_mut(key) {
-                    Some(s) => self.poll.registry().register(
+                    Some(s) => self.registry.register(
                         &mut s.socket,
-                        session_token(key),
+                        Token(self.tag | session_token(key).0),
                         Interest::READABLE,
                     ),
                     None => Ok(()),
