@@ -17,7 +17,7 @@
 //! single-threaded; a worker that stops is finished and dropped here, and its sockets close
 //! with it (which takes them out of the epoll); at most `MAX_MEMBERS` workers share an epoll.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::{Events, Poll};
 
@@ -54,7 +54,8 @@ impl WorkerThread {
 struct Member {
     /// `None` once the worker has stopped.
     worker: Option<Worker>,
-    /// When its next timer is due (`None`: no timer).
+    /// When its next timer is due, or now when it has work left over (`None`: no timer, or
+    /// stopped).
     due: Option<Instant>,
 }
 
@@ -96,7 +97,6 @@ impl CpuGroup {
                 }
             }
             let now = Instant::now();
-            let mut timeout: Option<Duration> = None;
             let mut live = 0;
             for (member, &has_events) in self.members.iter_mut().zip(&self.has_events) {
                 let Some(worker) = member.worker.as_mut() else {
@@ -106,6 +106,7 @@ impl CpuGroup {
                     if let Some(worker) = member.worker.take() {
                         worker.finish();
                     }
+                    member.due = None;
                     continue;
                 }
                 live += 1;
@@ -114,14 +115,19 @@ impl CpuGroup {
                     // Its timers change only in its own turns (commands come with a wake-up).
                     member.due = worker.poll_timeout().map(|wait| Instant::now() + wait);
                 }
-                if let Some(due) = member.due {
-                    let wait = due.saturating_duration_since(now);
-                    timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
-                }
             }
             if live == 0 {
                 return;
             }
+            // From the time after the turns: a worker with work left over (due now) must not
+            // wait for the turns' length, which the epoll would round up to a millisecond.
+            let after = Instant::now();
+            let timeout = self
+                .members
+                .iter()
+                .filter_map(|m| m.due)
+                .map(|due| due.saturating_duration_since(after))
+                .min();
             if !wait(&mut self.poll, &mut events, timeout) {
                 // A failed wait leaves no events: the next pass runs only what is due.
                 events.clear();
