@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use core_affinity::CoreId;
-use mio::{Poll, Waker};
+use mio::Poll;
 
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::net::inherit::{self, Inherited};
@@ -18,6 +18,7 @@ use crate::net::listener::bind_tcp_reuseport;
 use crate::net::udp::bind_udp_reuseport;
 use crate::state::{ListenerState, SharedState};
 use crate::worker::cpu_group::WorkerThread;
+use crate::worker::waker::WorkerWaker;
 use crate::worker::{waker_token, ListenerSocket, Worker, WorkerSetup, MAX_MEMBERS};
 
 use super::cpus;
@@ -199,7 +200,7 @@ impl Bound {
                     .try_clone()
                     .map_err(io_err("cannot share an event loop"))?;
                 let waker = Arc::new(
-                    Waker::new(&registry, waker_token(member))
+                    WorkerWaker::new(&registry, waker_token(member))
                         .map_err(io_err("cannot create a waker"))?,
                 );
                 let (tx, rx) = crossbeam_channel::unbounded();

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Config;
 use crate::net::inherit::Inherited;
@@ -70,7 +70,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
 /// A worker as the control thread sees it.
 #[derive(Debug)]
 struct WorkerHandle {
-    waker: Arc<Waker>,
+    waker: Arc<crate::worker::waker::WorkerWaker>,
     commands: Sender<WorkerCommand>,
     thread: Option<JoinHandle<()>>,
 }

@@ -18,7 +18,8 @@
 //! back on drop, and the backend lease) and `pick` (pick, connect attempt, retries, passive
 //! health). `conn` and `flow` hold a connection's state, its phase and byte pumps;
 //! `access_log` says why a connection or session ended and writes its line when the listener
-//! asks for one; `cpu_group` runs the workers pinned to one CPU on one thread.
+//! asks for one; `cpu_group` runs the workers pinned to one CPU on one thread; `waker` is a
+//! worker's wake-up for the control thread.
 //!
 //! Invariants: one token space per worker, below `LOCAL_TOKENS`, matched in this order by
 //! `dispatch`: the waker is `LOCAL_TOKENS - 1`, listener `i` is `LOCAL_TOKENS - 2 - i`, a UDP
@@ -42,6 +43,7 @@ mod pick;
 pub mod slab;
 pub mod timer;
 pub mod udp;
+pub mod waker;
 
 use std::io;
 use std::net::SocketAddr;
