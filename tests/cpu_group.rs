@@ -28,6 +28,22 @@ fn grouped(conf: Conf, workers: usize) -> Conf {
         .runtime(&format!("cpus = [{}]", a_cpu()))
 }
 
+/// Names of the process's worker threads, once the runtime says it started them all (a UDP
+/// listener counts as ready as soon as it is bound, before any worker runs).
+fn worker_threads_of(lb: &L4lb) -> Vec<String> {
+    let started = wait_until(STARTUP_TIMEOUT, || {
+        lb.stderr_lines()
+            .iter()
+            .any(|l| l.contains("started ") && l.contains(" workers"))
+    });
+    assert!(
+        started,
+        "no 'started N workers' line: {:?}",
+        lb.stderr_lines()
+    );
+    worker_threads(lb.pid().expect("l4lb pid"))
+}
+
 /// Names of the process's threads that run workers.
 fn worker_threads(pid: u32) -> Vec<String> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -57,8 +73,7 @@ fn three_workers_on_one_cpu_share_a_thread_and_each_serves_its_socket() {
     let a = Backend::echo("a");
     let b = Backend::echo("b");
     let lb = L4lb::start(&grouped(Conf::new("round_robin", &[a.addr, b.addr]), 3));
-    let pid = lb.pid().expect("l4lb pid");
-    let threads = worker_threads(pid);
+    let threads = worker_threads_of(&lb);
     assert_eq!(
         threads.len(),
         1,
@@ -99,12 +114,13 @@ fn udp_flows_and_session_expiry_in_a_group() {
         Conf::udp("round_robin", &[backend.addr]).idle(1),
         2,
     ));
-    let pid = lb.pid().expect("l4lb pid");
+    let threads = worker_threads_of(&lb);
     assert_eq!(
-        worker_threads(pid).len(),
+        threads.len(),
         1,
-        "2 workers on one CPU: one thread"
+        "2 workers on one CPU: one thread, found {threads:?}"
     );
+    let pid = lb.pid().expect("l4lb pid");
 
     // 32 flows spread over both workers' sockets; each must be answered.
     let flows: Vec<_> = (0..32u8)
