@@ -9,8 +9,8 @@
 # Placement, the same for every candidate: the proxy pinned to --proxy-cpus (default CPU 1)
 # with --workers workers/threads/processes (default 2); wrk, iperf3, the UDP client and every
 # backend pinned to --client-cpus (default CPU 0).
-# Each repeat restarts every candidate, in an order rotated by one per repeat; cells are the
-# median of the repeats.
+# Each repeat measures one workload at a time on every candidate back to back (each started
+# for its cell), in an order rotated by one per repeat; cells are the median of the repeats.
 #
 # Cost, per unit of work (request, connection, GB): the proxy's own CPU (utime+stime of its
 # processes and threads) and the whole machine's CPU (all cores from /proc/stat: user, nice,
@@ -677,8 +677,10 @@ log "proxies on CPU $PROXY_SET with $WORKERS workers; clients and backends on CP
 start_backends
 [[ -n $RAW ]] && : >"$RAW"
 STARTED=$(date +%s)
-# direct first in every repeat (its machine CPU is what "added" subtracts); the proxies go
-# round in an order rotated per repeat.
+# Each repeat measures one workload at a time on every candidate, back to back, so that the
+# cells compared in a repeat are seconds apart (this VM has slow phases lasting tens of
+# seconds, docs/benchmarks.md): direct first (its machine CPU is what "added" subtracts), then
+# the proxies in an order rotated per repeat, each started for its cell and stopped after it.
 PROXIES=()
 for c in "${WANT[@]}"; do [[ $c == direct ]] || PROXIES+=("$c"); done
 NP=${#PROXIES[@]}
@@ -686,31 +688,31 @@ for ((REP = 1; REP <= REPEAT; REP++)); do
   order=()
   [[ ",$CANDIDATES," == *",direct,"* ]] && order+=(direct)
   for ((k = 0; k < NP; k++)); do order+=("${PROXIES[(k + REP - 1) % NP]}"); done
-  for cand in "${order[@]}"; do
-    if [[ -n ${SKIP[$cand]:-} ]]; then
-      ((REP > 1)) || log "skipping $cand: ${SKIP[$cand]}"
-      continue
-    fi
-    log "run $REP/$REPEAT: $cand"
-    if ! start_candidate "$cand"; then
-      SKIP[$cand]="did not start"
-      continue
-    fi
-    sleep 0.3
-    RSS_BASE=$(rss_kb "$CAND_PID")
-    for wl in "${WORKLOADS[@]}"; do
-      [[ -n ${WL_SKIP[$wl]:-} ]] && continue
+  for wl in "${WORKLOADS[@]}"; do
+    [[ -n ${WL_SKIP[$wl]:-} ]] && continue
+    for cand in "${order[@]}"; do
+      if [[ -n ${SKIP[$cand]:-} ]]; then
+        ((REP > 1)) || [[ $wl != "${WORKLOADS[0]}" ]] || log "skipping $cand: ${SKIP[$cand]}"
+        continue
+      fi
+      log "run $REP/$REPEAT: $wl: $cand"
+      if ! start_candidate "$cand"; then
+        SKIP[$cand]="did not start"
+        continue
+      fi
+      sleep 0.3
+      RSS_BASE=$(rss_kb "$CAND_PID")
       if [[ $wl == hold ]]; then
         hold_cell "$cand"
       else
         cell "$cand" "$wl" "$REP"
       fi
+      if ((COUNTERS && REP == 1)) && [[ $wl == wrk-ka && -n $CAND_PID ]]; then
+        io_sizes "$cand"
+      fi
+      stop_pid "$CAND_PID"
+      CAND_PID=""
     done
-    if ((COUNTERS && REP == 1)) && [[ -n $CAND_PID ]] && wants_wl wrk-ka && [[ -z ${WL_SKIP[wrk-ka]:-} ]]; then
-      io_sizes "$cand"
-    fi
-    stop_pid "$CAND_PID"
-    CAND_PID=""
   done
 done
 
@@ -733,8 +735,9 @@ echo "## l4lb vs HAProxy vs nginx with wrk, iperf3 and a UDP echo"
 echo
 echo "Machine: $NCPU CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -r)."
 echo "Proxies on CPU $PROXY_SET with $WORKERS workers/threads/processes; wrk, iperf3, the UDP client and"
-echo "the backends on CPU $CLIENT_SET. Median of $REPEAT run(s) of ${DURATION} s, candidates restarted per run in"
-echo "rotated order. proxy CPU: the proxy's utime+stime per unit. machine CPU: busy time of all CPUs"
+echo "the backends on CPU $CLIENT_SET. Median of $REPEAT run(s) of ${DURATION} s; a run measures one workload on"
+echo "every candidate back to back, each restarted for its cell, in rotated order. proxy CPU: the"
+echo "proxy's utime+stime per unit. machine CPU: busy time of all CPUs"
 echo "(softirq included) per unit; added: machine CPU through the proxy minus direct's, same run."
 echo "wrk: 2 threads, 64 connections, nginx backends (13-byte body); iperf3: Gbit/s received;"
 echo "UDP echo: 32 flows of 64-byte datagrams (l4lb-loadgen udp-rr); hold: $HOLD_CONNS idle connections."
