@@ -684,6 +684,9 @@ STARTED=$(date +%s)
 PROXIES=()
 for c in "${WANT[@]}"; do [[ $c == direct ]] || PROXIES+=("$c"); done
 NP=${#PROXIES[@]}
+for c in "${WANT[@]}"; do
+  [[ -n ${SKIP[$c]:-} ]] && log "skipping $c: ${SKIP[$c]}"
+done
 for ((REP = 1; REP <= REPEAT; REP++)); do
   order=()
   [[ ",$CANDIDATES," == *",direct,"* ]] && order+=(direct)
@@ -691,13 +694,11 @@ for ((REP = 1; REP <= REPEAT; REP++)); do
   for wl in "${WORKLOADS[@]}"; do
     [[ -n ${WL_SKIP[$wl]:-} ]] && continue
     for cand in "${order[@]}"; do
-      if [[ -n ${SKIP[$cand]:-} ]]; then
-        ((REP > 1)) || [[ $wl != "${WORKLOADS[0]}" ]] || log "skipping $cand: ${SKIP[$cand]}"
-        continue
-      fi
+      [[ -n ${SKIP[$cand]:-} ]] && continue
       log "run $REP/$REPEAT: $wl: $cand"
       if ! start_candidate "$cand"; then
         SKIP[$cand]="did not start"
+        log "skipping $cand from now on: it did not start"
         continue
       fi
       sleep 0.3

@@ -29,7 +29,7 @@ use super::conn::set_linger_zero;
 use super::conn::{Conn, HeaderRead};
 use super::expiry::header_timer;
 use super::timer::TimerEntry;
-use super::{conn_token, ListenerSocket, Worker};
+use super::{conn_token, tagged, ListenerSocket, Worker};
 
 /// How long a listener stops accepting after EMFILE/ENFILE/ENOBUFS/ENOMEM, so that the loop
 /// does not spin on a queue it cannot drain; existing connections keep being served.
@@ -115,7 +115,7 @@ impl Worker {
         let (key, generation) = self.conns.reserve_key();
         if let Err(e) = self.registry.register(
             &mut stream,
-            self.tagged(conn_token(key, false)),
+            tagged(self.tag, conn_token(key, false)),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("worker {}: cannot register a client socket: {e}", self.id);

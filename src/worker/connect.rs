@@ -15,7 +15,7 @@
 
 use std::sync::atomic::Ordering;
 
-use mio::{Interest, Token};
+use mio::Interest;
 
 use crate::balancer::FlowKey;
 use crate::config::{Algorithm, ProxyProtocol};
@@ -28,7 +28,7 @@ use super::access_log::End;
 use super::conn::ConnectState;
 use super::pick::{connect_next, passive_failure, passive_success, warn_local_shortage, Attempt};
 use super::timer::TimerEntry;
-use super::{conn_token, Worker};
+use super::{conn_token, tagged, Worker};
 
 /// The IP protocol number of TCP, for `FlowKey`.
 const IPPROTO_TCP: u8 = 6;
@@ -90,7 +90,7 @@ impl Worker {
             protocol: IPPROTO_TCP,
         };
         let registry = &self.registry;
-        let token = Token(self.tag | conn_token(key, true).0);
+        let token = tagged(self.tag, conn_token(key, true));
         let attempt = connect_next(
             wl,
             &pool,

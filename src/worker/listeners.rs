@@ -17,7 +17,7 @@ use mio::Interest;
 use crate::balancer::Selector;
 use crate::state::ListenerState;
 
-use super::{listener_token, ListenerSocket, Worker, WorkerCommand, WorkerListener};
+use super::{listener_token, tagged, ListenerSocket, Worker, WorkerCommand, WorkerListener};
 
 /// After a takeover, how long the old process's UDP sessions keep relaying backend replies to
 /// requests they forwarded before the switch. New client datagrams go to the new process, so
@@ -38,7 +38,7 @@ impl Worker {
             .position(|l| l.vacant)
             .unwrap_or(self.listeners.len());
         let registry = &self.registry;
-        let token = self.tagged(listener_token(index));
+        let token = tagged(self.tag, listener_token(index));
         match &mut socket {
             Some(ListenerSocket::Tcp(s)) => registry.register(s, token, Interest::READABLE)?,
             Some(ListenerSocket::Udp(s)) => registry.register(s, token, Interest::READABLE)?,

@@ -114,6 +114,12 @@ fn is_for(tag: usize, event: &mio::event::Event) -> bool {
     event.token().0 & !(LOCAL_TOKENS - 1) == tag
 }
 
+/// `token` with the index `tag` of a worker: what every socket of it is registered with.
+#[inline]
+fn tagged(tag: usize, token: Token) -> Token {
+    Token(tag | token.0)
+}
+
 fn listener_token(i: usize) -> Token {
     Token(LOCAL_TOKENS - 2 - i)
 }
@@ -249,10 +255,6 @@ impl Worker {
         Ok(worker)
     }
 
-    pub fn id(&self) -> usize {
-        self.id
-    }
-
     /// Run until the process shuts down: a worker alone on its thread, waiting in `poll`
     /// (whose registry it was built with).
     pub fn run(mut self, mut poll: Poll) {
@@ -279,12 +281,6 @@ impl Worker {
             self.stop_accepting();
         }
         self.accepting || !self.conns.is_empty() || !self.udp_handover_done(self.drain_since)
-    }
-
-    /// `token` with this worker's index: what every socket of it is registered with.
-    #[inline]
-    fn tagged(&self, token: Token) -> Token {
-        Token(self.tag | token.0)
     }
 
     /// One loop turn over this worker's events of one wait. Returns how many there were.

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use mio::net::UdpSocket;
-use mio::{Interest, Token};
+use mio::Interest;
 
 use crate::balancer::FlowKey;
 use crate::metrics::{RejectReason, UdpDrop};
@@ -28,7 +28,7 @@ use crate::worker::admission::Admission;
 use crate::worker::pick::{
     connect_next, passive_failure, passive_success, warn_local_shortage, Attempt, Tried,
 };
-use crate::worker::{ListenerSocket, Worker, WorkerListener};
+use crate::worker::{tagged, ListenerSocket, Worker, WorkerListener};
 
 use super::session::Session;
 use super::{session_token, Again, LISTENER_BATCHES_PER_TURN, NO_SESSION, SESSION_READS_PER_TURN};
@@ -181,7 +181,7 @@ impl Worker {
                 let registered = match self.udp.sessions.get_mut(key) {
                     Some(s) => self.registry.register(
                         &mut s.socket,
-                        Token(self.tag | session_token(key).0),
+                        tagged(self.tag, session_token(key)),
                         Interest::READABLE,
                     ),
                     None => Ok(()),
