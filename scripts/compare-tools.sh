@@ -853,6 +853,25 @@ if [[ ",$CANDIDATES," == *",l4lb,"* && ${#ANCHORS[@]} -gt 0 ]]; then
   done
 fi
 
+# An A/B of two l4lb builds or settings: each figure of l4lb over l4lb-b's in the same run.
+if [[ ",$CANDIDATES," == *",l4lb,"* && ",$CANDIDATES," == *",l4lb-b,"* ]]; then
+  echo
+  echo "A/B, per run: l4lb over l4lb-b, median (runs)"
+  echo
+  echo "| workload | rate | p99 | proxy CPU per unit | added machine CPU per unit |"
+  echo "|---|---|---|---|---|"
+  for wl in "${WORKLOADS[@]}"; do
+    [[ $wl == hold ]] && continue
+    cells=()
+    for map in RATE P99 PCPU ADDED; do
+      declare -n ab=$map
+      cells+=("$(paired_ratios "${ab[l4lb|$wl]:-}" "${ab[l4lb-b|$wl]:-}")")
+      unset -n ab
+    done
+    printf '| %s | %s | %s | %s | %s |\n' "$wl" "${cells[@]}"
+  done
+fi
+
 # The kernel's floor under "added": a proxy adds at least one more TCP connection (or, for
 # UDP, two more datagrams each way) of kernel work, which is what direct's kernel CPU per
 # unit measures; and l4lb's added CPU minus its own process CPU is what it adds elsewhere.
