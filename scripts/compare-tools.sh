@@ -25,9 +25,20 @@
 # runs one strace sample per candidate of the proxy's read/write sizes under wrk keep-alive.
 # Counters are machine-wide: run it on an otherwise quiet machine.
 #
+# vCPU placement: a VM's host may place the proxy's CPU and the clients' CPU on neighbouring
+# cores or far apart, and move them while the script runs; far apart, every proxied workload
+# loses 15-25% (docs/benchmarks.md: near, a cache line's round trip took 46-115 ns on the
+# development VM, far 240-400 ns) while direct, on one CPU, does not change. So every cell
+# (but hold) samples the round trip of a cache line between the first proxy CPU and the first
+# client CPU (`l4lb-loadgen core-rtt`, at SCHED_FIFO, ~2 ms every 0.5 s), and a cell with more
+# than one sample above 3x the smallest round trip seen in the run ran far apart: it is
+# measured again, up to --placement-tries times in all (the last try counts whatever its
+# placement). Every try goes to --raw with its median round trip and placement.
+#
 # Usage: scripts/compare-tools.sh [--quick] [--repeat N] [--duration S] [--workers N]
 #            [--proxy-cpus LIST] [--client-cpus LIST] [--candidates LIST]
 #            [--workloads LIST] [--hold-conns N] [--base-port P] [--counters] [--raw FILE]
+#            [--placement-tries N]
 #   --quick           1 repeat of 1 s per cell, 2,000 idle connections
 #   --repeat N        repeats, the median is reported (default 3)
 #   --duration S      seconds per cell (default 4)
@@ -44,6 +55,8 @@
 #   --counters        segment, ACK, wake-up and syscall counters (see above)
 #   --raw FILE        also write every run's numbers, one line each, to FILE
 #   --profile DIR     perf record -a -g of every cell into DIR/CAND-WORKLOAD-RUN.data
+#   --placement-tries N  tries per cell until one runs with the CPUs near (default 3; 1:
+#                     sample the placement but never measure again)
 # Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN, L4LB_B_BIN,
 # L4LB_B_WORKERS, NGINX_MODULES (config that loads nginx's stream module).
 # Needs wrk, iperf3, nginx (with the stream module), haproxy; a missing one skips its rows.
@@ -68,6 +81,7 @@ BASE_PORT=25000
 COUNTERS=0
 RAW=""
 PROFILE=""
+PLACEMENT_TRIES=3
 NGINX_MODULES=${NGINX_MODULES:-/etc/nginx/modules-enabled/*stream*.conf}
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -84,6 +98,7 @@ while [[ $# -gt 0 ]]; do
     --counters) COUNTERS=1; shift ;;
     --raw) RAW=${2:?--raw needs a file}; shift 2 ;;
     --profile) PROFILE=${2:?--profile needs a directory}; shift 2 ;;
+    --placement-tries) PLACEMENT_TRIES=${2:?--placement-tries needs N}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare-tools: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -97,7 +112,7 @@ else
   DURATION=${DURATION:-4}
   HOLD_CONNS=${HOLD_CONNS:-9500}
 fi
-for n in "$REPEAT" "$HOLD_CONNS" "$BASE_PORT" "$WORKERS"; do
+for n in "$REPEAT" "$HOLD_CONNS" "$BASE_PORT" "$WORKERS" "$PLACEMENT_TRIES"; do
   [[ $n =~ ^[0-9]+$ && $n -gt 0 ]] || { echo "compare-tools: $n is not a positive integer" >&2; exit 2; }
 done
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "compare-tools: --duration takes whole seconds" >&2; exit 2; }
@@ -222,6 +237,27 @@ PROC_EVENTS="context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wa
 SCHED_EVENTS="sched:sched_wakeup,sched:sched_wake_idle_without_ipi,ipi:ipi_send_cpu,irq_vectors:reschedule_entry,irq_vectors:call_function_single_entry"
 CLIENT_CPU_LIST=$(expand_cpus "$CLIENT_CPUS_ARG")
 PROXY_CPU_LIST=$(expand_cpus "$PROXY_CPUS_ARG")
+# The placement probe (see the top): RTT_CMD stays empty where it cannot tell anything (no
+# pinning, or the proxy and the clients share their first CPU).
+RTT_CMD=()
+RTT_MIN=""
+RTT_PID=""
+REDONE=0
+FAR_KEPT=0
+read -r RTT_P _ <<<"$PROXY_CPU_LIST"
+read -r RTT_C _ <<<"$CLIENT_CPU_LIST"
+if ((${#PROXY_PIN[@]})) && [[ $RTT_P != "$RTT_C" ]]; then
+  RTT_CMD=("$LOADGEN_BIN" core-rtt --cpus "$RTT_P,$RTT_C" --rounds 2700)
+  have chrt && chrt -f 50 true 2>/dev/null && RTT_CMD=(chrt -f 50 "${RTT_CMD[@]}")
+  for ((n = 0; n < 5; n++)); do
+    rtt_v=$("${RTT_CMD[@]}" 2>/dev/null) || { RTT_CMD=(); break; }
+    RTT_MIN=$(awk -v a="$rtt_v" -v b="${RTT_MIN:-$rtt_v}" 'BEGIN { print (a < b ? a : b) }')
+  done
+  if ((${#RTT_CMD[@]} == 0)); then
+    log "core-rtt did not run on CPUs $RTT_P,$RTT_C: cells are not checked for placement"
+    RTT_MIN=""
+  fi
+fi
 if [[ -n $PROFILE ]]; then
   have perf || { log "--profile needs perf"; exit 1; }
   mkdir -p "$PROFILE"
@@ -438,6 +474,40 @@ run_tool() {
   fi
 }
 
+# rtt_start: sample the placement into $TMP/rtt every 0.5 s until rtt_stop.
+rtt_start() {
+  : >"$TMP/rtt"
+  ((${#RTT_CMD[@]})) || return 0
+  (while :; do
+    "${RTT_CMD[@]}" >>"$TMP/rtt" 2>/dev/null || true
+    sleep 0.5
+  done) &
+  RTT_PID=$!
+  PIDS+=("$RTT_PID")
+}
+
+rtt_stop() {
+  [[ -n $RTT_PID ]] || return 0
+  kill "$RTT_PID" 2>/dev/null || true
+  wait "$RTT_PID" 2>/dev/null || true
+  RTT_PID=""
+}
+
+# rtt_verdict: "MEDIAN PLACEMENT MIN" for the cell's samples: far when more than one sample
+# is above 3x the smallest round trip seen so far (MIN, which the samples may lower);
+# "- near MIN" without samples.
+rtt_verdict() {
+  awk -v min="${RTT_MIN:-}" '
+    $1 ~ /^[0-9.]+$/ { v[n++] = $1 + 0; if (min == "" || $1 + 0 < min + 0) min = $1 + 0 }
+    END {
+      if (n == 0) { print "-", "near", (min == "" ? "-" : min); exit }
+      for (i = 1; i < n; i++)  # insertion sort: mawk has no asort
+        for (j = i; j > 0 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+      for (i = 0; i < n; i++) if (v[i] > 3 * min) far++
+      printf "%.1f %s %s\n", v[int((n - 1) / 2)], (far > 1 ? "far" : "near"), min
+    }' "$TMP/rtt"
+}
+
 # backend_of WL: the PID of the backend process tree that workload WL talks to.
 backend_of() {
   case "$1" in
@@ -447,9 +517,11 @@ backend_of() {
   esac
 }
 
-# cell CAND WL REPEAT: one run of WL through CAND; appends to the cell's lists.
+# cell CAND WL REPEAT TRY: one run of WL through CAND; appends to the cell's lists. Returns 3,
+# appending nothing, when the run had the CPUs far apart and TRY < --placement-tries.
 cell() {
-  local cand=$1 wl=$2 r=$3 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 k0 k1 bpid
+  local cand=$1 wl=$2 r=$3 try=$4 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 k0 k1 bpid
+  local rtt placement
   if [[ $wl == udp-echo && $cand == haproxy* ]]; then
     NOTE[$key]="n/a (HAProxy has no UDP)"
     return 0
@@ -480,8 +552,10 @@ cell() {
     prof_pid=$!
     sleep 0.3
   fi
+  rtt_start
   run_tool "$wl" "$outf"
   read -r m1 k1 <<<"$(machine_ticks)"
+  rtt_stop
   if ((COUNTERS)); then
     c1=$(cpus_ticks "$CLIENT_CPU_LIST")
     q1=$(cpus_ticks "$PROXY_CPU_LIST")
@@ -529,6 +603,19 @@ cell() {
     NOTE[$key]="failed"
     return 0
   fi
+  read -r rtt placement RTT_MIN <<<"$(rtt_verdict)"
+  if [[ $placement == far ]] && ((try < PLACEMENT_TRIES)); then
+    [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units rtt_ns=$rtt placement=far kept=0" >>"$RAW"
+    for v in $perf_proxy $perf_backend $sched_pid; do
+      kill -INT "$v" 2>/dev/null || true
+      wait "$v" 2>/dev/null || true
+    done
+    rm -f "$TMP"/perf-*.out
+    log "  CPUs $RTT_P and $RTT_C were far apart ($rtt ns against $RTT_MIN): measuring again"
+    REDONE=$((REDONE + 1))
+    return 3
+  fi
+  [[ $placement == far ]] && FAR_KEPT=$((FAR_KEPT + 1))
   # Scale per unit: µs per request/connection, s per GB.
   local scale=1000000
   [[ $wl == iperf-* ]] && scale=1000000000
@@ -548,7 +635,7 @@ cell() {
   RATE[$key]+=" $rate"
   [[ -n $p99 ]] && P99[$key]+=" $p99"
   MCPU[$key]+=" $mcpu"
-  [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} added=${added:-} cpu_unit=${CUNIT[$key]}" >>"$RAW"
+  [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} added=${added:-} cpu_unit=${CUNIT[$key]} rtt_ns=$rtt placement=$placement kept=1" >>"$RAW"
   if ((COUNTERS)); then
     # Counters per request or connection; per GB for iperf3.
     [[ $wl == iperf-* ]] && units=$(awk -v b="$units" 'BEGIN { printf "%.6f", b / 1e9 }')
@@ -695,24 +782,28 @@ for ((REP = 1; REP <= REPEAT; REP++)); do
     [[ -n ${WL_SKIP[$wl]:-} ]] && continue
     for cand in "${order[@]}"; do
       [[ -n ${SKIP[$cand]:-} ]] && continue
-      log "run $REP/$REPEAT: $wl: $cand"
-      if ! start_candidate "$cand"; then
-        SKIP[$cand]="did not start"
-        log "skipping $cand from now on: it did not start"
-        continue
-      fi
-      sleep 0.3
-      RSS_BASE=$(rss_kb "$CAND_PID")
-      if [[ $wl == hold ]]; then
-        hold_cell "$cand"
-      else
-        cell "$cand" "$wl" "$REP"
-      fi
-      if ((COUNTERS && REP == 1)) && [[ $wl == wrk-ka && -n $CAND_PID ]]; then
-        io_sizes "$cand"
-      fi
-      stop_pid "$CAND_PID"
-      CAND_PID=""
+      for ((try = 1; try <= PLACEMENT_TRIES; try++)); do
+        log "run $REP/$REPEAT: $wl: $cand$( ((try == 1)) || echo " (try $try)")"
+        if ! start_candidate "$cand"; then
+          SKIP[$cand]="did not start"
+          log "skipping $cand from now on: it did not start"
+          break
+        fi
+        sleep 0.3
+        RSS_BASE=$(rss_kb "$CAND_PID")
+        rc=0
+        if [[ $wl == hold ]]; then
+          hold_cell "$cand"
+        else
+          cell "$cand" "$wl" "$REP" "$try" || rc=$?
+        fi
+        if ((rc == 0 && COUNTERS && REP == 1)) && [[ $wl == wrk-ka && -n $CAND_PID ]]; then
+          io_sizes "$cand"
+        fi
+        stop_pid "$CAND_PID"
+        CAND_PID=""
+        ((rc == 3)) || break
+      done
     done
   done
 done
@@ -742,6 +833,13 @@ echo "proxy's utime+stime per unit. machine CPU: busy time of all CPUs"
 echo "(softirq included) per unit; added: machine CPU through the proxy minus direct's, same run."
 echo "wrk: 2 threads, 64 connections, nginx backends (13-byte body); iperf3: Gbit/s received;"
 echo "UDP echo: 32 flows of 64-byte datagrams (l4lb-loadgen udp-rr); hold: $HOLD_CONNS idle connections."
+if ((${#RTT_CMD[@]})); then
+  echo "Placement: a cache line's round trip between CPU $RTT_P and CPU $RTT_C, sampled every 0.5 s in each"
+  echo "cell (smallest $RTT_MIN ns); a cell with more than one sample above 3x that ran with the vCPUs"
+  echo "far apart and was measured again, up to $PLACEMENT_TRIES tries: $REDONE cell(s) measured again, $FAR_KEPT kept far apart."
+else
+  echo "Placement: not checked (the proxy and the clients share a CPU, or core-rtt could not run)."
+fi
 echo
 echo "| workload | candidate | rate | p99 µs | proxy CPU | machine CPU | added CPU | notes |"
 echo "|---|---|---|---|---|---|---|---|"

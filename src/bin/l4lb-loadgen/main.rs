@@ -10,6 +10,7 @@
 //!                    Workload::run: tcp_rr | tcp_crr | tcp_stream | udp_rr (evloop) | hold
 //!                  per-thread Stats (HDR histogram) -> merged -> report (text or JSON)
 //!            └───> probe::run            one request per connection, one line per connection
+//!            └───> core_rtt::run         a cache line's round trip between two CPUs
 //! ```
 //!
 //! Only this file names every workload: the driver sees a `dyn Workload`, and each workload
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms)]
 
+mod core_rtt;
 mod driver;
 mod evloop;
 mod hold;
@@ -87,6 +89,9 @@ enum Command {
     /// One HTTP request per connection from each --sources address; prints, per connection,
     /// the client IP:port used and the backend that answered (to trace where clients land).
     Probe(probe::ProbeArgs),
+    /// The round trip of a cache line between two CPUs (ns), to tell how far apart a VM's
+    /// vCPUs are placed right now.
+    CoreRtt(core_rtt::CoreRttArgs),
     /// Open --conns idle connections, keep them, then verify each with one echo round trip.
     Hold {
         #[command(flatten)]
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
         Command::TcpStream { common, direction } => client(Mode::TcpStream { direction }, common),
         Command::UdpRr(common) => client(Mode::UdpRr, common),
         Command::Probe(args) => probe::run(args),
+        Command::CoreRtt(args) => core_rtt::run(args),
         Command::Hold {
             common,
             hold,
