@@ -439,6 +439,8 @@ nstat_delta() {
 
 # ------------------------------------------------------------------------------- results
 declare -A RATE=() P99=() PCPU=() MCPU=() KCPU=() ADDED=() UNIT=() CUNIT=() NOTE=() RSS=() CNT=()
+# Per cell, in the order of RATE's: its placement, and its added CPU ("-" for direct).
+declare -A PLACE=() ADDED_ALL=()
 declare -A DIRECT_MCPU=()
 
 # per VALUE UNITS SCALE: VALUE * SCALE / UNITS, or empty when UNITS is 0.
@@ -633,6 +635,8 @@ cell() {
     fi
   fi
   RATE[$key]+=" $rate"
+  PLACE[$key]+=" $placement"
+  ADDED_ALL[$key]+=" ${added:--}"
   [[ -n $p99 ]] && P99[$key]+=" $p99"
   MCPU[$key]+=" $mcpu"
   [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} added=${added:-} cpu_unit=${CUNIT[$key]} rtt_ns=$rtt placement=$placement kept=1" >>"$RAW"
@@ -967,6 +971,48 @@ if [[ ",$CANDIDATES," == *",l4lb,"* && ",$CANDIDATES," == *",l4lb-b,"* ]]; then
       unset -n ab
     done
     printf '| %s | %s | %s | %s | %s |\n' "$wl" "${cells[@]}"
+  done
+fi
+
+# pick_by VALUES PLACES WANT: the values whose cell ran in placement WANT.
+pick_by() {
+  awk -v a="$1" -v b="$2" -v w="$3" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " "); out = ""
+    for (i = 1; i <= n; i++) if (y[i] == w && x[i] != "-") out = out " " x[i]
+    print out
+  }'
+}
+
+# Cells kept far apart (the last of their tries, or every far cell with --placement-tries 1):
+# each candidate's medians over its near cells and over its far cells, side by side.
+if ((FAR_KEPT > 0)); then
+  echo
+  echo "By placement ($FAR_KEPT cell(s) kept far apart): each candidate's median over its cells run near"
+  echo "and over those run far apart (number of cells)"
+  echo
+  echo "| workload | candidate | near: rate | near: added CPU | far: rate | far: added CPU |"
+  echo "|---|---|---|---|---|---|"
+  for wl in "${WORKLOADS[@]}"; do
+    [[ $wl == hold ]] && continue
+    for cand in "${WANT[@]}"; do
+      key="$cand|$wl"
+      [[ -n ${PLACE[$key]:-} ]] || continue
+      row="| $wl | $cand"
+      for where in near far; do
+        for map in RATE ADDED_ALL; do
+          declare -n vals=$map
+          picked=$(pick_by "${vals[$key]:-}" "${PLACE[$key]}" "$where")
+          unset -n vals
+          n=$(wc -w <<<"$picked")
+          if ((n == 0)); then
+            row+=" | -"
+          else
+            row+=" | $(awk -v v="$(median "$picked")" -v m="$map" 'BEGIN { printf (m == "RATE" ? "%.0f" : "%.2f"), v }') ($n)"
+          fi
+        done
+      done
+      echo "$row |"
+    done
   done
 fi
 
