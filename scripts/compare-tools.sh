@@ -33,12 +33,14 @@
 # client CPU (`l4lb-loadgen core-rtt`, at SCHED_FIFO, ~2 ms every 0.5 s), and a cell with more
 # than one sample above 3x the smallest round trip seen in the run ran far apart: it is
 # measured again, up to --placement-tries times in all (the last try counts whatever its
-# placement). Every try goes to --raw with its median round trip and placement.
+# placement). Before each try it waits, probing once a second for up to --placement-wait
+# seconds, for the CPUs to be near: the far placement can last minutes. Every try goes to
+# --raw with its median round trip and placement.
 #
 # Usage: scripts/compare-tools.sh [--quick] [--repeat N] [--duration S] [--workers N]
 #            [--proxy-cpus LIST] [--client-cpus LIST] [--candidates LIST]
 #            [--workloads LIST] [--hold-conns N] [--base-port P] [--counters] [--raw FILE]
-#            [--placement-tries N]
+#            [--placement-tries N] [--placement-wait S]
 #   --quick           1 repeat of 1 s per cell, 2,000 idle connections
 #   --repeat N        repeats, the median is reported (default 3)
 #   --duration S      seconds per cell (default 4)
@@ -57,6 +59,8 @@
 #   --profile DIR     perf record -a -g of every cell into DIR/CAND-WORKLOAD-RUN.data
 #   --placement-tries N  tries per cell until one runs with the CPUs near (default 3; 1:
 #                     sample the placement but never measure again)
+#   --placement-wait S   before each try, wait up to S s for the CPUs to be near (default 30;
+#                     0: never wait)
 # Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN, L4LB_B_BIN,
 # L4LB_B_WORKERS, NGINX_MODULES (config that loads nginx's stream module).
 # Needs wrk, iperf3, nginx (with the stream module), haproxy; a missing one skips its rows.
@@ -82,6 +86,7 @@ COUNTERS=0
 RAW=""
 PROFILE=""
 PLACEMENT_TRIES=3
+PLACEMENT_WAIT=30
 NGINX_MODULES=${NGINX_MODULES:-/etc/nginx/modules-enabled/*stream*.conf}
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -99,6 +104,7 @@ while [[ $# -gt 0 ]]; do
     --raw) RAW=${2:?--raw needs a file}; shift 2 ;;
     --profile) PROFILE=${2:?--profile needs a directory}; shift 2 ;;
     --placement-tries) PLACEMENT_TRIES=${2:?--placement-tries needs N}; shift 2 ;;
+    --placement-wait) PLACEMENT_WAIT=${2:?--placement-wait needs seconds}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "compare-tools: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -116,6 +122,7 @@ for n in "$REPEAT" "$HOLD_CONNS" "$BASE_PORT" "$WORKERS" "$PLACEMENT_TRIES"; do
   [[ $n =~ ^[0-9]+$ && $n -gt 0 ]] || { echo "compare-tools: $n is not a positive integer" >&2; exit 2; }
 done
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "compare-tools: --duration takes whole seconds" >&2; exit 2; }
+[[ $PLACEMENT_WAIT =~ ^[0-9]+$ ]] || { echo "compare-tools: --placement-wait takes whole seconds" >&2; exit 2; }
 
 BUILD_DIR=${BUILD_DIR:-target/release}
 L4LB_BIN=${L4LB_BIN:-$BUILD_DIR/l4lb}
@@ -244,6 +251,7 @@ RTT_MIN=""
 RTT_PID=""
 REDONE=0
 FAR_KEPT=0
+WAITED=0
 read -r RTT_P _ <<<"$PROXY_CPU_LIST"
 read -r RTT_C _ <<<"$CLIENT_CPU_LIST"
 if ((${#PROXY_PIN[@]})) && [[ $RTT_P != "$RTT_C" ]]; then
@@ -493,6 +501,22 @@ rtt_stop() {
   kill "$RTT_PID" 2>/dev/null || true
   wait "$RTT_PID" 2>/dev/null || true
   RTT_PID=""
+}
+
+# rtt_wait_near: probe once a second, up to --placement-wait seconds, until a probe is within
+# 3x the smallest round trip (the CPUs are near); adds the seconds waited to WAITED.
+rtt_wait_near() {
+  local n v
+  ((${#RTT_CMD[@]})) && [[ -n $RTT_MIN ]] || return 0
+  for ((n = 0; n < PLACEMENT_WAIT; n++)); do
+    v=$("${RTT_CMD[@]}" 2>/dev/null) || return 0
+    awk -v v="$v" -v m="$RTT_MIN" 'BEGIN { exit !(v <= 3 * m) }' && break
+    sleep 1
+  done
+  if ((n > 0)); then
+    log "  waited $n s for CPUs $RTT_P and $RTT_C to be near"
+    WAITED=$((WAITED + n))
+  fi
 }
 
 # rtt_verdict: "MEDIAN PLACEMENT MIN" for the cell's samples: far when more than one sample
@@ -787,6 +811,7 @@ for ((REP = 1; REP <= REPEAT; REP++)); do
     for cand in "${order[@]}"; do
       [[ -n ${SKIP[$cand]:-} ]] && continue
       for ((try = 1; try <= PLACEMENT_TRIES; try++)); do
+        [[ $wl == hold ]] || rtt_wait_near
         log "run $REP/$REPEAT: $wl: $cand$( ((try == 1)) || echo " (try $try)")"
         if ! start_candidate "$cand"; then
           SKIP[$cand]="did not start"
@@ -841,6 +866,7 @@ if ((${#RTT_CMD[@]})); then
   echo "Placement: a cache line's round trip between CPU $RTT_P and CPU $RTT_C, sampled every 0.5 s in each"
   echo "cell (smallest $RTT_MIN ns); a cell with more than one sample above 3x that ran with the vCPUs"
   echo "far apart and was measured again, up to $PLACEMENT_TRIES tries: $REDONE cell(s) measured again, $FAR_KEPT kept far apart."
+  echo "Before each try it waited up to $PLACEMENT_WAIT s for the CPUs to be near: $WAITED s in all."
 else
   echo "Placement: not checked (the proxy and the clients share a CPU, or core-rtt could not run)."
 fi
