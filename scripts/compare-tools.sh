@@ -27,15 +27,17 @@
 #
 # vCPU placement: a VM's host may place the proxy's CPU and the clients' CPU on neighbouring
 # cores or far apart, and move them while the script runs; far apart, every proxied workload
-# loses 15-25% (docs/benchmarks.md: near, a cache line's round trip took 46-115 ns on the
-# development VM, far 240-400 ns) while direct, on one CPU, does not change. So every cell
-# (but hold) samples the round trip of a cache line between the first proxy CPU and the first
-# client CPU (`l4lb-loadgen core-rtt`, at SCHED_FIFO, ~2 ms every 0.5 s), and a cell with more
+# loses 6-19% (docs/benchmarks.md: a cache line's round trip took 42-60 ns near on the
+# development VM, 346-403 ns far) while direct, on one CPU, loses 0-4%. So every cell (but
+# hold) samples the round trip of a cache line between the first proxy CPU and the first
+# client CPU (`l4lb-loadgen core-rtt`, at SCHED_FIFO, 1-2 ms every 0.5 s), and a cell with more
 # than one sample above 3x the smallest round trip seen in the run ran far apart: it is
 # measured again, up to --placement-tries times in all (the last try counts whatever its
 # placement). Before each try it waits, probing once a second for up to --placement-wait
 # seconds, for the CPUs to be near: the far placement can last minutes. Every try goes to
-# --raw with its median round trip and placement.
+# --raw with its median round trip and placement. At the end, a kept cell whose median sample
+# is above 3x the run's smallest round trip counts as far too (a run that starts far apart
+# takes the far round trip for the smallest until it first sees the CPUs near).
 #
 # Usage: scripts/compare-tools.sh [--quick] [--repeat N] [--duration S] [--workers N]
 #            [--proxy-cpus LIST] [--client-cpus LIST] [--candidates LIST]

@@ -3,7 +3,7 @@
 //! Why a load generator has this: on a VM the host may place two vCPUs on neighbouring cores
 //! or far apart (another core complex or socket), and move them while a benchmark runs. Far
 //! apart, every cache line that a proxy on one CPU shares with clients on the other (socket
-//! buffers, wake-ups) costs several times more, and a proxied request/response run loses 15-25%
+//! buffers, wake-ups) costs several times more, and a proxied request/response run loses 6-19%
 //! while a run that stays on one CPU does not change (docs/benchmarks.md). scripts/compare-tools.sh
 //! samples this figure during each cell to tell which placement the cell ran in.
 //!
