@@ -64,7 +64,9 @@
 #   --placement-wait S   before each try, wait up to S s for the CPUs to be near (default 30;
 #                     0: never wait)
 # Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN, L4LB_B_BIN,
-# L4LB_B_WORKERS, NGINX_MODULES (config that loads nginx's stream module).
+# L4LB_B_WORKERS, L4LB_TCP_EXTRA and L4LB_B_TCP_EXTRA (lines added to each TCP listener of
+# l4lb / l4lb-b, e.g. 'backend_congestion_control = "cubic"'), NGINX_MODULES (config that
+# loads nginx's stream module).
 # Needs wrk, iperf3, nginx (with the stream module), haproxy; a missing one skips its rows.
 set -euo pipefail
 
@@ -130,6 +132,8 @@ BUILD_DIR=${BUILD_DIR:-target/release}
 L4LB_BIN=${L4LB_BIN:-$BUILD_DIR/l4lb}
 L4LB_B_BIN=${L4LB_B_BIN:-$L4LB_BIN}
 L4LB_B_WORKERS=${L4LB_B_WORKERS:-$WORKERS}
+L4LB_TCP_EXTRA=${L4LB_TCP_EXTRA:-}
+L4LB_B_TCP_EXTRA=${L4LB_B_TCP_EXTRA:-}
 LOADGEN_BIN=${LOADGEN_BIN:-$BUILD_DIR/l4lb-loadgen}
 TEMPLATES=scripts/templates
 if [[ ! -x "$LOADGEN_BIN" ]]; then
@@ -335,7 +339,7 @@ IPERF_T=""
 ECHO_T=""
 UDP_T=""
 start_candidate() {
-  local name=$1 base bin workers splice="" cfg
+  local name=$1 base bin workers tcp_extra splice="" cfg
   CAND_PID=""
   if [[ $name == direct ]]; then
     HTTP_T=127.0.0.1:$HTTP1
@@ -353,12 +357,14 @@ start_candidate() {
     l4lb | l4lb-b)
       bin=$L4LB_BIN
       workers=$WORKERS
+      tcp_extra=$L4LB_TCP_EXTRA
       if [[ $name == l4lb-b ]]; then
         bin=$L4LB_B_BIN
         workers=$L4LB_B_WORKERS
+        tcp_extra=$L4LB_B_TCP_EXTRA
       fi
       cfg="$TMP/$name.toml"
-      render "$TEMPLATES/tools-l4lb.toml.tmpl" "$cfg" "WORKERS=$workers" \
+      render "$TEMPLATES/tools-l4lb.toml.tmpl" "$cfg" "WORKERS=$workers" "TCP_EXTRA=$tcp_extra" \
         "LISTEN_HTTP=$HTTP_T" "LISTEN_IPERF=$IPERF_T" "LISTEN_ECHO=$ECHO_T" "LISTEN_UDP=$UDP_T" \
         "HTTP_BACKENDS=  { addr = \"127.0.0.1:$HTTP1\" },
   { addr = \"127.0.0.1:$HTTP2\" }," \

@@ -394,3 +394,38 @@ fn more_workers_than_cores() {
     assert_eq!(a.accepted() + b.accepted(), 40 + 16 * 5);
     assert!(a.accepted() > 0 && b.accepted() > 0, "both backends used");
 }
+
+/// `backend_congestion_control` reaches the kernel: l4lb's socket to the backend runs the
+/// algorithm asked for (read back with `ss`), not the host's default.
+#[test]
+fn backend_connections_run_the_congestion_control_asked_for() {
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .expect("read the host's default congestion control");
+    // reno is built into every kernel; cubic when reno happens to be the host's default.
+    let wanted = if host.trim() == "reno" {
+        "cubic"
+    } else {
+        "reno"
+    };
+    let backend = Backend::echo("cc");
+    let lb = L4lb::start(
+        &Conf::new("round_robin", &[backend.addr])
+            .extra(&format!("backend_congestion_control = \"{wanted}\"")),
+    );
+
+    let mut s = connect(lb.addr).expect("connect");
+    echo_roundtrip(&mut s, b"congestion").expect("echo");
+    // The backend's port is its own: the one established socket with it as the destination
+    // is l4lb's backend side.
+    let out = std::process::Command::new("ss")
+        .args(["-Htin", "state", "established", "dst"])
+        .arg(backend.addr.to_string())
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| ["reno", "cubic", "bbr", "dctcp", "htcp", "vegas"].contains(w))
+        .collect();
+    assert_eq!(names, [wanted], "ss output: {text}");
+}

@@ -182,6 +182,10 @@ pub struct ListenerConfig {
     /// Local addresses for backend connections and sessions, taken round robin (v4-mapped
     /// addresses normalised to IPv4); empty = the kernel's choice.
     pub source: Vec<IpAddr>,
+    /// TCP: the congestion control algorithm of backend connections (TCP_CONGESTION, set
+    /// before connect), checked against the kernel at load; `None` = the host's default
+    /// (net.ipv4.tcp_congestion_control).
+    pub backend_congestion_control: Option<String>,
     /// UDP: a session ends once the backend sent this many datagrams back; 0 = off.
     pub udp_responses: u32,
     /// A backend that comes up ramps from a small floor to its weight over this long; zero =

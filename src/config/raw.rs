@@ -111,6 +111,7 @@ pub(crate) struct RawListener {
     pub client_ipv4_prefix: Option<i64>,
     pub client_ipv6_prefix: Option<i64>,
     pub source: Option<Vec<String>>,
+    pub backend_congestion_control: Option<String>,
     pub udp_responses: Option<i64>,
     pub slow_start_s: Option<i64>,
     pub backends: Option<Vec<RawBackend>>,

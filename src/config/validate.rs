@@ -152,6 +152,9 @@ pub(crate) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         }
         listeners.push(l);
     }
+    if runtime.user.is_some() {
+        allowed_after_drop(&cx, &listeners)?;
+    }
 
     Ok(Config {
         path: path.to_path_buf(),
@@ -587,6 +590,20 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
     if protocol == Protocol::Tcp && udp_responses > 0 {
         return Err(cx.err(k("udp_responses"), "only applies to udp listeners"));
     }
+    let backend_congestion_control = match raw.backend_congestion_control {
+        None => None,
+        Some(_) if protocol == Protocol::Udp => {
+            return Err(cx.err(
+                k("backend_congestion_control"),
+                "only applies to tcp listeners",
+            ))
+        }
+        Some(name) => Some(congestion_control(
+            cx,
+            &k("backend_congestion_control"),
+            name,
+        )?),
+    };
     let slow_start_s = cx.int(&k("slow_start_s"), raw.slow_start_s, 0, 0, MAX_SLOW_START_S)?;
 
     let routed = raw.route.as_ref().is_some_and(|r| !r.is_empty());
@@ -632,12 +649,84 @@ fn listener(cx: &Cx, key: &str, raw: RawListener) -> Result<ListenerConfig, Conf
         client_ipv4_prefix: u8::try_from(client_ipv4_prefix).unwrap_or(32),
         client_ipv6_prefix: u8::try_from(client_ipv6_prefix).unwrap_or(64),
         source,
+        backend_congestion_control,
         udp_responses,
         slow_start: Duration::from_secs(to_u64(slow_start_s)),
         backends,
         health_check,
         routes,
     })
+}
+
+/// The longest name TCP_CONGESTION takes (TCP_CA_NAME_MAX is 16 with the NUL).
+const MAX_CONGESTION_NAME: usize = 15;
+
+/// `backend_congestion_control = "cubic"`: a name this kernel accepts from this process, found
+/// out the only reliable way, by setting it on a throwaway socket (the algorithm may be a
+/// module the kernel loads on first use, and an unprivileged process may only pick those in
+/// net.ipv4.tcp_allowed_congestion_control).
+fn congestion_control(cx: &Cx, key: &str, name: String) -> Result<String, ConfigError> {
+    let well_formed = !name.is_empty()
+        && name.len() <= MAX_CONGESTION_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !well_formed {
+        return Err(cx.err(
+            key,
+            format!("invalid congestion control name {name:?} (e.g. \"cubic\", \"bbr\", \"reno\")"),
+        ));
+    }
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .and_then(|s| s.set_tcp_congestion(name.as_bytes()));
+    match probe {
+        Ok(()) => Ok(name),
+        Err(e) => {
+            let list = |sysctl: &str| {
+                std::fs::read_to_string(format!("/proc/sys/net/ipv4/{sysctl}"))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unreadable".to_string())
+            };
+            let why = match e.raw_os_error() {
+                Some(nix::libc::ENOENT) => format!(
+                    "{name:?} is not available in this kernel (net.ipv4.tcp_available_congestion_control: {})",
+                    list("tcp_available_congestion_control")
+                ),
+                Some(nix::libc::EPERM) => format!(
+                    "{name:?} may not be set by this process: without CAP_NET_ADMIN only \
+                     net.ipv4.tcp_allowed_congestion_control may ({})",
+                    list("tcp_allowed_congestion_control")
+                ),
+                _ => format!("cannot set {name:?} on a TCP socket: {e}"),
+            };
+            Err(cx.err(key, why))
+        }
+    }
+}
+
+/// The probe in [`congestion_control`] ran with this process's privileges; once it drops to
+/// `runtime.user` it loses CAP_NET_ADMIN, and every backend connection would silently keep the
+/// host's default. Refuse that at load instead.
+fn allowed_after_drop(cx: &Cx, listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
+    let Ok(allowed) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+    else {
+        return Ok(());
+    };
+    for (i, l) in listeners.iter().enumerate() {
+        if let Some(name) = &l.backend_congestion_control {
+            if !allowed.split_whitespace().any(|a| a == name) {
+                return Err(cx.err(
+                    format!("listener[{i}].backend_congestion_control"),
+                    format!(
+                        "{name:?} is not in net.ipv4.tcp_allowed_congestion_control ({}), \
+                         all that is left once runtime.user drops root",
+                        allowed.trim()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `source = [...]`: literal IP addresses (no ports: the kernel picks one per connection),

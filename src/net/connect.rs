@@ -52,9 +52,20 @@ fn new_socket(backend: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Sock
 }
 
 /// Start a non-blocking connect to `backend`, from `source` when given (port chosen at
-/// connect). In progress counts as success; the caller waits for writability.
-pub fn tcp_connect(backend: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net::TcpStream> {
+/// connect), with the `congestion` control algorithm when given (else the host's default).
+/// In progress counts as success; the caller waits for writability.
+pub fn tcp_connect(
+    backend: SocketAddr,
+    source: Option<IpAddr>,
+    congestion: Option<&str>,
+) -> io::Result<mio::net::TcpStream> {
     let socket = new_socket(backend, Type::STREAM, Protocol::TCP)?;
+    if let Some(name) = congestion {
+        // Before connect, so the handshake already runs it. The name was accepted by this
+        // kernel at load (config validation); should it be refused now (the module removed
+        // since), the connection still works with the host's default.
+        let _ = socket.set_tcp_congestion(name.as_bytes());
+    }
     if let Some(ip) = source {
         // Best effort: without it (old kernels) the bind reserves a port, which still works.
         let _ = setsockopt(&socket, sockopt::IpBindAddressNoPort, &true);
@@ -129,11 +140,31 @@ mod tests {
     #[test]
     fn backend_sockets_are_non_blocking_and_close_on_exec() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let tcp = tcp_connect(listener.local_addr().unwrap(), None).unwrap();
+        let tcp = tcp_connect(listener.local_addr().unwrap(), None, None).unwrap();
         assert_eq!(status_flags(&tcp), (true, true));
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let udp = udp_connect(peer.local_addr().unwrap(), None).unwrap();
         assert_eq!(status_flags(&udp), (true, true));
+    }
+
+    /// The algorithm a socket runs, as TCP_CONGESTION reads it back (NUL-padded).
+    fn congestion_of(s: &mio::net::TcpStream) -> String {
+        let name = socket2::SockRef::from(s).tcp_congestion().unwrap();
+        String::from_utf8_lossy(&name)
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    #[test]
+    fn tcp_connect_sets_the_congestion_control_asked_for() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        // reno is built into every kernel, whatever the host's default is.
+        let chosen = tcp_connect(to, None, Some("reno")).unwrap();
+        assert_eq!(congestion_of(&chosen), "reno");
+        let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap();
+        let default = tcp_connect(to, None, None).unwrap();
+        assert_eq!(congestion_of(&default), host.trim());
     }
 
     #[test]
@@ -141,7 +172,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let to = listener.local_addr().unwrap();
         let source: IpAddr = "127.0.0.7".parse().unwrap();
-        let _stream = tcp_connect(to, Some(source)).unwrap();
+        let _stream = tcp_connect(to, Some(source), None).unwrap();
         let (_, peer) = listener.accept().unwrap();
         assert_eq!(peer.ip(), source);
         let udp = udp_connect(to, Some(source)).unwrap();

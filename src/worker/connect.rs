@@ -98,8 +98,9 @@ impl Worker {
             &flow_key,
             conn.tried_mut(),
             self.now,
-            |addr, source| {
-                let mut s = tcp_connect(addr, source)?;
+            |addr, source, config| {
+                let congestion = config.backend_congestion_control.as_deref();
+                let mut s = tcp_connect(addr, source, congestion)?;
                 let _ = s.set_nodelay(true);
                 registry.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
                 Ok(s)

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 
 use crate::backend::Backend;
 use crate::balancer::{FlowKey, Pool};
-use crate::config::Algorithm;
+use crate::config::{Algorithm, ListenerConfig};
 use crate::net::connect::{is_local_shortage, pick_source};
 use crate::state::ListenerState;
 
@@ -121,7 +121,7 @@ pub(super) fn connect_next<S>(
     key: &FlowKey,
     tried: &mut Tried,
     now_ms: u64,
-    mut connect: impl FnMut(SocketAddr, Option<IpAddr>) -> io::Result<S>,
+    mut connect: impl FnMut(SocketAddr, Option<IpAddr>, &ListenerConfig) -> io::Result<S>,
 ) -> Attempt<S> {
     let retries = (wl.state.config.connect_retries as usize).min(MAX_ATTEMPTS - 1);
     let least_latency = pool.algorithm_of(group) == Some(Algorithm::LeastLatency);
@@ -138,7 +138,7 @@ pub(super) fn connect_next<S>(
         if source.is_some() {
             wl.next_source = wl.next_source.wrapping_add(1);
         }
-        match connect(lease.addr, source) {
+        match connect(lease.addr, source, &wl.state.config) {
             Ok(socket) => {
                 let started_us = if least_latency {
                     crate::clock::monotonic_us()

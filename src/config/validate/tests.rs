@@ -360,8 +360,8 @@ fn unknown_listener_key() {
          balance, connect_timeout_ms, idle_timeout_s, connect_retries, max_connections, \
          max_conns_per_client, conn_rate_per_client, proxy_protocol, accept_proxy_protocol, \
          trusted_proxies, client_first_byte_timeout_ms, allow, deny, access_log, fin_timeout_s, \
-         conn_rate_limit, client_ipv4_prefix, client_ipv6_prefix, source, udp_responses, \
-         slow_start_s, backends, health_check, route"
+         conn_rate_limit, client_ipv4_prefix, client_ipv6_prefix, source, \
+         backend_congestion_control, udp_responses, slow_start_s, backends, health_check, route"
     );
 }
 
@@ -1268,4 +1268,43 @@ fn udp_share_of_the_global_cap() {
         one_backend("protocol = \"udp\"")
     ));
     assert_eq!(udp_global_cap(&udp_only), 10);
+}
+
+#[test]
+fn backend_congestion_control_is_checked_against_the_kernel() {
+    assert_eq!(parse(MINIMAL).listeners[0].backend_congestion_control, None);
+    // reno is built into every kernel and always allowed, so it passes even for `user`.
+    let c = parse(&format!(
+        "[runtime]\nuser = \"nobody\"\n{}",
+        one_backend("backend_congestion_control = \"reno\"")
+    ));
+    assert_eq!(
+        c.listeners[0].backend_congestion_control.as_deref(),
+        Some("reno")
+    );
+
+    let missing = err(&one_backend("backend_congestion_control = \"nosuchcc\""));
+    assert!(
+        missing.starts_with(
+            "conf/x.toml: listener[0].backend_congestion_control: \"nosuchcc\" is not available \
+             in this kernel (net.ipv4.tcp_available_congestion_control: "
+        ) && missing.contains("reno"),
+        "{missing}"
+    );
+    assert_eq!(
+        err(&one_backend("backend_congestion_control = \"cubic; rm\"")),
+        "conf/x.toml: listener[0].backend_congestion_control: invalid congestion control name \
+         \"cubic; rm\" (e.g. \"cubic\", \"bbr\", \"reno\")"
+    );
+    assert_eq!(
+        err(&one_backend("backend_congestion_control = \"\"")),
+        "conf/x.toml: listener[0].backend_congestion_control: invalid congestion control name \
+         \"\" (e.g. \"cubic\", \"bbr\", \"reno\")"
+    );
+    assert_eq!(
+        err(&one_backend(
+            "protocol = \"udp\"\nbackend_congestion_control = \"reno\""
+        )),
+        "conf/x.toml: listener[0].backend_congestion_control: only applies to tcp listeners"
+    );
 }

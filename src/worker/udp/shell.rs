@@ -165,7 +165,15 @@ impl Worker {
         };
         let pool = state.pool.load();
         let mut tried = Tried::default();
-        match connect_next(wl, &pool, 0, &flow_key, &mut tried, now, udp_connect) {
+        match connect_next(
+            wl,
+            &pool,
+            0,
+            &flow_key,
+            &mut tried,
+            now,
+            |addr, source, _| udp_connect(addr, source),
+        ) {
             Attempt::Started(started) => {
                 let mut session = Session::new(
                     li,
