@@ -677,7 +677,10 @@ fn congestion_control(cx: &Cx, key: &str, name: String) -> Result<String, Config
             format!("invalid congestion control name {name:?} (e.g. \"cubic\", \"bbr\", \"reno\")"),
         ));
     }
-    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+    let tcp_socket = |domain| socket2::Socket::new(domain, socket2::Type::STREAM, None);
+    // An IPv6-only host has no IPv4 sockets; the algorithms are the same for both.
+    let probe = tcp_socket(socket2::Domain::IPV4)
+        .or_else(|_| tcp_socket(socket2::Domain::IPV6))
         .and_then(|s| s.set_tcp_congestion(name.as_bytes()));
     match probe {
         Ok(()) => Ok(name),
