@@ -1,5 +1,6 @@
 //! The TCP data plane end to end: bytes both ways (splice auto, always and never), half-close in
-//! both directions, resets, 1,000 concurrent connections, IPv6, and more workers than cores.
+//! both directions, resets, 1,000 concurrent connections, IPv6, more workers than cores, and
+//! the congestion control of backend connections (read back with `ss`).
 //!
 //! Every test runs the real `l4lb` binary against in-process backends on loopback.
 
@@ -395,37 +396,74 @@ fn more_workers_than_cores() {
     assert!(a.accepted() > 0 && b.accepted() > 0, "both backends used");
 }
 
-/// `backend_congestion_control` reaches the kernel: l4lb's socket to the backend runs the
-/// algorithm asked for (read back with `ss`), not the host's default.
-#[test]
-fn backend_connections_run_the_congestion_control_asked_for() {
-    let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-        .expect("read the host's default congestion control");
-    // reno is built into every kernel; cubic when reno happens to be the host's default.
-    let wanted = if host.trim() == "reno" {
-        "cubic"
-    } else {
-        "reno"
-    };
-    let backend = Backend::echo("cc");
-    let lb = L4lb::start(
-        &Conf::new("round_robin", &[backend.addr])
-            .extra(&format!("backend_congestion_control = \"{wanted}\"")),
-    );
-
-    let mut s = connect(lb.addr).expect("connect");
-    echo_roundtrip(&mut s, b"congestion").expect("echo");
-    // The backend's port is its own: the one established socket with it as the destination
-    // is l4lb's backend side.
+/// The congestion control names `ss` shows for the established sockets whose destination is
+/// `backend` (its port is its own: those are l4lb's backend sides).
+fn congestion_to(backend: SocketAddr) -> Vec<String> {
     let out = std::process::Command::new("ss")
         .args(["-Htin", "state", "established", "dst"])
-        .arg(backend.addr.to_string())
+        .arg(backend.to_string())
         .output()
         .expect("run ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<&str> = text
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter(|w| ["reno", "cubic", "bbr", "dctcp", "htcp", "vegas"].contains(w))
-        .collect();
-    assert_eq!(names, [wanted], "ss output: {text}");
+        .map(str::to_string)
+        .collect()
+}
+
+/// The host's default and an algorithm every kernel has that differs from it.
+fn host_and_other_congestion() -> (String, &'static str) {
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .expect("read the host's default congestion control");
+    let host = host.trim().to_string();
+    // reno is built into every kernel; cubic when reno happens to be the host's default.
+    let other = if host == "reno" { "cubic" } else { "reno" };
+    (host, other)
+}
+
+/// One connection through `lb` to `backend`: the algorithm its backend side runs. The
+/// connection is closed, and gone from `ss`, before it returns.
+fn congestion_of_next_connection(lb: SocketAddr, backend: SocketAddr) -> Vec<String> {
+    let mut s = connect(lb).expect("connect");
+    echo_roundtrip(&mut s, b"congestion").expect("echo");
+    let names = congestion_to(backend);
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(5), || congestion_to(backend).is_empty()),
+        "l4lb's backend side stayed established after the client closed"
+    );
+    names
+}
+
+/// `backend_congestion_control` reaches the kernel: l4lb's socket to the backend runs the
+/// algorithm asked for, not the host's default; a reload changes it for new connections, and
+/// a reload naming an algorithm the kernel lacks is refused and changes nothing.
+#[test]
+fn backend_connections_run_the_congestion_control_asked_for() {
+    let (host, other) = host_and_other_congestion();
+    let backend = Backend::echo("cc");
+    let conf = Conf::new("round_robin", &[backend.addr]);
+    let with = |name: &str| {
+        conf.clone()
+            .extra(&format!("backend_congestion_control = \"{name}\""))
+    };
+    let (lb, _admin) = L4lb::start_with_admin(&with(other));
+    assert_eq!(
+        congestion_of_next_connection(lb.addr, backend.addr),
+        [other]
+    );
+
+    lb.reload(&with("nosuchcc"));
+    lb.wait_reloads("error", 1.0, Duration::from_secs(5));
+    assert_eq!(
+        congestion_of_next_connection(lb.addr, backend.addr),
+        [other]
+    );
+
+    lb.reload(&conf);
+    lb.wait_reloads("ok", 1.0, Duration::from_secs(5));
+    assert_eq!(
+        congestion_of_next_connection(lb.addr, backend.addr),
+        [host.as_str()]
+    );
 }
