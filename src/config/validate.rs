@@ -696,8 +696,8 @@ fn congestion_control(cx: &Cx, key: &str, name: String) -> Result<String, Config
                     list("tcp_available_congestion_control")
                 ),
                 Some(nix::libc::EPERM) => format!(
-                    "{name:?} may not be set by this process: without CAP_NET_ADMIN only \
-                     net.ipv4.tcp_allowed_congestion_control may ({})",
+                    "{name:?} is not in net.ipv4.tcp_allowed_congestion_control ({}), the \
+                     only algorithms a process without CAP_NET_ADMIN may set",
                     list("tcp_allowed_congestion_control")
                 ),
                 _ => format!("cannot set {name:?} on a TCP socket: {e}"),
@@ -722,7 +722,7 @@ fn allowed_after_drop(cx: &Cx, listeners: &[ListenerConfig]) -> Result<(), Confi
                     format!("listener[{i}].backend_congestion_control"),
                     format!(
                         "{name:?} is not in net.ipv4.tcp_allowed_congestion_control ({}), \
-                         all that is left once runtime.user drops root",
+                         the only algorithms l4lb may set once runtime.user drops root",
                         allowed.trim()
                     ),
                 ));
