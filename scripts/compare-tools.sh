@@ -22,7 +22,9 @@
 # --counters adds, per unit of work: TCP segments in/out, data segments sent, pure ACKs,
 # delayed ACKs (nstat), the client's, the backends' and the proxy's context switches
 # (voluntary + involuntary), the proxy's syscalls and epoll_waits (perf stat), and after the
-# runs one strace sample per candidate of the proxy's read/write sizes under wrk keep-alive.
+# runs one strace sample per candidate of the proxy's read/write sizes under wrk keep-alive;
+# in iperf3 cells, 3 `ss -tmi` samples of the sockets sending to the iperf3 server
+# (congestion control, pacing rate, unsent bytes, time limited by the receiver's window).
 # Counters are machine-wide: run it on an otherwise quiet machine.
 #
 # vCPU placement: a VM's host may place the proxy's CPU and the clients' CPU on neighbouring
@@ -586,10 +588,20 @@ cell() {
     prof_pid=$!
     sleep 0.3
   fi
+  local senders_pid=""
+  if ((COUNTERS)) && [[ $wl == iperf-* ]]; then
+    : >"$TMP/senders.out"
+    senders_snapshot &
+    senders_pid=$!
+  fi
   rtt_start
   run_tool "$wl" "$outf"
   read -r m1 k1 <<<"$(machine_ticks)"
   rtt_stop
+  if [[ -n $senders_pid ]]; then
+    wait "$senders_pid" 2>/dev/null || true
+    [[ -n ${SENDERS[$key]:-} ]] || SENDERS[$key]=$(<"$TMP/senders.out")
+  fi
   if ((COUNTERS)); then
     c1=$(cpus_ticks "$CLIENT_CPU_LIST")
     q1=$(cpus_ticks "$PROXY_CPU_LIST")
@@ -770,6 +782,43 @@ hold_cell() {
 
 # io_sizes CAND: strace the proxy for 1 s of wrk keep-alive; calls per request and mean
 # bytes of its reads and writes (EAGAIN returns counted apart).
+declare -A SENDERS=()
+# senders_snapshot: at a quarter, a half and three quarters of an iperf3 cell, what `ss -tmi` says of the sockets
+# sending to the iperf3 server (the proxy's backend side; for direct, iperf3's client): their
+# congestion control, pacing rate, bytes not yet sent and share of time limited by the
+# receiver's window. The control connection (under 1 MB acked) is left out.
+senders_snapshot() {
+  local n
+  for ((n = 0; n < 3; n++)); do
+    sleep "$(awk -v d="$DURATION" 'BEGIN { print d / 4 }')"
+    ss -tmiH state established dst "127.0.0.1:$IPERF_B" 2>/dev/null
+  done | awk '
+    function val(tok, name) { sub(name, "", tok); return tok }
+    function range(lo, hi, f) { return lo == "" ? "-" : (sprintf(f, lo) == sprintf(f, hi) ? sprintf(f, lo) : sprintf(f "-" f, lo, hi)) }
+    function widen(i, v) { if (lo[i] == "" || v < lo[i]) lo[i] = v; if (hi[i] == "" || v > hi[i]) hi[i] = v }
+    /bytes_acked:/ {
+      acked = 0; pace = ""; notsent = 0; rwnd = 0; cc = ""
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /^bytes_acked:/) acked = val($i, "bytes_acked:") + 0
+        else if ($i == "pacing_rate") pace = $(i + 1)
+        else if ($i ~ /^notsent:/) notsent = val($i, "notsent:") + 0
+        else if ($i ~ /^rwnd_limited:/) { rwnd = $i; sub(/.*\(/, "", rwnd); rwnd += 0 }
+        else if ($i ~ /^(bbr|cubic|reno|dctcp|htcp|vegas|westwood|bic)$/) cc = $i
+      }
+      if (acked < 1000000) next
+      n++; algo[cc] = 1
+      # ss writes the rate as 10804684688bps or as 10.8Gbps, depending on its version.
+      scale = pace ~ /Gbps$/ ? 1 : pace ~ /Mbps$/ ? 1e-3 : pace ~ /Kbps$/ ? 1e-6 : 1e-9
+      widen(1, (pace + 0) * scale); widen(2, notsent / 1e6); widen(3, rwnd)
+    }
+    END {
+      if (n == 0) { print "-"; exit }
+      a = ""; for (k in algo) a = a (a == "" ? "" : ",") k
+      printf "%s; %d socket samples; pacing %s Gbit/s; unsent %s MB; rwnd_limited %s%%\n", a, n,
+        range(lo[1], hi[1], "%.1f"), range(lo[2], hi[2], "%.1f"), range(lo[3], hi[3], "%.0f")
+    }' >"$TMP/senders.out"
+}
+
 declare -A IOSIZES=()
 io_sizes() {
   local cand=$1 pids=() p wpid
@@ -1128,6 +1177,19 @@ if ((COUNTERS)); then
   for c in "${WANT[@]}"; do
     [[ -n ${IOSIZES[$c]:-} ]] && echo "- $c: ${IOSIZES[$c]}"
   done
+  if ((${#SENDERS[@]})); then
+    echo
+    echo "Sockets sending to the iperf3 server, sampled 3 times during each candidate's first iperf3 try"
+    echo "(ss -tmi: the proxy's backend side, iperf3's client for direct): congestion control,"
+    echo "pacing rate, bytes not yet sent, share of time limited by the receiver's window; ranges"
+    echo "over the samples:"
+    echo
+    for wl in iperf-p1 iperf-p4; do
+      for c in "${WANT[@]}"; do
+        [[ -n ${SENDERS[$c|$wl]:-} ]] && echo "- $wl, $c: ${SENDERS[$c|$wl]}"
+      done
+    done
+  fi
 fi
 echo
 log "done in $(($(date +%s) - STARTED)) s"
