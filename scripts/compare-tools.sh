@@ -1143,6 +1143,50 @@ if [[ ",$CANDIDATES," == *",l4lb,"* && ",$CANDIDATES," == *",direct,"* && ${#ANC
   done
 fi
 
+# The ceiling over the request/response rates: on this placement the clients' CPU is the
+# bottleneck, and a proxy on another CPU can at best leave it as much work per request as no
+# proxy at all. So each candidate's rate (and p99) over direct's in the same repeat: how close
+# each comes to that ceiling, and how far apart the candidates can be at most.
+# range_ratios "VALUES" "DIRECT VALUES": per-run ratios, as "median (min-max)".
+range_ratios() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    n = split(a, x, " "); m = split(b, y, " ")
+    if (n == 0 || n != m) { print "-"; exit }
+    k = 0
+    for (i = 1; i <= n; i++) if (y[i] != 0 && x[i] != "-" && y[i] != "-") r[++k] = x[i] / y[i]
+    if (k == 0) { print "-"; exit }
+    for (i = 2; i <= k; i++) { v = r[i]; j = i - 1; while (j > 0 && r[j] > v) { r[j + 1] = r[j]; j-- } r[j + 1] = v }
+    med = (k % 2) ? r[(k + 1) / 2] : (r[k / 2] + r[k / 2 + 1]) / 2
+    printf "%.2fx (%.2f-%.2f)", med, r[1], r[k]
+  }'
+}
+if [[ ",$CANDIDATES," == *",direct,"* && ${#PROXIES[@]} -gt 0 ]]; then
+  echo
+  echo "Ceiling: each candidate over direct in the same repeat, median (min-max) of the runs"
+  echo
+  header="| workload | direct"
+  for cand in "${PROXIES[@]}"; do header+=" | $cand"; done
+  echo "$header |"
+  echo "|---|---$(printf '|---%.0s' "${PROXIES[@]}")|"
+  for wl in wrk-ka wrk-close udp-echo; do
+    wants_wl "$wl" || continue
+    for map in RATE P99; do
+      declare -n vals=$map
+      d=$(median "${vals[direct|$wl]:-}")
+      if [[ $map == RATE ]]; then
+        row="| $wl rate | $(fmt "$d" '%.0f') ${UNIT[direct|$wl]:-}"
+      else
+        row="| $wl p99 | $(fmt "$d" '%.0f') µs"
+      fi
+      for cand in "${PROXIES[@]}"; do
+        row+=" | $(range_ratios "${vals[$cand|$wl]:-}" "${vals[direct|$wl]:-}")"
+      done
+      unset -n vals
+      echo "$row |"
+    done
+  done
+fi
+
 if ((COUNTERS)); then
   echo
   echo "### Counters per unit of work (request, connection; iperf3: per GB)"
