@@ -18,6 +18,9 @@
 # through the candidate minus the same for direct in the same repeat: the work a proxy adds
 # anywhere on the machine (in its own process, in the kernel on its behalf, and the extra
 # wake-ups and segments it causes the client and the backends), median over the repeats.
+# "Ceiling": each candidate's request/response rate and p99 over direct's in the same repeat.
+# Where the clients' CPU is saturated, direct is as fast as a proxy on another CPU can let it
+# go, so that ratio is how close a candidate comes to the best any proxy could do.
 #
 # --counters adds, per unit of work: TCP segments in/out, data segments sent, pure ACKs,
 # delayed ACKs (nstat), the client's, the backends' and the proxy's context switches
