@@ -397,7 +397,8 @@ fn more_workers_than_cores() {
 }
 
 /// The congestion control names `ss` shows for the established sockets whose destination is
-/// `backend` (its port is its own: those are l4lb's backend sides).
+/// `backend` (its port is its own: those are l4lb's backend sides). `ss -ti` prints each
+/// socket on two lines; the second, indented with a tab, starts with the algorithm's name.
 fn congestion_to(backend: SocketAddr) -> Vec<String> {
     let out = std::process::Command::new("ss")
         .args(["-Htin", "state", "established", "dst"])
@@ -405,8 +406,9 @@ fn congestion_to(backend: SocketAddr) -> Vec<String> {
         .output()
         .expect("run ss (iproute2)");
     String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| ["reno", "cubic", "bbr", "dctcp", "htcp", "vegas"].contains(w))
+        .lines()
+        .filter(|line| line.starts_with('\t'))
+        .filter_map(|info| info.split_whitespace().next())
         .map(str::to_string)
         .collect()
 }

@@ -153,7 +153,12 @@ pub(crate) fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigErro
         listeners.push(l);
     }
     if runtime.user.is_some() {
-        allowed_after_drop(&cx, &listeners)?;
+        // Unreadable (no /proc): nothing to check against; the probe already ran.
+        if let Ok(allowed) =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+        {
+            allowed_after_drop(&cx, &listeners, &allowed)?;
+        }
     }
 
     Ok(Config {
@@ -709,12 +714,13 @@ fn congestion_control(cx: &Cx, key: &str, name: String) -> Result<String, Config
 
 /// The probe in [`congestion_control`] ran with this process's privileges; once it drops to
 /// `runtime.user` it loses CAP_NET_ADMIN, and every backend connection would silently keep the
-/// host's default. Refuse that at load instead.
-fn allowed_after_drop(cx: &Cx, listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
-    let Ok(allowed) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
-    else {
-        return Ok(());
-    };
+/// host's default. Refuse that at load instead. `allowed`: the contents of
+/// net.ipv4.tcp_allowed_congestion_control.
+fn allowed_after_drop(
+    cx: &Cx,
+    listeners: &[ListenerConfig],
+    allowed: &str,
+) -> Result<(), ConfigError> {
     for (i, l) in listeners.iter().enumerate() {
         if let Some(name) = &l.backend_congestion_control {
             if !allowed.split_whitespace().any(|a| a == name) {

@@ -1308,3 +1308,32 @@ fn backend_congestion_control_is_checked_against_the_kernel() {
         "conf/x.toml: listener[0].backend_congestion_control: only applies to tcp listeners"
     );
 }
+
+/// With `runtime.user`, an algorithm this root process could set but the dropped user could
+/// not is refused, naming the listener; one in the allowed list passes. (The list is passed
+/// in: a test must not narrow the host's sysctl.)
+#[test]
+fn backend_congestion_control_must_stay_allowed_after_the_drop() {
+    let config = parse(&format!(
+        "{MINIMAL}\n{}",
+        r#"
+[[listener]]
+name = "b"
+bind = "127.0.0.1:8081"
+backend_congestion_control = "reno"
+backends = [ { addr = "127.0.0.1:9002" } ]
+"#
+    ));
+    let cx = super::Cx {
+        file: FILE.to_string(),
+    };
+    assert!(super::allowed_after_drop(&cx, &config.listeners, "cubic reno\n").is_ok());
+    assert_eq!(
+        super::allowed_after_drop(&cx, &config.listeners, "cubic bbr\n")
+            .unwrap_err()
+            .to_string(),
+        "conf/x.toml: listener[1].backend_congestion_control: \"reno\" is not in \
+         net.ipv4.tcp_allowed_congestion_control (cubic bbr), the only algorithms l4lb may set \
+         once runtime.user drops root"
+    );
+}
