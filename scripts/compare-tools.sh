@@ -783,13 +783,12 @@ hold_cell() {
   fi
 }
 
-# io_sizes CAND: strace the proxy for 1 s of wrk keep-alive; calls per request and mean
-# bytes of its reads and writes (EAGAIN returns counted apart).
 declare -A SENDERS=()
-# senders_snapshot: at a quarter, a half and three quarters of an iperf3 cell, what `ss -tmi` says of the sockets
-# sending to the iperf3 server (the proxy's backend side; for direct, iperf3's client): their
-# congestion control, pacing rate, bytes not yet sent and share of time limited by the
-# receiver's window. The control connection (under 1 MB acked) is left out.
+# senders_snapshot: at a quarter, a half and three quarters of an iperf3 cell, what `ss -tmi`
+# says of the sockets sending to the iperf3 server (the proxy's backend side; for direct,
+# iperf3's client): their congestion control, pacing rate, bytes not yet sent and share of
+# time limited by the receiver's window. The control connection (under 1 MB acked) is left
+# out.
 senders_snapshot() {
   local n
   for ((n = 0; n < 3; n++)); do
@@ -822,6 +821,8 @@ senders_snapshot() {
     }' >"$TMP/senders.out"
 }
 
+# io_sizes CAND: strace the proxy for 1 s of wrk keep-alive; calls per request and mean
+# bytes of its reads and writes (EAGAIN returns counted apart).
 declare -A IOSIZES=()
 io_sizes() {
   local cand=$1 pids=() p wpid
