@@ -21,6 +21,8 @@
 # "Ceiling": each candidate's request/response rate and p99 over direct's in the same repeat.
 # Where the clients' CPU is saturated, direct is as fast as a proxy on another CPU can let it
 # go, so that ratio is how close a candidate comes to the best any proxy could do.
+# "Busy": the client CPUs' and the proxy CPUs' busy share while the tool ran; a CPU busy
+# throughout is what set that cell's rate (both, for a proxy that is as slow as the clients).
 #
 # --counters adds, per unit of work: TCP segments in/out, data segments sent, pure ACKs,
 # delayed ACKs (nstat), the client's, the backends' and the proxy's context switches
@@ -432,6 +434,14 @@ cpus_ticks() {
     s += $2 + $3 + $4 + $7 + $8 } END { print s + 0 }' /proc/stat
 }
 
+# busy_share TICKS NANOSECONDS "0 1": the share of those CPUs' time that was busy, averaged
+# over them (1: every one of them busy throughout).
+busy_share() {
+  awk -v t="$1" -v ns="$2" -v n="$(wc -w <<<"$3")" -v hz="$CLK_TCK" 'BEGIN {
+    if (ns <= 0 || n <= 0) { print "-"; exit }
+    printf "%.2f", (t / hz) / (ns / 1e9) / n }'
+}
+
 # idle_entries "1": times those CPUs entered an idle state (cpuidle usage counters); each
 # entry means the next wake-up on that CPU needs an interrupt from another one.
 idle_entries() {
@@ -461,7 +471,7 @@ nstat_delta() {
 # ------------------------------------------------------------------------------- results
 declare -A RATE=() P99=() PCPU=() MCPU=() KCPU=() ADDED=() UNIT=() CUNIT=() NOTE=() RSS=() CNT=()
 # Per cell, in the order of RATE's: its placement, and its added CPU ("-" for direct).
-declare -A PLACE=() ADDED_ALL=() RTTS=()
+declare -A PLACE=() ADDED_ALL=() RTTS=() BUSY_CLIENT=() BUSY_PROXY=()
 declare -A DIRECT_MCPU=()
 
 # per VALUE UNITS SCALE: VALUE * SCALE / UNITS, or empty when UNITS is 0.
@@ -566,6 +576,7 @@ cell() {
     return 0
   fi
   local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who i0 i1
+  local bc0 bc1 bq0 bq1 t0 t1
   p0=$(cpu_ticks "$CAND_PID")
   read -r m0 k0 <<<"$(machine_ticks)"
   if ((COUNTERS)); then
@@ -598,8 +609,14 @@ cell() {
     senders_pid=$!
   fi
   rtt_start
+  bc0=$(cpus_ticks "$CLIENT_CPU_LIST")
+  bq0=$(cpus_ticks "$PROXY_CPU_LIST")
+  t0=$(date +%s%N)
   run_tool "$wl" "$outf"
+  t1=$(date +%s%N)
   read -r m1 k1 <<<"$(machine_ticks)"
+  bc1=$(cpus_ticks "$CLIENT_CPU_LIST")
+  bq1=$(cpus_ticks "$PROXY_CPU_LIST")
   rtt_stop
   if [[ -n $senders_pid ]]; then
     wait "$senders_pid" 2>/dev/null || true
@@ -682,6 +699,8 @@ cell() {
     fi
   fi
   RATE[$key]+=" $rate"
+  BUSY_CLIENT[$key]+=" $(busy_share "$((bc1 - bc0))" "$((t1 - t0))" "$CLIENT_CPU_LIST")"
+  BUSY_PROXY[$key]+=" $(busy_share "$((bq1 - bq0))" "$((t1 - t0))" "$PROXY_CPU_LIST")"
   PLACE[$key]+=" $placement"
   RTTS[$key]+=" $rtt"
   ADDED_ALL[$key]+=" ${added:--}"
@@ -1188,6 +1207,35 @@ if [[ ",$CANDIDATES," == *",direct,"* && ${#PROXIES[@]} -gt 0 ]]; then
       unset -n vals
       echo "$row |"
     done
+  done
+fi
+
+# Which CPU decides each rate: a CPU busy all the time (1.00) is the bottleneck of that cell.
+if ((${#PROXIES[@]} > 0)); then
+  echo
+  echo "Busy: the client CPUs' and the proxy CPUs' busy share while the tool ran (1.00: busy"
+  echo "throughout), median of the runs, as client / proxy"
+  echo
+  header="| workload"
+  cols=()
+  [[ ",$CANDIDATES," == *",direct,"* ]] && cols+=(direct)
+  cols+=("${PROXIES[@]}")
+  for cand in "${cols[@]}"; do header+=" | $cand"; done
+  echo "$header |"
+  echo "|---$(printf '|---%.0s' "${cols[@]}")|"
+  for wl in wrk-ka wrk-close iperf-p1 iperf-p4 udp-echo; do
+    wants_wl "$wl" || continue
+    row="| $wl"
+    for cand in "${cols[@]}"; do
+      c=$(median "${BUSY_CLIENT[$cand|$wl]:-}")
+      q=$(median "${BUSY_PROXY[$cand|$wl]:-}")
+      if [[ -n $c && -n $q ]]; then
+        row+=" | $(fmt "$c" '%.2f') / $(fmt "$q" '%.2f')"
+      else
+        row+=" | -"
+      fi
+    done
+    echo "$row |"
   done
 fi
 
