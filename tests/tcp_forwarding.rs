@@ -469,3 +469,123 @@ fn backend_connections_run_the_congestion_control_asked_for() {
         [host.as_str()]
     );
 }
+
+/// Bytes waiting unsent (`notsent:` in `ss -i`) in each established socket to `peer`; 0 for a
+/// socket that shows none.
+fn notsent_to(peer: SocketAddr) -> Vec<u64> {
+    let out = std::process::Command::new("ss")
+        .args(["-Htin", "state", "established", "dst"])
+        .arg(peer.to_string())
+        .output()
+        .expect("run ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.starts_with('\t'))
+        .map(|info| {
+            info.split_whitespace()
+                .find_map(|field| field.strip_prefix("notsent:"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Write to `s` until it blocks for good (the far end reads nothing) or `limit` bytes; each
+/// write adds to `written`. Returns when a write fails (the test shuts the socket down).
+fn write_until_blocked(mut s: TcpStream, written: Arc<std::sync::atomic::AtomicU64>, limit: u64) {
+    let chunk = vec![0x5au8; 64 * 1024];
+    while written.load(std::sync::atomic::Ordering::Relaxed) < limit {
+        match s.write(&chunk) {
+            Ok(n) if n > 0 => {
+                written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Wait until `written` has not moved for half a second (the path is full), at most 10 s.
+fn wait_until_full(written: &std::sync::atomic::AtomicU64) {
+    let mut last = u64::MAX;
+    let mut still = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && still < 5 {
+        thread::sleep(Duration::from_millis(100));
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    assert!(still >= 5, "the stream never filled the path");
+}
+
+/// At most this many bytes may wait unsent in l4lb's socket toward a peer that stopped reading:
+/// the 32 KiB cap of a bulk direction (flow.rs, BULK_NOTSENT_LOWAT) plus one segment of up to
+/// 64 KiB that the kernel may queue past it. Without the cap it is the send buffer, megabytes.
+const UNSENT_BOUND: u64 = 128 * 1024;
+
+/// A bulk stream keeps little waiting unsent in l4lb's socket toward its receiver, in both
+/// directions: the rest stays back, in the sender's own socket (backpressure), instead of
+/// piling up in l4lb's, where ACKs from the receiver's CPU would send it out of order.
+#[test]
+fn a_bulk_stream_keeps_little_unsent_in_l4lb_s_sockets() {
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicU64;
+    for splice in ["auto", "never"] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let backend = listener.local_addr().expect("backend addr");
+        let conf = Conf {
+            splice: splice.to_string(),
+            ..Conf::new("round_robin", &[backend])
+        };
+        let lb = L4lb::start(&conf);
+
+        // Upload: the client writes, the backend reads nothing.
+        let client = connect(lb.addr).expect("connect");
+        let (held, _) = listener.accept().expect("accept through l4lb");
+        let written = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (s, w) = (client.try_clone().expect("clone"), written.clone());
+            thread::spawn(move || write_until_blocked(s, w, 256 << 20))
+        };
+        wait_until_full(&written);
+        let unsent = notsent_to(backend);
+        assert_eq!(
+            unsent.len(),
+            1,
+            "splice {splice}: l4lb's sockets to the backend"
+        );
+        assert!(
+            unsent[0] <= UNSENT_BOUND,
+            "splice {splice}: {} bytes unsent toward the backend",
+            unsent[0]
+        );
+        client.shutdown(Shutdown::Both).ok();
+        held.shutdown(Shutdown::Both).ok();
+        writer.join().expect("upload writer");
+
+        // Download: the backend writes, the client reads nothing.
+        let client = connect(lb.addr).expect("connect");
+        let me = client.local_addr().expect("client addr");
+        let (held, _) = listener.accept().expect("accept through l4lb");
+        let written = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (s, w) = (held.try_clone().expect("clone"), written.clone());
+            thread::spawn(move || write_until_blocked(s, w, 256 << 20))
+        };
+        wait_until_full(&written);
+        let unsent = notsent_to(me);
+        assert_eq!(
+            unsent.len(),
+            1,
+            "splice {splice}: l4lb's sockets to the client"
+        );
+        assert!(
+            unsent[0] <= UNSENT_BOUND,
+            "splice {splice}: {} bytes unsent toward the client",
+            unsent[0]
+        );
+        held.shutdown(Shutdown::Both).ok();
+        client.shutdown(Shutdown::Both).ok();
+        writer.join().expect("download writer");
+    }
+}

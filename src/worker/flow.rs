@@ -24,7 +24,7 @@ use socket2::SockRef;
 
 use crate::config::SpliceMode;
 use crate::net::io::{classify, IoClass, IoErrors};
-use crate::net::pipe::{BufferPool, Pipe, PipePool};
+use crate::net::pipe::{BufferPool, Pipe, PipePool, PIPE_CAPACITY};
 
 /// Reads per direction per wake-up before yielding to other connections (bounds the
 /// syscalls a trickle of small reads can take in one turn).
@@ -39,6 +39,13 @@ pub const BYTE_BUDGET: u64 = 256 * 1024;
 /// In `auto` mode a splice read this small means the stream has turned interactive: go back
 /// to copying, which costs the same syscalls without the pipe.
 const SPLICE_EXIT_BYTES: usize = 4096;
+/// TCP_NOTSENT_LOWAT of a bulk direction's destination socket: at most this many bytes wait
+/// unsent in it. Without a limit, megabytes queue there and are sent as ACKs free the window,
+/// by the ACK's softirq on the receiver's CPU as well as by this worker, and over loopback
+/// the two CPUs' halves of one stream arrive out of order (spurious retransmissions and
+/// 2 ms loss probes; iperf3 -P4 under bbr stalled a quarter of the time). With the backlog
+/// capped this worker sends almost every segment itself. docs/benchmarks.md has the A/B.
+const BULK_NOTSENT_LOWAT: u32 = 32 * 1024;
 
 /// What the event loop last learned about a socket (edge-triggered readiness, cleared on
 /// `WouldBlock`).
@@ -87,6 +94,9 @@ pub struct Flow {
     buf_end: usize,
     pipe: Option<Pipe>,
     splicing: bool,
+    /// A read filled a whole pipe or copy buffer: bulk traffic, whose destination socket got
+    /// [`BULK_NOTSENT_LOWAT`] (once; request/response flows never pay the setsockopt).
+    bulk: bool,
     pub read_eof: bool,
     pub write_shut: bool,
     /// Bytes read from the source (all of which are written unless the connection breaks).
@@ -264,7 +274,7 @@ impl Flow {
             }
             reads += 1;
             if self.splicing {
-                self.splice_in(src, src_ready, io)?;
+                self.splice_in(src, src_ready, dst, io)?;
             } else {
                 self.copy(src, src_ready, dst, dst_ready, io)?;
             }
@@ -280,7 +290,17 @@ impl Flow {
     ) -> Result<bool, Broken> {
         loop {
             let result = match (&mut self.pipe, &self.buf) {
-                (Some(pipe), _) => pipe.drain_to(dst),
+                (Some(pipe), _) => {
+                    let r = pipe.drain_to(dst);
+                    if matches!(r, Ok(n) if n > 0) && pipe.pending() > 0 {
+                        // A short splice: the socket took what its buffer (or its unsent
+                        // cap) allows, and its next sendmsg returned EAGAIN inside the same
+                        // splice; wait for EPOLLOUT instead of a call that would fail too.
+                        dst_ready.writable = false;
+                        return Ok(false);
+                    }
+                    r
+                }
                 (None, Some(buf)) => {
                     let r = (&*dst).write(&buf[self.buf_start..self.buf_end]);
                     if let Ok(n) = r {
@@ -312,10 +332,21 @@ impl Flow {
         }
     }
 
+    /// The direction moves bulk data (a read filled its pipe or buffer): cap what waits
+    /// unsent in `dst` (see [`BULK_NOTSENT_LOWAT`]). Best effort: without it the stream still
+    /// flows.
+    fn mark_bulk(&mut self, dst: &TcpStream) {
+        if !self.bulk {
+            self.bulk = true;
+            let _ = SockRef::from(dst).set_tcp_notsent_lowat(BULK_NOTSENT_LOWAT);
+        }
+    }
+
     fn splice_in(
         &mut self,
         src: &TcpStream,
         src_ready: &mut Readiness,
+        dst: &TcpStream,
         io: &mut IoResources,
     ) -> Result<(), Broken> {
         let pipe = match &mut self.pipe {
@@ -339,6 +370,9 @@ impl Flow {
                     self.bytes += n as u64;
                     if io.splice == SpliceMode::Auto && n < SPLICE_EXIT_BYTES {
                         self.splicing = false;
+                    }
+                    if n >= PIPE_CAPACITY {
+                        self.mark_bulk(dst);
                     }
                     return Ok(());
                 }
@@ -394,9 +428,12 @@ impl Flow {
             }
         };
         self.bytes += n as u64;
-        if io.splice == SpliceMode::Auto && n == io.scratch.len() {
+        if n == io.scratch.len() {
             // A full buffer: this is bulk traffic, which splice moves with fewer copies.
-            self.splicing = true;
+            if io.splice == SpliceMode::Auto {
+                self.splicing = true;
+            }
+            self.mark_bulk(dst);
         }
         // The last bytes before the peer's FIN: send them with MSG_MORE, so that the FIN which
         // the next read (EOF) makes us send -- shutdown(2), or close(2) when the other
