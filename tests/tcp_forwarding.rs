@@ -400,15 +400,24 @@ fn more_workers_than_cores() {
 /// `backend` (its port is its own: those are l4lb's backend sides). `ss -ti` prints each
 /// socket on two lines; the second, indented with a tab, starts with the algorithm's name.
 fn congestion_to(backend: SocketAddr) -> Vec<String> {
+    ss_info_to(backend)
+        .iter()
+        .filter_map(|info| info.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The info line (`ss -i`: congestion control first, then `key:value` fields) of each
+/// established TCP socket on this host whose peer is `peer`.
+fn ss_info_to(peer: SocketAddr) -> Vec<String> {
     let out = std::process::Command::new("ss")
         .args(["-Htin", "state", "established", "dst"])
-        .arg(backend.to_string())
+        .arg(peer.to_string())
         .output()
         .expect("run ss (iproute2)");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|line| line.starts_with('\t'))
-        .filter_map(|info| info.split_whitespace().next())
         .map(str::to_string)
         .collect()
 }
@@ -473,14 +482,8 @@ fn backend_connections_run_the_congestion_control_asked_for() {
 /// Bytes waiting unsent (`notsent:` in `ss -i`) in each established socket to `peer`; 0 for a
 /// socket that shows none.
 fn notsent_to(peer: SocketAddr) -> Vec<u64> {
-    let out = std::process::Command::new("ss")
-        .args(["-Htin", "state", "established", "dst"])
-        .arg(peer.to_string())
-        .output()
-        .expect("run ss (iproute2)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| line.starts_with('\t'))
+    ss_info_to(peer)
+        .iter()
         .map(|info| {
             info.split_whitespace()
                 .find_map(|field| field.strip_prefix("notsent:"))
