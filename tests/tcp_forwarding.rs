@@ -532,7 +532,6 @@ const UNSENT_BOUND: u64 = 128 * 1024;
 #[test]
 fn a_bulk_stream_keeps_little_unsent_in_l4lb_s_sockets() {
     use std::net::TcpListener;
-    use std::sync::atomic::AtomicU64;
     for splice in ["auto", "never"] {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let backend = listener.local_addr().expect("backend addr");
@@ -545,50 +544,38 @@ fn a_bulk_stream_keeps_little_unsent_in_l4lb_s_sockets() {
         // Upload: the client writes, the backend reads nothing.
         let client = connect(lb.addr).expect("connect");
         let (held, _) = listener.accept().expect("accept through l4lb");
-        let written = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (s, w) = (client.try_clone().expect("clone"), written.clone());
-            thread::spawn(move || write_until_blocked(s, w, 256 << 20))
-        };
-        wait_until_full(&written);
-        let unsent = notsent_to(backend);
-        assert_eq!(
-            unsent.len(),
-            1,
-            "splice {splice}: l4lb's sockets to the backend"
-        );
+        let unsent = unsent_while_blocked(client, held, backend);
         assert!(
-            unsent[0] <= UNSENT_BOUND,
-            "splice {splice}: {} bytes unsent toward the backend",
-            unsent[0]
+            unsent <= UNSENT_BOUND,
+            "splice {splice}: {unsent} bytes unsent toward the backend"
         );
-        client.shutdown(Shutdown::Both).ok();
-        held.shutdown(Shutdown::Both).ok();
-        writer.join().expect("upload writer");
 
         // Download: the backend writes, the client reads nothing.
         let client = connect(lb.addr).expect("connect");
         let me = client.local_addr().expect("client addr");
         let (held, _) = listener.accept().expect("accept through l4lb");
-        let written = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (s, w) = (held.try_clone().expect("clone"), written.clone());
-            thread::spawn(move || write_until_blocked(s, w, 256 << 20))
-        };
-        wait_until_full(&written);
-        let unsent = notsent_to(me);
-        assert_eq!(
-            unsent.len(),
-            1,
-            "splice {splice}: l4lb's sockets to the client"
-        );
+        let unsent = unsent_while_blocked(held, client, me);
         assert!(
-            unsent[0] <= UNSENT_BOUND,
-            "splice {splice}: {} bytes unsent toward the client",
-            unsent[0]
+            unsent <= UNSENT_BOUND,
+            "splice {splice}: {unsent} bytes unsent toward the client"
         );
-        held.shutdown(Shutdown::Both).ok();
-        client.shutdown(Shutdown::Both).ok();
-        writer.join().expect("download writer");
     }
+}
+
+/// `sender` writes through l4lb to `stalled`, which reads nothing, until the path is full;
+/// returns the bytes unsent in l4lb's one socket toward `stalled_addr`, then closes both.
+fn unsent_while_blocked(sender: TcpStream, stalled: TcpStream, stalled_addr: SocketAddr) -> u64 {
+    use std::sync::atomic::AtomicU64;
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (s, w) = (sender.try_clone().expect("clone"), written.clone());
+        thread::spawn(move || write_until_blocked(s, w, 256 << 20))
+    };
+    wait_until_full(&written);
+    let unsent = notsent_to(stalled_addr);
+    sender.shutdown(Shutdown::Both).ok();
+    stalled.shutdown(Shutdown::Both).ok();
+    writer.join().expect("writer");
+    assert_eq!(unsent.len(), 1, "l4lb's sockets toward {stalled_addr}");
+    unsent[0]
 }

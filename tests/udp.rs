@@ -251,9 +251,12 @@ fn largest_datagram_round_trips_intact() {
 fn spawn_burst_backend() -> std::net::SocketAddr {
     let socket = std::net::UdpSocket::bind((localhost(), 0)).expect("bind burst backend");
     let addr = socket.local_addr().expect("burst backend addr");
+    // Ends once no request came for a while (or with the test process).
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("burst backend timeout");
     thread::spawn(move || {
         let mut buf = [0u8; 64];
-        // Ends with the test process; bounded by the requests the test sends.
         while let Ok((_, from)) = socket.recv_from(&mut buf) {
             let mut msg = [0u8; 100];
             for seq in 0..BURST {

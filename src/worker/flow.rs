@@ -43,7 +43,7 @@ const SPLICE_EXIT_BYTES: usize = 4096;
 /// unsent in it. Without a limit, megabytes queue there and are sent as ACKs free the window,
 /// by the ACK's softirq on the receiver's CPU as well as by this worker, and over loopback
 /// the two CPUs' halves of one stream arrive out of order (spurious retransmissions and
-/// 2 ms loss probes; iperf3 -P4 under bbr stalled a quarter of the time). With the backlog
+/// tail-loss probes; under iperf3 -P4 with bbr both CPUs sat idle a quarter of the time). With the backlog
 /// capped this worker sends almost every segment itself. docs/benchmarks.md has the A/B.
 const BULK_NOTSENT_LOWAT: u32 = 32 * 1024;
 
