@@ -410,9 +410,15 @@ fn congestion_to(backend: SocketAddr) -> Vec<String> {
 /// The info line (`ss -i`: congestion control first, then `key:value` fields) of each
 /// established TCP socket on this host whose peer is `peer`.
 fn ss_info_to(peer: SocketAddr) -> Vec<String> {
+    ss_info(&["dst".to_string(), peer.to_string()])
+}
+
+/// The info line of each established TCP socket on this host that `filter` (an `ss` filter
+/// expression, one word per element) selects.
+fn ss_info(filter: &[String]) -> Vec<String> {
     let out = std::process::Command::new("ss")
-        .args(["-Htin", "state", "established", "dst"])
-        .arg(peer.to_string())
+        .args(["-Htin", "state", "established"])
+        .args(filter)
         .output()
         .expect("run ss (iproute2)");
     String::from_utf8_lossy(&out.stdout)
@@ -479,18 +485,25 @@ fn backend_connections_run_the_congestion_control_asked_for() {
     );
 }
 
-/// Bytes waiting unsent (`notsent:` in `ss -i`) in each established socket to `peer`; 0 for a
-/// socket that shows none.
-fn notsent_to(peer: SocketAddr) -> Vec<u64> {
-    ss_info_to(peer)
-        .iter()
-        .map(|info| {
-            info.split_whitespace()
-                .find_map(|field| field.strip_prefix("notsent:"))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        })
-        .collect()
+/// Bytes waiting unsent (`notsent:` in `ss -i`) in each established socket from `local` to
+/// `peer`; 0 for a socket that shows none. Both ends are given because a port alone does not
+/// name one socket: the kernel gives the same ephemeral port to connections toward different
+/// destinations (l4lb's toward the backend and the test client's toward l4lb, say).
+fn notsent_between(local: SocketAddr, peer: SocketAddr) -> Vec<u64> {
+    ss_info(&[
+        "src".to_string(),
+        local.to_string(),
+        "dst".to_string(),
+        peer.to_string(),
+    ])
+    .iter()
+    .map(|info| {
+        info.split_whitespace()
+            .find_map(|field| field.strip_prefix("notsent:"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    })
+    .collect()
 }
 
 /// Write to `s` until it blocks for good (the far end reads nothing) or `limit` bytes; each
@@ -544,7 +557,7 @@ fn a_bulk_stream_keeps_little_unsent_in_l4lb_s_sockets() {
         // Upload: the client writes, the backend reads nothing.
         let client = connect(lb.addr).expect("connect");
         let (held, _) = listener.accept().expect("accept through l4lb");
-        let unsent = unsent_while_blocked(client, held, backend);
+        let unsent = unsent_while_blocked(client, held);
         assert!(
             unsent <= UNSENT_BOUND,
             "splice {splice}: {unsent} bytes unsent toward the backend"
@@ -552,9 +565,8 @@ fn a_bulk_stream_keeps_little_unsent_in_l4lb_s_sockets() {
 
         // Download: the backend writes, the client reads nothing.
         let client = connect(lb.addr).expect("connect");
-        let me = client.local_addr().expect("client addr");
         let (held, _) = listener.accept().expect("accept through l4lb");
-        let unsent = unsent_while_blocked(held, client, me);
+        let unsent = unsent_while_blocked(held, client);
         assert!(
             unsent <= UNSENT_BOUND,
             "splice {splice}: {unsent} bytes unsent toward the client"
@@ -563,16 +575,19 @@ fn a_bulk_stream_keeps_little_unsent_in_l4lb_s_sockets() {
 }
 
 /// `sender` writes through l4lb to `stalled`, which reads nothing, until the path is full;
-/// returns the bytes unsent in l4lb's one socket toward `stalled_addr`, then closes both.
-fn unsent_while_blocked(sender: TcpStream, stalled: TcpStream, stalled_addr: SocketAddr) -> u64 {
+/// returns the bytes unsent in l4lb's one socket toward `stalled` (the socket whose ends are
+/// `stalled`'s, swapped), then closes both.
+fn unsent_while_blocked(sender: TcpStream, stalled: TcpStream) -> u64 {
     use std::sync::atomic::AtomicU64;
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
         let (s, w) = (sender.try_clone().expect("clone"), written.clone());
         thread::spawn(move || write_until_blocked(s, w, 256 << 20))
     };
+    let l4lb_side = stalled.peer_addr().expect("l4lb's end");
+    let stalled_addr = stalled.local_addr().expect("stalled end");
     wait_until_full(&written);
-    let unsent = notsent_to(stalled_addr);
+    let unsent = notsent_between(l4lb_side, stalled_addr);
     sender.shutdown(Shutdown::Both).ok();
     stalled.shutdown(Shutdown::Both).ok();
     writer.join().expect("writer");
