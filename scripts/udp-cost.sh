@@ -10,14 +10,20 @@
 #     graphs, same run), per transaction: the protocol work of moving one datagram through the
 #     socket layer, which every proxy built on sockets does for 2 received and 2 sent datagrams
 #     per transaction, however it batches its syscalls.
-# Candidates alternate within each repeat so that both see the same machine; medians are
+# Candidates alternate within each repeat so that all see the same machine; medians are
 # printed. The last line compares l4lb's unavoidable part (its udp_sendmsg + udp_recvmsg) with
 # nginx's whole CPU per transaction: the lowest ratio any socket-based design could reach here.
+# A third candidate, echo, is no proxy: the echo server itself runs on the proxy's CPU and the
+# load generator sends to it directly. Its CPU per transaction is what one plain process pays
+# on that CPU to receive a datagram from the other CPU and send one back; a proxy does that
+# twice per transaction (client side and backend side), so twice echo's figure is a yardstick
+# for the least a socket proxy can cost without batching or a cheaper kernel path.
 #
 # Usage: scripts/udp-cost.sh [--duration S] [--repeat N] [--base-port P]
 #   --duration S   seconds per run (default 4)
 #   --repeat N     runs per candidate, medians are printed (default 3)
-#   --base-port P  ports P+1, P+2 (backends), P+81 (l4lb), P+281 (nginx); default 24500
+#   --base-port P  ports P+1, P+2 (backends), P+81 (l4lb), P+181 (echo), P+281 (nginx);
+#                  default 24500
 # Needs perf (linux-perf) and root or perf_event_paranoid <= 1; nginx with the stream module
 # (skipped when missing). Environment: BUILD_DIR (default target/release), NGINX_MODULES.
 set -euo pipefail
@@ -68,6 +74,7 @@ B1=127.0.0.1:$((BASE_PORT + 1))
 B2=127.0.0.1:$((BASE_PORT + 2))
 L4LB_T=127.0.0.1:$((BASE_PORT + 81))
 NGINX_T=127.0.0.1:$((BASE_PORT + 281))
+ECHO_T=127.0.0.1:$((BASE_PORT + 181))
 
 taskset -c "$CLIENT_SET" "$LOADGEN_BIN" serve --mode echo --threads 1 --udp "$B1" --udp "$B2" \
   >"$TMP/backends.log" 2>&1 &
@@ -107,6 +114,7 @@ CONF
 else
   log "nginx with the stream module not found: measuring l4lb only"
 fi
+CANDIDATES+=(echo)
 
 # udp_listening ADDR PID: until a UDP socket is bound to ADDR (5 s at most) while PID lives.
 udp_listening() {
@@ -166,8 +174,11 @@ measure() {
   P99[$name]+=" $(jget "$json" p99)"
   US[$name]+=" $us"
   SC[$name]+=" $(awk -v s="$sc" -v n="$tx" 'BEGIN { printf "%.2f", s / n }')"
-  # 4 datagrams per transaction: client->proxy, proxy->backend, backend->proxy, proxy->client.
-  DPS[$name]+=" $(awk -v d="$data" -v n="$tx" 'BEGIN { if (d > 0) printf "%.2f", 4 * n / d }')"
+  # 4 datagrams per transaction through a proxy: client->proxy, proxy->backend,
+  # backend->proxy, proxy->client; 2 for the echo itself (client->echo, echo->client).
+  local per_tx=4
+  [[ $name == echo ]] && per_tx=2
+  DPS[$name]+=" $(awk -v d="$data" -v n="$tx" -v k=$per_tx 'BEGIN { if (d > 0) printf "%.2f", k * n / d }')"
   UDP_US[$name]+=" $(awk -v u="$us" -v a="${send:-0}" -v b="${recv:-0}" 'BEGIN { printf "%.2f", u * (a + b) / 100 }')"
   log "$name: $(jget "$json" rate) tx/s, $us µs CPU/tx, udp_sendmsg ${send:-?}% + udp_recvmsg ${recv:-?}% of samples"
 }
@@ -185,6 +196,11 @@ for ((r = 1; r <= REPEAT; r++)); do
           >"$TMP/nginx.log" 2>&1 &
         target=$NGINX_T
         ;;
+      echo)
+        taskset -c "$PROXY_CPU" "$LOADGEN_BIN" serve --mode echo --threads 1 --udp "$ECHO_T" \
+          >"$TMP/echo.log" 2>&1 &
+        target=$ECHO_T
+        ;;
     esac
     pid=$!
     PIDS+=("$pid")
@@ -199,7 +215,7 @@ for ((r = 1; r <= REPEAT; r++)); do
   done
 done
 
-printf '\n| proxy | tx/s | p99 µs | CPU µs/tx | syscalls/tx | datagrams per send/recv call | in udp_sendmsg + udp_recvmsg µs/tx |\n'
+printf '\n| candidate | tx/s | p99 µs | CPU µs/tx | syscalls/tx | datagrams per send/recv call | in udp_sendmsg + udp_recvmsg µs/tx |\n'
 printf '|---|---|---|---|---|---|---|\n'
 for cand in "${CANDIDATES[@]}"; do
   printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$cand" "$(median "${TX[$cand]:-}")" \
@@ -209,4 +225,8 @@ done
 if [[ -n ${US[nginx]:-} && -n ${US[l4lb]:-} ]]; then
   awk -v l="$(median "${US[l4lb]}")" -v f="$(median "${UDP_US[l4lb]}")" -v n="$(median "${US[nginx]}")" \
     'BEGIN { printf "\nCPU per transaction, l4lb / nginx: %.2f. l4lb'"'"'s udp_sendmsg + udp_recvmsg alone / nginx'"'"'s whole CPU: %.2f (the floor for any socket-based proxy on this host).\n", l / n, f / n }'
+fi
+if [[ -n ${US[echo]:-} && -n ${US[l4lb]:-} ]]; then
+  awk -v l="$(median "${US[l4lb]}")" -v e="$(median "${US[echo]}")" -v n="$(median "${US[nginx]:-}")" \
+    'BEGIN { printf "Twice the echo'"'"'s CPU per transaction (one receive and one send each side, no batching): %.2f µs; l4lb / that: %.2f", 2 * e, l / (2 * e); if (n > 0) printf "; nginx / that: %.2f", n / (2 * e); printf ".\n" }'
 fi
