@@ -112,7 +112,7 @@ stream {
 }
 CONF
 else
-  log "nginx with the stream module not found: measuring l4lb only"
+  log "nginx with the stream module not found: measuring l4lb and the echo yardstick only"
 fi
 CANDIDATES+=(echo)
 
