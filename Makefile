@@ -1,6 +1,6 @@
 # l4lb: `make demo` (first try), `make test` (what CI runs).
 CARGO ?= cargo
-SCRIPTS := $(wildcard scripts/*.sh) debian/postinst debian/prerm debian/postrm
+SCRIPTS := $(wildcard scripts/*.sh) $(wildcard tools/*/*.sh) debian/postinst debian/prerm debian/postrm
 
 .PHONY: all build release test fmt fmt-check clippy shellcheck bench demo demo-run run deb clean
 
