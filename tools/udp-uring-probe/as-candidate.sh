@@ -14,15 +14,20 @@ PROBE_BIN=${PROBE_BIN:-$root/tools/udp-uring-probe/target/release/udp-uring-prob
 [[ ${1:-} == --config && -n ${2:-} ]] || { echo "usage: $0 --config FILE" >&2; exit 2; }
 cfg=$2
 # Split the config at its [[listener]] tables: the UDP one goes to the probe, the rest to l4lb.
+# A table's bind and backend addresses are collected whatever the order of its keys, and the
+# table is classified when it ends.
 udp=$(awk '
-  /^\[\[listener\]\]/ { flush(); inl = 1; block = $0 "\n"; udp = 0; next }
+  function flush() {
+    if (!inl) return
+    if (udp) { ubind = bind; ubes = bes } else printf "%s", block > tcp
+  }
+  /^\[\[listener\]\]/ { flush(); inl = 1; block = $0 "\n"; udp = 0; bind = ""; bes = ""; next }
   inl { block = block $0 "\n"; if ($0 ~ /protocol = "udp"/) udp = 1
-        if (udp && match($0, /bind = "[^"]*"/)) bind = substr($0, RSTART + 8, RLENGTH - 9)
-        if (udp && match($0, /addr = "[^"]*"/)) bes = bes " " substr($0, RSTART + 8, RLENGTH - 9)
+        if (match($0, /bind = "[^"]*"/)) bind = substr($0, RSTART + 8, RLENGTH - 9)
+        if (match($0, /addr = "[^"]*"/)) bes = bes " " substr($0, RSTART + 8, RLENGTH - 9)
         next }
   { printf "%s\n", $0 > tcp }
-  function flush() { if (inl && !udp) printf "%s", block > tcp }
-  END { flush(); print bind bes }
+  END { flush(); if (ubind != "") print ubind ubes }
 ' tcp="$cfg.tcp" "$cfg")
 [[ -n $udp ]] || { echo "$0: no UDP listener in $cfg" >&2; exit 2; }
 "$L4LB_BIN" --config "$cfg.tcp" &

@@ -2,8 +2,9 @@
 //!
 //! It does what l4lb's UDP plane does on the benchmark's path (a session per client address,
 //! each with its own socket connected to a backend picked round-robin; replies leave through
-//! the listening socket) and nothing else: no expiry, caps, health, metrics or logging, and
-//! datagrams of up to `BUF_SIZE` bytes. What it measures is the I/O model. `--mode` picks
+//! the listening socket) and nothing else: no expiry, health, metrics or logging, at most
+//! `MAX_SESSIONS` sessions (datagrams from further clients are dropped; a session is never
+//! closed, so run it only for a benchmark), and datagrams of up to `BUF_SIZE` bytes. What it measures is the I/O model. `--mode` picks
 //! which parts go through the ring:
 //!
 //! - `ring`: everything. Multishot receives on the listening socket (recvmsg, for the client's
@@ -39,6 +40,8 @@ const BUFFERS: u16 = 4096;
 const BUF_SIZE: usize = 2048;
 /// Datagrams per recvmmsg/sendmmsg in the modes that use them (l4lb's batch size).
 const BATCH: usize = 32;
+/// Sessions (each one socket) the relay opens at most; it never closes one.
+const MAX_SESSIONS: usize = 4096;
 
 const KIND: u64 = 0xff << 56;
 const K_LISTENER: u64 = 1 << 56;
@@ -405,6 +408,9 @@ impl Relay {
         if let Some(&i) = self.by_client.get(&key) {
             return Ok(i);
         }
+        if self.sessions.len() >= MAX_SESSIONS {
+            return Err(io::Error::other("session table full"));
+        }
         let socket = udp_socket()?;
         let backend = self.backends[self.next_backend % self.backends.len()];
         self.next_backend += 1;
@@ -570,10 +576,9 @@ impl Relay {
                 let data = self.buffers.ptr(bid).wrapping_add(offset);
                 self.send_to_backend(i, data, plen, Some(bid));
             }
-            Err(e) => {
-                eprintln!("udp-uring-probe: session: {e}");
-                self.buffers.give_back(bid);
-            }
+            // No session (table full, no descriptor): the datagram is dropped, silently, as a
+            // flood of them must not become a flood of log lines.
+            Err(_) => self.buffers.give_back(bid),
         }
     }
 
