@@ -183,7 +183,7 @@ pub fn udp_session(data: &[u8]) {
             3 => table.expire(
                 now,
                 |_| idle_ms,
-                |s| {
+                |_, s| {
                     s.release();
                 },
             ),

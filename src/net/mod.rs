@@ -9,3 +9,4 @@ pub mod io;
 pub mod listener;
 pub mod pipe;
 pub mod udp;
+pub mod uring;

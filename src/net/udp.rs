@@ -138,6 +138,17 @@ impl Batch {
         &self.data[i * SLOT_SIZE..i * SLOT_SIZE + self.lens[i]]
     }
 
+    /// Copy a datagram received elsewhere (the io_uring path's provided buffers) into slot
+    /// `i`, with its remote address (source when received, destination when sent) and local
+    /// address. A datagram longer than a slot cannot exist (see [`SLOT_SIZE`]); it would be
+    /// flagged truncated, never cut silently.
+    #[inline]
+    pub fn stage(&mut self, i: usize, bytes: &[u8], remote: SocketAddr, local: Option<IpAddr>) {
+        self.set_data(i, bytes);
+        self.remote[i] = Some(remote);
+        self.local[i] = local;
+    }
+
     /// Stage `bytes` in slot `i` (tests and probes; the data path receives in place).
     pub fn set_data(&mut self, i: usize, bytes: &[u8]) {
         let n = bytes.len().min(SLOT_SIZE);

@@ -350,7 +350,7 @@ impl Conn {
     /// Record what an event says about one socket of the connection (edge-triggered: kept
     /// until a read or write meets `WouldBlock`).
     #[inline]
-    pub fn note_event(&mut self, backend_side: bool, event: &mio::event::Event) {
+    pub fn note_event(&mut self, backend_side: bool, event: &super::waiter::Event) {
         let ready = if backend_side {
             &mut self.backend_ready
         } else {

@@ -19,9 +19,10 @@
 
 use std::time::Instant;
 
-use mio::{Events, Poll};
+use mio::Poll;
 
-use super::{wait, Worker, EVENTS_CAPACITY, MEMBER_SHIFT};
+use super::waiter::Waiter;
+use super::{Worker, MEMBER_SHIFT};
 
 /// What one worker thread runs: a worker alone, or the workers pinned to its CPU. Each comes
 /// with the epoll its workers were built on (`WorkerSetup::registry`).
@@ -87,33 +88,63 @@ impl CpuGroup {
     }
 
     /// Run until every worker has stopped.
-    pub fn run(mut self) {
-        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+    pub fn run(self) {
+        let CpuGroup {
+            poll,
+            mut members,
+            mut has_events,
+        } = self;
+        let mut waiter = Waiter::new(poll, "worker thread");
+        for m in members.iter_mut() {
+            if let Some(w) = m.worker.as_mut() {
+                w.udp.on_ring = waiter.has_ring();
+            }
+        }
+        // Before the first wait: nothing happened yet.
+        let mut waited = false;
         loop {
-            self.has_events.iter_mut().for_each(|h| *h = false);
-            for event in events.iter() {
-                if let Some(h) = self.has_events.get_mut(event.token().0 >> MEMBER_SHIFT) {
-                    *h = true;
+            has_events.iter_mut().for_each(|h| *h = false);
+            if waited {
+                let woken = waiter.woken();
+                for event in woken.iter() {
+                    if let Some(h) = has_events.get_mut(event.token().0 >> MEMBER_SHIFT) {
+                        *h = true;
+                    }
+                }
+                for c in woken.completions {
+                    if let Some(h) = has_events.get_mut((c.user_data >> MEMBER_SHIFT) as usize) {
+                        *h = true;
+                    }
                 }
             }
             let now = Instant::now();
             let mut live = 0;
-            for (member, &has_events) in self.members.iter_mut().zip(&self.has_events) {
+            for (member, &has_events) in members.iter_mut().zip(&has_events) {
                 let Some(worker) = member.worker.as_mut() else {
                     continue;
                 };
                 if !worker.keep_running() {
                     if let Some(worker) = member.worker.take() {
-                        worker.finish();
+                        worker.finish(&mut waiter);
                     }
                     member.due = None;
                     continue;
                 }
                 live += 1;
                 if has_events || member.due.is_some_and(|due| due <= now) {
-                    worker.turn(&events);
+                    if waited {
+                        worker.turn(&waiter.woken());
+                    } else {
+                        worker.turn(&Default::default());
+                    }
                     // Its timers change only in its own turns (commands come with a wake-up).
                     member.due = worker.poll_timeout().map(|wait| Instant::now() + wait);
+                }
+            }
+            waiter.release_buffers();
+            for member in members.iter_mut() {
+                if let Some(worker) = member.worker.as_mut() {
+                    waiter.after_turns(&mut worker.udp.ops);
                 }
             }
             if live == 0 {
@@ -122,16 +153,13 @@ impl CpuGroup {
             // From the time after the turns: a worker with work left over (due now) must not
             // wait for the turns' length, which the epoll would round up to a millisecond.
             let after = Instant::now();
-            let timeout = self
-                .members
+            let timeout = members
                 .iter()
                 .filter_map(|m| m.due)
                 .map(|due| due.saturating_duration_since(after))
                 .min();
-            if !wait(&mut self.poll, &mut events, timeout) {
-                // A failed wait leaves no events: the next pass runs only what is due.
-                events.clear();
-            }
+            // A failed wait leaves no events: the next pass runs only what is due.
+            waited = waiter.wait(timeout);
         }
     }
 }

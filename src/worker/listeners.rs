@@ -53,8 +53,11 @@ impl Worker {
             paused_until: None,
             local: (!bind.ip().is_unspecified()).then_some(bind),
             next_source: 0,
+            on_ring: false,
+            ring_armed: false,
             state,
         };
+        self.udp.listeners_changed = true;
         match self.listeners.get_mut(index) {
             Some(slot) => *slot = listener,
             None => self.listeners.push(listener),
@@ -93,6 +96,8 @@ impl Worker {
                         l.paused_until = None;
                         self.retiring += 1;
                         // UDP sessions cannot answer without the socket: they close now.
+                        self.udp_ring_release_listener(li);
+                        let l = &mut self.listeners[li];
                         if matches!(l.socket.take(), Some(ListenerSocket::Udp(_))) {
                             self.udp_close_sessions(Some(li));
                         }
@@ -131,6 +136,7 @@ impl Worker {
     /// this loop's `Poll`, so that the replies to requests already forwarded can still leave
     /// (`udp_handover_done` says when to stop waiting for them).
     pub(super) fn stop_accepting(&mut self) {
+        self.udp_ring_release_listeners();
         let handed_over = self.shared.is_handed_over();
         let registry = &self.registry;
         for l in &mut self.listeners {

@@ -43,6 +43,7 @@ mod pick;
 pub mod slab;
 pub mod timer;
 pub mod udp;
+pub mod waiter;
 pub mod waker;
 
 use std::io;
@@ -52,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, UdpSocket};
-use mio::{Events, Poll, Registry, Token};
+use mio::{Poll, Registry, Token};
 
 use crate::balancer::Selector;
 use crate::net::io::IoErrors;
@@ -64,6 +65,7 @@ use conn::{Conn, Drive, Phase};
 use flow::IoResources;
 use slab::Slab;
 use timer::{TimerEntry, TimerWheel};
+use waiter::{Event, Waiter, Woken};
 
 /// The bits of a token above this one hold the worker's index in its thread's epoll.
 pub const MEMBER_SHIFT: u32 = usize::BITS - 8;
@@ -76,8 +78,6 @@ const WAKER_LOCAL: usize = LOCAL_TOKENS - 1;
 pub fn waker_token(member: usize) -> Token {
     Token(member << MEMBER_SHIFT | WAKER_LOCAL)
 }
-/// Events drained per poll; more wait for the next turn.
-const EVENTS_CAPACITY: usize = 1024;
 /// Connections the resume list holds before it grows: as many as the slab starts with. A
 /// connection is in it at most once (`Conn::resume`), so it outgrows this only when more
 /// than this many connections are bulk at the same time (amortized, never per read).
@@ -93,24 +93,9 @@ const MAX_IDLE_BUFFERS: usize = 64;
 /// last connection may end in another worker, which does not wake this one.
 const RETIRED_SWEEP_MS: u64 = 1000;
 
-/// Wait up to `timeout` for events; false when the wait failed (logged, after a pause so
-/// that a persistent error does not spin).
-fn wait(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) -> bool {
-    match poll.poll(events, timeout) {
-        Ok(()) => true,
-        Err(e) => {
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::error!("worker thread: poll failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            false
-        }
-    }
-}
-
 /// Whether `event` is for the worker with `tag` (the epoll may be shared, see `cpu_group`).
 #[inline]
-fn is_for(tag: usize, event: &mio::event::Event) -> bool {
+fn is_for(tag: usize, event: &Event) -> bool {
     event.token().0 & !(LOCAL_TOKENS - 1) == tag
 }
 
@@ -177,6 +162,10 @@ struct WorkerListener {
     local: Option<SocketAddr>,
     /// Round-robin position in the listener's `source` addresses.
     next_source: usize,
+    /// A UDP listener whose datagrams come through the thread's ring (taken out of the
+    /// epoll), and whether its multishot receive is armed (`udp::ring`).
+    on_ring: bool,
+    ring_armed: bool,
 }
 
 #[derive(Debug)]
@@ -256,17 +245,20 @@ impl Worker {
     }
 
     /// Run until the process shuts down: a worker alone on its thread, waiting in `poll`
-    /// (whose registry it was built with).
-    pub fn run(mut self, mut poll: Poll) {
-        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+    /// (whose registry it was built with) or in a ring that waits for it (`waiter`).
+    pub fn run(mut self, poll: Poll) {
+        let mut waiter = Waiter::new(poll, &format!("worker {}", self.id));
+        self.udp.on_ring = waiter.has_ring();
         log::debug!("worker {} running", self.id);
         while self.keep_running() {
             let timeout = self.poll_timeout();
-            if wait(&mut poll, &mut events, timeout) {
-                self.turn(&events);
+            if waiter.wait(timeout) {
+                self.turn(&waiter.woken());
+                waiter.release_buffers();
             }
+            waiter.after_turns(&mut self.udp.ops);
         }
-        self.finish();
+        self.finish(&mut waiter);
     }
 
     /// Whether the loop goes on: false once the process shuts down, or once a drain has
@@ -283,8 +275,9 @@ impl Worker {
         self.accepting || !self.conns.is_empty() || !self.udp_handover_done(self.drain_since)
     }
 
-    /// One loop turn over this worker's events of one wait. Returns how many there were.
-    fn turn(&mut self, events: &Events) -> usize {
+    /// One loop turn over this worker's events and completions of one wait. Returns how
+    /// many there were.
+    fn turn(&mut self, woken: &Woken<'_>) -> usize {
         let woke = Instant::now();
         self.now = woke
             .saturating_duration_since(self.shared.started)
@@ -292,13 +285,19 @@ impl Worker {
         let mut nevents = 0;
         // New connections first: accepts, connect completions, PROXY headers.
         let tag = self.tag;
-        for event in events.iter().filter(|e| is_for(tag, e)) {
+        if self.udp.on_ring {
+            self.udp_ring_arm_listeners();
+        }
+        for event in woken.iter().filter(|e| is_for(tag, e)) {
             nevents += 1;
-            self.dispatch(event);
+            self.dispatch(&event);
+        }
+        if let Some(ring) = woken.ring {
+            nevents += self.udp_ring_completions(ring, woken.completions);
         }
         // Then forwarding, each ready connection with its budget.
-        for event in events.iter().filter(|e| is_for(tag, e)) {
-            self.dispatch_forwarding(event);
+        for event in woken.iter().filter(|e| is_for(tag, e)) {
+            self.dispatch_forwarding(&event);
         }
         // Last, the bulk flows that spent their budget in an earlier turn.
         self.drive_resumed();
@@ -323,8 +322,9 @@ impl Worker {
         nevents
     }
 
-    /// Close what is left once the loop is over.
-    fn finish(mut self) {
+    /// Close what is left once the loop is over, and queue the cancels of its requests on
+    /// the thread's ring (which may go on serving other workers, `cpu_group`).
+    fn finish(mut self, waiter: &mut Waiter) {
         log::debug!(
             "worker {} stopping with {} connections",
             self.id,
@@ -336,6 +336,8 @@ impl Worker {
             self.close(key, End::Shutdown);
         }
         self.udp_close_sessions(None);
+        self.udp_ring_release_listeners();
+        waiter.after_turns(&mut self.udp.ops);
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -359,7 +361,7 @@ impl Worker {
         ms.map(Duration::from_millis)
     }
 
-    fn dispatch(&mut self, event: &mio::event::Event) {
+    fn dispatch(&mut self, event: &Event) {
         let token = Token(event.token().0 & (LOCAL_TOKENS - 1));
         if token.0 == WAKER_LOCAL {
             self.apply_commands();
@@ -408,7 +410,7 @@ impl Worker {
 
     /// Second pass over a turn's events: connections that are forwarding. One in the resume
     /// list only learns its readiness here; it is driven with the resumed ones, once.
-    fn dispatch_forwarding(&mut self, event: &mio::event::Event) {
+    fn dispatch_forwarding(&mut self, event: &Event) {
         let token = Token(event.token().0 & (LOCAL_TOKENS - 1));
         if token.0 >= udp::UDP_TOKEN_BIT {
             // The waker, a listener or a UDP session: the first pass served it.

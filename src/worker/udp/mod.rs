@@ -19,6 +19,7 @@
 //! batch holds datagrams of one listener only (it is flushed before another listener's reply
 //! is added); every datagram taken from a socket is forwarded whole or counted as dropped.
 
+mod ring;
 pub mod session;
 mod shell;
 
@@ -26,6 +27,7 @@ use mio::net::UdpSocket;
 use mio::Token;
 
 use crate::net::udp::{Batch, BATCH};
+use crate::net::uring::RingOp;
 use session::SessionTable;
 
 /// Bit that marks a UDP session token. TCP connection tokens are `2 * key + side`, far below;
@@ -73,6 +75,13 @@ pub struct UdpPlane {
     out_listener: usize,
     again: Vec<Again>,
     again_spare: Vec<Again>,
+    /// The worker's thread waits in a ring (`worker::waiter`): listener and session
+    /// sockets receive through it instead of the epoll (`ring`). Set before the first turn.
+    pub on_ring: bool,
+    /// Requests for the ring asked in this turn; the thread submits them after the turn.
+    pub ops: Vec<RingOp>,
+    /// A listener was added: the next turn puts it on the ring.
+    pub listeners_changed: bool,
 }
 
 impl UdpPlane {
@@ -86,6 +95,9 @@ impl UdpPlane {
             out_listener: 0,
             again: Vec::new(),
             again_spare: Vec::new(),
+            on_ring: false,
+            ops: Vec::with_capacity(64),
+            listeners_changed: true,
         }
     }
 
@@ -102,6 +114,13 @@ impl UdpPlane {
     /// Whether some socket still has datagrams from the last turn (poll must not sleep).
     pub fn has_work(&self) -> bool {
         !self.again.is_empty()
+    }
+
+    /// Session `key` (of `generation`) ended: cancel its receive on the ring, if it has one.
+    fn forget_on_ring(&mut self, tag: usize, key: usize, generation: u32) {
+        if self.on_ring {
+            ring::cancel(&mut self.ops, ring::session_user_data(tag, generation, key));
+        }
     }
 
     /// Milliseconds until the session wheel's next tick; `None` without sessions.

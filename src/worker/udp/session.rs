@@ -286,7 +286,7 @@ impl<S> SessionTable<S> {
     }
 
     /// Fire the timer entries due at `now_ms`. A session idle for `idle_ms(listener)` is
-    /// removed and handed to `expired` (which must release it); one with traffic since is
+    /// removed and handed to `expired` with its key (which must release it); one with traffic since is
     /// re-armed, and its counters are flushed to its backend on the way; a session that had
     /// something to flush comes round again within `STATS_REPORT_MS`, so the shared counters
     /// lag a busy session by about a second. O(entries due).
@@ -294,7 +294,7 @@ impl<S> SessionTable<S> {
         &mut self,
         now_ms: u64,
         idle_ms: impl Fn(usize) -> u64,
-        mut expired: impl FnMut(Session<S>),
+        mut expired: impl FnMut(usize, Session<S>),
     ) {
         if self.wheel.is_empty() {
             return;
@@ -305,7 +305,7 @@ impl<S> SessionTable<S> {
             match self.check(entry, now_ms, &idle_ms) {
                 Some(Expiry::Expired) => {
                     if let Some(s) = self.remove(entry.key) {
-                        expired(s);
+                        expired(entry.key, s);
                     }
                 }
                 Some(Expiry::Rearmed(deadline)) => self.wheel.insert(deadline, entry),

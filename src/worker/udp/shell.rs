@@ -38,7 +38,7 @@ const IPPROTO_UDP: u8 = 17;
 
 impl Worker {
     /// Counts `n` datagrams of listener `li` dropped for `reason`.
-    fn udp_dropped(&self, li: usize, reason: UdpDrop, n: u64) {
+    pub(super) fn udp_dropped(&self, li: usize, reason: UdpDrop, n: u64) {
         self.listeners[li]
             .state
             .counters
@@ -81,7 +81,7 @@ impl Worker {
     }
 
     /// Forward the `n` datagrams in the inbound batch, received on listener `li`.
-    fn udp_route(&mut self, li: usize, n: usize) {
+    pub(super) fn udp_route(&mut self, li: usize, n: usize) {
         let mut last: Option<(SocketAddr, usize)> = None;
         for i in 0..n {
             self.udp.routes[i] = NO_SESSION;
@@ -187,6 +187,10 @@ impl Worker {
                 session.opened_us = started.started_us;
                 let key = self.udp.sessions.insert(session, idle_ms);
                 let registered = match self.udp.sessions.get_mut(key) {
+                    Some(_) if self.udp.on_ring => {
+                        self.udp_ring_arm_session(key);
+                        Ok(())
+                    }
                     Some(s) => self.registry.register(
                         &mut s.socket,
                         tagged(self.tag, session_token(key)),
@@ -325,10 +329,11 @@ impl Worker {
     /// The backend answered a session with ICMP port (or host) unreachable: a passive failure
     /// of that backend, as a refused TCP connect is; the session closes, and the client's next
     /// datagram opens a new one on a backend picked afresh.
-    fn udp_backend_refused(&mut self, key: usize) {
+    pub(super) fn udp_backend_refused(&mut self, key: usize) {
         let Some(s) = self.udp.sessions.remove(key) else {
             return;
         };
+        self.udp.forget_on_ring(self.tag, key, s.generation);
         passive_failure(&s.backend, &self.listeners[s.listener].state, self.now);
         end_session(
             &self.listeners,
@@ -339,8 +344,9 @@ impl Worker {
         );
     }
 
-    fn udp_close(&mut self, key: usize, end: SessionEnd) {
+    pub(super) fn udp_close(&mut self, key: usize, end: SessionEnd) {
         if let Some(s) = self.udp.sessions.remove(key) {
+            self.udp.forget_on_ring(self.tag, key, s.generation);
             end_session(&self.listeners, &self.shared, self.now, s, end);
         }
     }
@@ -376,10 +382,25 @@ impl Worker {
         let listeners = &self.listeners;
         let shared = &self.shared;
         let now = self.now;
-        self.udp.sessions.expire(
+        let tag = self.tag;
+        let super::UdpPlane {
+            sessions,
+            ops,
+            on_ring,
+            ..
+        } = &mut self.udp;
+        sessions.expire(
             now,
             |li| listeners[li].state.config.idle_timeout.as_millis() as u64,
-            |s| end_session(listeners, shared, now, s, SessionEnd::IdleTimeout),
+            |key, s| {
+                if *on_ring {
+                    super::ring::cancel(
+                        ops,
+                        super::ring::session_user_data(tag, s.generation, key),
+                    );
+                }
+                end_session(listeners, shared, now, s, SessionEnd::IdleTimeout)
+            },
         );
     }
 

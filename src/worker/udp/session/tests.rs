@@ -66,16 +66,16 @@ fn expires_after_idle_and_rearms_on_traffic() {
     let mut gone = Vec::new();
     // Traffic at 600 ms pushes the deadline to 1,600 ms without touching the wheel.
     t.get_mut(k).unwrap().to_backend(10, 600);
-    t.expire(1000, idle, |s| gone.push(s));
+    t.expire(1000, idle, |_, s| gone.push(s));
     assert!(gone.is_empty());
     let b = state.pool.load().backends()[0].clone();
     // The re-arm flushed the counters of the session so far.
     assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), 1);
     assert_eq!(b.bytes_to_backend.load(Ordering::Relaxed), 10);
     t.get_mut(k).unwrap().to_client(7, 1100);
-    t.expire(2000, idle, |s| gone.push(s));
+    t.expire(2000, idle, |_, s| gone.push(s));
     assert!(gone.is_empty(), "last traffic at 1,100 ms: due at 2,100 ms");
-    t.expire(2100, idle, |s| gone.push(s));
+    t.expire(2100, idle, |_, s| gone.push(s));
     assert_eq!(gone.len(), 1);
     assert!(t.is_empty() && t.find(0, client(1000)).is_none());
     for s in gone {
@@ -95,7 +95,7 @@ fn lifetime_totals_survive_flushes() {
     t.get_mut(k).unwrap().to_backend(10, 200);
     t.get_mut(k).unwrap().to_client(30, 300);
     // The timer visit flushes both to the backend and starts counting again from zero.
-    t.expire(200 + 10_240 + TICK_MS, idle, |_| {});
+    t.expire(200 + 10_240 + TICK_MS, idle, |_, _| {});
     let s = t.get_mut(k).unwrap();
     assert_eq!(s.stats, SessionStats::default());
     s.to_backend(5, 11_000);
@@ -125,11 +125,11 @@ fn a_busy_session_reports_its_counts_every_second() {
     let mut gone = Vec::new();
     let b = state.pool.load().backends()[0].clone();
     // Idle: nothing to report, no early wake-up.
-    t.expire(20_000, idle, |s| gone.push(s));
+    t.expire(20_000, idle, |_, s| gone.push(s));
     assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), 0);
     // Traffic starts: reported when the entry comes round (within a revolution, ~10 s).
     t.get_mut(k).unwrap().to_backend(5, 20_100);
-    t.expire(20_000 + 10_240 + TICK_MS, idle, |s| gone.push(s));
+    t.expire(20_000 + 10_240 + TICK_MS, idle, |_, s| gone.push(s));
     assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), 1);
     // Still busy: from then on the counts reach the backend about every second, long
     // before the idle deadline or the next revolution.
@@ -137,7 +137,7 @@ fn a_busy_session_reports_its_counts_every_second() {
     for n in 2..=4u64 {
         t.get_mut(k).unwrap().to_backend(5, now);
         now += 1000 + TICK_MS;
-        t.expire(now, idle, |s| gone.push(s));
+        t.expire(now, idle, |_, s| gone.push(s));
         assert_eq!(b.datagrams_to_backend.load(Ordering::Relaxed), n);
         assert_eq!(b.bytes_to_backend.load(Ordering::Relaxed), 5 * n);
     }
@@ -159,7 +159,7 @@ fn stale_timer_entries_are_skipped() {
     t.expire(
         1000,
         |_| 1000,
-        |s| {
+        |_, s| {
             gone += 1;
             s.release();
         },
@@ -169,7 +169,7 @@ fn stale_timer_entries_are_skipped() {
     t.expire(
         1900,
         |_| 1000,
-        |s| {
+        |_, s| {
             gone += 1;
             s.release();
         },
