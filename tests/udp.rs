@@ -346,3 +346,80 @@ fn sigterm_drops_udp_sessions_and_exits_at_once() {
     let (status, stderr) = lb.wait_exit(Duration::from_secs(5)).expect("exited");
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
 }
+
+/// Sockets in /proc/net/udp connected to `backend`: the session sockets l4lb holds to it
+/// (nothing else on the host sends to the test's backends).
+fn sockets_to(backend: std::net::SocketAddr) -> usize {
+    let std::net::SocketAddr::V4(b) = backend else {
+        return 0;
+    };
+    // /proc/net/udp writes an IPv4 address as the 32-bit word in host order, in hex.
+    let rem = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(b.ip().octets()),
+        b.port()
+    );
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some(rem.as_str()))
+        .count()
+}
+
+/// Whether process `pid` holds an io_uring (its worker threads wait in one).
+fn holds_io_uring(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("io_uring"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The UDP plane runs on io_uring unless `L4LB_IO_URING=off` (`make test` runs this file both
+/// ways), and either way a session that ends gives its socket, and so its local port, back:
+/// on the ring a receive in flight holds the socket open until it is cancelled.
+#[test]
+fn ended_sessions_release_their_sockets_on_either_io_path() {
+    let backends: Vec<UdpBackend> = (0..2).map(|i| UdpBackend::spawn(Mode::Tagged(i))).collect();
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let open = || addrs.iter().map(|a| sockets_to(*a)).sum::<usize>();
+    let lb = L4lb::start(&Conf::udp("round_robin", &addrs).idle(1));
+    let pid = lb.pid().expect("l4lb runs");
+    let off = std::env::var("L4LB_IO_URING").is_ok_and(|v| v == "off");
+    assert_eq!(
+        holds_io_uring(pid),
+        !off,
+        "L4LB_IO_URING={off:?}: wrong I/O path"
+    );
+    assert_eq!(open(), 0);
+    // Eight clients (distinct sources), each with a session that answers.
+    let clients: Vec<_> = (0..8u8).map(|i| client(lo(40 + i), lb.addr)).collect();
+    for (i, c) in clients.iter().enumerate() {
+        assert!(
+            ask_until_answered(c, format!("c{i}").as_bytes()).is_some(),
+            "client {i} not served"
+        );
+    }
+    assert_eq!(open(), 8, "one backend socket per session");
+    // Idle for 1 s: every session ends, and with it its socket.
+    assert!(
+        common::wait_until(Duration::from_secs(5), || open() == 0),
+        "{} session sockets still open after the idle timeout",
+        open()
+    );
+    // Sessions that end by refusal (the backend's port closed) release theirs too.
+    let (gone, kept) = (backends[0].addr, backends[1].addr);
+    drop(backends);
+    for (i, c) in clients.iter().enumerate() {
+        let _ = ask(c, format!("r{i}").as_bytes(), SILENCE);
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(5), || sockets_to(gone) == 0
+            && sockets_to(kept) == 0),
+        "sockets to closed backends left open: {} and {}",
+        sockets_to(gone),
+        sockets_to(kept)
+    );
+}

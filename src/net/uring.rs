@@ -78,6 +78,16 @@ pub enum RingOp {
     Recv { fd: RawFd, user_data: u64 },
     /// Cancel every request with this user data.
     Cancel { user_data: u64 },
+    /// Send `len` bytes at `offset` in provided buffer `bid` on a connected socket. The
+    /// buffer is held until the send completes, then given back by the ring itself; the
+    /// completion carries [`SEND_BIT`] and `bid` in the low 16 bits of its user data.
+    Send {
+        fd: RawFd,
+        bid: u16,
+        offset: u32,
+        len: u32,
+        user_data: u64,
+    },
 }
 
 /// The provided buffers: their ring of descriptors (shared with the kernel) and their memory.
@@ -193,6 +203,8 @@ pub struct Ring {
     nevents: usize,
     epoll_armed: bool,
     completions: Vec<Completion>,
+    /// Per buffer: a send from it is in flight (not given back with its receive).
+    held: Box<[bool]>,
 }
 
 // SAFETY: the raw pointers are to mappings owned by the Ring itself; the Ring is built and
@@ -212,6 +224,8 @@ pub struct Datagram<'a> {
     /// The local address it was sent to (PKTINFO sockets only).
     pub local: Option<std::net::IpAddr>,
     pub payload: &'a [u8],
+    /// Where the payload starts in its buffer (for [`RingOp::Send`]).
+    pub offset: u32,
     pub truncated: bool,
 }
 
@@ -261,6 +275,7 @@ impl Ring {
             nevents: 0,
             epoll_armed: false,
             completions: Vec::with_capacity(CQ_ENTRIES as usize),
+            held: vec![false; usize::from(BUFFERS)].into_boxed_slice(),
         })
     }
 
@@ -293,6 +308,22 @@ impl Ring {
             RingOp::Cancel { user_data } => opcode::AsyncCancel::new(user_data)
                 .build()
                 .user_data(user_data | CANCEL_BIT),
+            RingOp::Send {
+                fd,
+                bid,
+                offset,
+                len,
+                user_data,
+            } => {
+                let bid = bid & (BUFFERS - 1);
+                self.held[usize::from(bid)] = true;
+                let at = usize::from(bid) * BUF_SIZE + (offset as usize).min(BUF_SIZE);
+                let len = len.min((usize::from(BUFFERS) * BUF_SIZE - at) as u32);
+                opcode::Send::new(types::Fd(fd), self.buffers.data.wrapping_add(at), len)
+                    .flags(libc::MSG_DONTWAIT)
+                    .build()
+                    .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
+            }
         };
         self.push(&entry);
     }
@@ -366,6 +397,12 @@ impl Ring {
             if cqe.user_data() & CANCEL_BIT != 0 {
                 continue;
             }
+            if cqe.user_data() & SEND_BIT != 0 {
+                let bid = (cqe.user_data() & u64::from(BUFFERS - 1)) as u16;
+                if std::mem::take(&mut self.held[usize::from(bid)]) {
+                    self.buffers.give_back(bid);
+                }
+            }
             self.completions.push(Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),
@@ -407,6 +444,7 @@ impl Ring {
             source,
             local,
             truncated: out.is_payload_truncated(),
+            offset: start as u32,
             payload,
         })
     }
@@ -416,7 +454,9 @@ impl Ring {
     pub fn give_back_completed(&mut self) {
         for c in &self.completions {
             if let Some(bid) = c.buffer() {
-                self.buffers.give_back(bid);
+                if !self.held[usize::from(bid & (BUFFERS - 1))] {
+                    self.buffers.give_back(bid);
+                }
             }
         }
         self.completions.clear();
@@ -425,6 +465,8 @@ impl Ring {
 
 /// Set in the user data of a cancel request: its own completion is ignored.
 pub const CANCEL_BIT: u64 = 1 << 55;
+/// Set in the user data of a send ([`RingOp::Send`]).
+pub const SEND_BIT: u64 = 1 << 54;
 
 fn parse_sockaddr(name: &[u8]) -> Option<std::net::SocketAddr> {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

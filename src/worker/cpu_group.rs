@@ -141,12 +141,13 @@ impl CpuGroup {
                     member.due = worker.poll_timeout().map(|wait| Instant::now() + wait);
                 }
             }
-            waiter.release_buffers();
+            // Sends first: they keep their buffers from being given back.
             for member in members.iter_mut() {
                 if let Some(worker) = member.worker.as_mut() {
                     waiter.after_turns(&mut worker.udp.ops);
                 }
             }
+            waiter.release_buffers();
             if live == 0 {
                 return;
             }
@@ -160,6 +161,12 @@ impl CpuGroup {
                 .min();
             // A failed wait leaves no events: the next pass runs only what is due.
             waited = waiter.wait(timeout);
+            // The requests naming these sockets are in the kernel now.
+            for member in members.iter_mut() {
+                if let Some(worker) = member.worker.as_mut() {
+                    worker.udp.closing.clear();
+                }
+            }
         }
     }
 }

@@ -253,10 +253,13 @@ impl Worker {
         while self.keep_running() {
             let timeout = self.poll_timeout();
             if waiter.wait(timeout) {
+                // The requests naming these sockets are in the kernel now.
+                self.udp.closing.clear();
                 self.turn(&waiter.woken());
-                waiter.release_buffers();
             }
+            // Sends first: they keep their buffers from being given back.
             waiter.after_turns(&mut self.udp.ops);
+            waiter.release_buffers();
         }
         self.finish(&mut waiter);
     }

@@ -61,6 +61,15 @@ enum Again {
     Session { key: usize, generation: u32 },
 }
 
+/// A client's datagram in flight to a backend on the ring (`ring`), by its buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct PendingSend {
+    listener: usize,
+    key: usize,
+    generation: u32,
+    len: usize,
+}
+
 /// A worker's UDP state: its sessions and the two preallocated batches.
 #[derive(Debug)]
 pub struct UdpPlane {
@@ -82,6 +91,12 @@ pub struct UdpPlane {
     pub ops: Vec<RingOp>,
     /// A listener was added: the next turn puts it on the ring.
     pub listeners_changed: bool,
+    /// Per ring buffer: the send in flight from it.
+    sends: Box<[PendingSend]>,
+    /// Sockets of sessions that ended in this turn, open until the thread's next wait has
+    /// submitted the requests that name them (a closed descriptor's number could otherwise
+    /// be reused by a new socket before a queued send or receive reaches the kernel).
+    pub closing: Vec<UdpSocket>,
 }
 
 impl UdpPlane {
@@ -98,6 +113,9 @@ impl UdpPlane {
             on_ring: false,
             ops: Vec::with_capacity(64),
             listeners_changed: true,
+            sends: vec![PendingSend::default(); usize::from(crate::net::uring::BUFFERS)]
+                .into_boxed_slice(),
+            closing: Vec::new(),
         }
     }
 
@@ -116,15 +134,37 @@ impl UdpPlane {
         !self.again.is_empty()
     }
 
-    /// Session `key` (of `generation`) ended: cancel its receive on the ring, if it has one.
-    fn forget_on_ring(&mut self, tag: usize, key: usize, generation: u32) {
-        if self.on_ring {
-            ring::cancel(&mut self.ops, ring::session_user_data(tag, generation, key));
-        }
+    /// Session `key` (of `generation`) ended with `socket`: on the ring, its receive is
+    /// cancelled and the socket kept open until the queued requests are submitted (see
+    /// `closing`); otherwise it closes now.
+    fn retire_socket(&mut self, tag: usize, key: usize, generation: u32, socket: UdpSocket) {
+        retire(
+            &mut self.ops,
+            &mut self.closing,
+            self.on_ring,
+            (tag, key, generation),
+            socket,
+        );
     }
 
     /// Milliseconds until the session wheel's next tick; `None` without sessions.
     pub fn timeout_ms(&self, now_ms: u64) -> Option<u64> {
         self.sessions.timeout_ms(now_ms)
+    }
+}
+
+/// [`UdpPlane::retire_socket`] over the plane's fields (for borrows split by the caller);
+/// `id` is the worker's tag, the session's key and its generation.
+fn retire(
+    ops: &mut Vec<RingOp>,
+    closing: &mut Vec<UdpSocket>,
+    on_ring: bool,
+    id: (usize, usize, u32),
+    socket: UdpSocket,
+) {
+    if on_ring {
+        let (tag, key, generation) = id;
+        ring::cancel(ops, ring::session_user_data(tag, generation, key));
+        closing.push(socket);
     }
 }

@@ -1,9 +1,11 @@
 //! The UDP plane on the thread's io_uring (`net::uring`, `worker::waiter`): a listener socket
 //! is received with one multishot recvmsg and a session socket with one multishot recv, into
 //! the ring's provided buffers, instead of an epoll registration and a recvmmsg per readable
-//! socket. Each completion's datagram is copied into the same batches the epoll path fills
-//! (inbound for a listener, the reply batch for a session), so admission, routing, sends,
-//! counters and the reply flush are the shell's (`shell`), unchanged.
+//! socket. A client's datagram goes to its session's backend as a send request from the
+//! buffer it arrived in (no copy; the ring holds the buffer until the send completes); a
+//! backend's reply is copied into the reply batch the epoll path fills, which leaves by one
+//! sendmmsg per turn. Admission, the backend pick, counters and the flush are the shell's
+//! (`shell`), unchanged.
 //!
 //! Hot path. Invariants:
 //! - a request's user data is the worker's tag | kind | 16 bits of the session's generation |
@@ -19,6 +21,7 @@
 //! - an unexpected error on a listener's request puts that listener back in the epoll, on
 //!   the epoll path, so a persistent error cannot make the loop spin.
 
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use mio::Interest;
@@ -31,10 +34,14 @@ use crate::worker::access_log::SessionEnd;
 use crate::worker::pick::passive_success;
 use crate::worker::{listener_token, tagged, ListenerSocket, Worker, LOCAL_TOKENS};
 
+use super::PendingSend;
+
 const KIND_SHIFT: u32 = 48;
 const KIND_MASK: u64 = 0xf << KIND_SHIFT;
 const KIND_LISTENER: u64 = 1 << KIND_SHIFT;
 const KIND_SESSION: u64 = 2 << KIND_SHIFT;
+/// A send to a backend; the low 16 bits are the buffer (and the `sends` slot).
+const KIND_SEND: u64 = 3 << KIND_SHIFT;
 const GENERATION_MASK: u64 = 0xffff;
 
 /// The user data of a request of the worker with `tag`.
@@ -128,8 +135,6 @@ impl Worker {
     ) -> usize {
         let tag = self.tag as u64;
         let mut handled = 0;
-        // Datagrams copied into the inbound batch, all of one listener: (listener, count).
-        let mut batch: Option<(usize, usize)> = None;
         for c in completions
             .iter()
             .filter(|c| c.user_data & !(LOCAL_TOKENS as u64 - 1) == tag)
@@ -137,52 +142,38 @@ impl Worker {
             handled += 1;
             let key = (c.user_data & 0xffff_ffff) as usize;
             match c.user_data & KIND_MASK {
-                KIND_LISTENER => {
-                    if let Some((bl, n)) = batch {
-                        if bl != key || n == BATCH {
-                            self.udp_route(bl, n);
-                            batch = None;
-                        }
-                    }
-                    let n = batch.map_or(0, |(_, n)| n);
-                    if self.udp_ring_datagram(ring, key, c, n) {
-                        batch = Some((key, n + 1));
-                    }
-                }
+                KIND_LISTENER => self.udp_ring_datagram(ring, key, c),
                 KIND_SESSION => {
                     let generation = ((c.user_data >> 32) & GENERATION_MASK) as u32;
                     self.udp_ring_reply(ring, key, generation, c);
                 }
+                KIND_SEND => self.udp_ring_sent((c.user_data & 0xffff) as usize, c),
                 _ => {}
             }
-        }
-        if let Some((li, n)) = batch {
-            self.udp_route(li, n);
         }
         handled
     }
 
-    /// A completion of listener `li`'s receive: its datagram goes to inbound slot `slot`.
-    /// Returns whether it did.
-    fn udp_ring_datagram(&mut self, ring: &Ring, li: usize, c: &Completion, slot: usize) -> bool {
+    /// A completion of listener `li`'s receive: its datagram goes to its client's session
+    /// (opened now for a new client that is admitted), sent from the buffer it arrived in.
+    fn udp_ring_datagram(&mut self, ring: &Ring, li: usize, c: &Completion) {
         let Some(l) = self.listeners.get_mut(li) else {
-            return false;
+            return;
         };
         if !l.on_ring {
             // Cancelled (removed, draining): what was still in flight is not ours to route.
-            return false;
+            return;
         }
         if !c.more() {
             l.ring_armed = false;
         }
-        let mut stored = false;
         match (c.result, c.buffer()) {
             (len, Some(bid)) if len >= 0 => match ring.parse_msg(bid, len as usize) {
                 Some(d) if d.truncated => self.udp_dropped(li, UdpDrop::Truncated, 1),
                 Some(d) => {
                     if let Some(from) = d.source {
-                        self.udp.inbound.stage(slot, d.payload, from, d.local);
-                        stored = true;
+                        let len = d.payload.len();
+                        self.udp_ring_forward(li, from, d.local, bid, d.offset, len);
                     }
                 }
                 None => self.udp_dropped(li, UdpDrop::Truncated, 1),
@@ -196,7 +187,7 @@ impl Worker {
                     self.id
                 );
                 self.udp_ring_to_epoll(li);
-                return stored;
+                return;
             }
         }
         let l = &mut self.listeners[li];
@@ -209,7 +200,65 @@ impl Worker {
                 });
             }
         }
-        stored
+    }
+
+    /// Send a client's datagram (`len` bytes at `offset` in buffer `bid`) to its session's
+    /// backend, as a ring request from that buffer.
+    fn udp_ring_forward(
+        &mut self,
+        li: usize,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+        bid: u16,
+        offset: u32,
+        len: usize,
+    ) {
+        let Some(key) = self.udp_session_for(li, from, local) else {
+            return;
+        };
+        let Some(s) = self.udp.sessions.get(key) else {
+            return;
+        };
+        let slot = usize::from(bid) % self.udp.sends.len();
+        self.udp.sends[slot] = PendingSend {
+            listener: li,
+            key,
+            generation: s.generation,
+            len,
+        };
+        self.udp.ops.push(RingOp::Send {
+            fd: s.socket.as_raw_fd(),
+            bid,
+            offset,
+            len: len as u32,
+            user_data: user_data(self.tag, KIND_SEND, 0, slot),
+        });
+    }
+
+    /// A send to a backend completed: counted on its session, or as a drop; an ICMP
+    /// unreachable reported on it is a passive failure of the backend, as on the epoll path.
+    fn udp_ring_sent(&mut self, slot: usize, c: &Completion) {
+        let Some(&sent) = self.udp.sends.get(slot) else {
+            return;
+        };
+        let now = self.now;
+        let session = self
+            .udp
+            .sessions
+            .get_mut(sent.key)
+            .filter(|s| s.generation == sent.generation);
+        if c.result >= 0 {
+            if let Some(s) = session {
+                s.to_backend(sent.len, now);
+            }
+            return;
+        }
+        let alive = session.is_some();
+        self.udp_dropped(sent.listener, UdpDrop::SendFailed, 1);
+        let err = std::io::Error::from_raw_os_error(-c.result);
+        if alive && crate::net::udp::is_unreachable(&err) {
+            self.udp_backend_refused(sent.key);
+        }
     }
 
     /// Listener `li` leaves the ring for the epoll (after an error the ring would repeat).

@@ -95,10 +95,7 @@ impl Worker {
             let key = match last {
                 // Bursts of one client are common: skip the hash lookup.
                 Some((addr, key)) if addr == from => Some(key),
-                _ => match self.udp.sessions.find(li, from) {
-                    Some(key) => Some(key),
-                    None => self.udp_open(li, from, self.udp.inbound.local(i)),
-                },
+                _ => self.udp_session_for(li, from, self.udp.inbound.local(i)),
             };
             if let Some(key) = key {
                 self.udp.routes[i] = key;
@@ -116,6 +113,20 @@ impl Worker {
                 self.udp_send_run(li, key, i, j);
             }
             i = j;
+        }
+    }
+
+    /// The session of client `from` on listener `li`: its own, or a new one when it is
+    /// admitted (`local`: the address it sent to, for a wildcard listener).
+    pub(super) fn udp_session_for(
+        &mut self,
+        li: usize,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> Option<usize> {
+        match self.udp.sessions.find(li, from) {
+            Some(key) => Some(key),
+            None => self.udp_open(li, from, local),
         }
     }
 
@@ -333,21 +344,23 @@ impl Worker {
         let Some(s) = self.udp.sessions.remove(key) else {
             return;
         };
-        self.udp.forget_on_ring(self.tag, key, s.generation);
         passive_failure(&s.backend, &self.listeners[s.listener].state, self.now);
-        end_session(
+        let generation = s.generation;
+        let socket = end_session(
             &self.listeners,
             &self.shared,
             self.now,
             s,
             SessionEnd::Refused,
         );
+        self.udp.retire_socket(self.tag, key, generation, socket);
     }
 
     pub(super) fn udp_close(&mut self, key: usize, end: SessionEnd) {
         if let Some(s) = self.udp.sessions.remove(key) {
-            self.udp.forget_on_ring(self.tag, key, s.generation);
-            end_session(&self.listeners, &self.shared, self.now, s, end);
+            let generation = s.generation;
+            let socket = end_session(&self.listeners, &self.shared, self.now, s, end);
+            self.udp.retire_socket(self.tag, key, generation, socket);
         }
     }
 
@@ -386,6 +399,7 @@ impl Worker {
         let super::UdpPlane {
             sessions,
             ops,
+            closing,
             on_ring,
             ..
         } = &mut self.udp;
@@ -393,13 +407,9 @@ impl Worker {
             now,
             |li| listeners[li].state.config.idle_timeout.as_millis() as u64,
             |key, s| {
-                if *on_ring {
-                    super::ring::cancel(
-                        ops,
-                        super::ring::session_user_data(tag, s.generation, key),
-                    );
-                }
-                end_session(listeners, shared, now, s, SessionEnd::IdleTimeout)
+                let generation = s.generation;
+                let socket = end_session(listeners, shared, now, s, SessionEnd::IdleTimeout);
+                super::retire(ops, closing, *on_ring, (tag, key, generation), socket);
             },
         );
     }
@@ -424,14 +434,15 @@ impl Worker {
 }
 
 /// Release a session that left the table, after writing its access-log line when its
-/// listener has one. Dropping the socket closes it, which also takes it out of the epoll set.
+/// listener has one; returns its socket, for `UdpPlane::retire_socket`. Dropping the socket
+/// closes it, which also takes it out of the epoll set.
 fn end_session(
     listeners: &[WorkerListener],
     shared: &SharedState,
     now_ms: u64,
     session: Session<UdpSocket>,
     end: SessionEnd,
-) {
+) -> UdpSocket {
     let config = &listeners[session.listener].state.config;
     if config.access_log {
         access_log::udp(
@@ -446,7 +457,7 @@ fn end_session(
             },
         );
     }
-    drop(session.release());
+    session.release()
 }
 
 /// Where [`send_slots`] sends a batch.
