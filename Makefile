@@ -14,6 +14,8 @@ release: build
 ## Everything CI runs.
 test: fmt-check clippy shellcheck
 	$(CARGO) test --all-targets
+	# The same UDP behaviour on the epoll path (where io_uring is off or missing).
+	L4LB_IO_URING=off $(CARGO) test --test udp --test cpu_group
 
 fmt:
 	$(CARGO) fmt --all

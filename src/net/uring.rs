@@ -17,12 +17,14 @@
 //!   memory those requests point into is unmapped.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use nix::libc;
+use socket2::SockAddr;
 
 /// The provided-buffer group every multishot receive takes its buffers from.
 const BUF_GROUP: u16 = 0;
@@ -86,6 +88,15 @@ pub enum RingOp {
         bid: u16,
         offset: u32,
         len: u32,
+        user_data: u64,
+    },
+    /// Send the first `len` bytes of provided buffer `bid` to `to` on an unconnected socket;
+    /// otherwise as [`RingOp::Send`].
+    SendTo {
+        fd: RawFd,
+        bid: u16,
+        len: u32,
+        to: SocketAddr,
         user_data: u64,
     },
 }
@@ -205,6 +216,9 @@ pub struct Ring {
     completions: Vec<Completion>,
     /// Per buffer: a send from it is in flight (not given back with its receive).
     held: Box<[bool]>,
+    /// Per buffer: the destination of a [`RingOp::SendTo`] from it, read by the kernel when
+    /// the request is submitted.
+    destinations: Box<[SockAddr]>,
 }
 
 // SAFETY: the raw pointers are to mappings owned by the Ring itself; the Ring is built and
@@ -276,6 +290,11 @@ impl Ring {
             epoll_armed: false,
             completions: Vec::with_capacity(CQ_ENTRIES as usize),
             held: vec![false; usize::from(BUFFERS)].into_boxed_slice(),
+            destinations: vec![
+                SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+                usize::from(BUFFERS)
+            ]
+            .into_boxed_slice(),
         })
     }
 
@@ -323,6 +342,29 @@ impl Ring {
                     .flags(libc::MSG_DONTWAIT)
                     .build()
                     .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
+            }
+            RingOp::SendTo {
+                fd,
+                bid,
+                len,
+                to,
+                user_data,
+            } => {
+                let bid = bid & (BUFFERS - 1);
+                let b = usize::from(bid);
+                self.held[b] = true;
+                self.destinations[b] = SockAddr::from(to);
+                let dest = &self.destinations[b];
+                opcode::Send::new(
+                    types::Fd(fd),
+                    self.buffers.data.wrapping_add(b * BUF_SIZE),
+                    len.min(BUF_SIZE as u32),
+                )
+                .flags(libc::MSG_DONTWAIT)
+                .dest_addr(dest.as_ptr().cast())
+                .dest_addr_len(dest.len())
+                .build()
+                .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
             }
         };
         self.push(&entry);

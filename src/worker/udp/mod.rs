@@ -68,6 +68,8 @@ struct PendingSend {
     key: usize,
     generation: u32,
     len: usize,
+    /// A reply to a client (from the listener's socket), not a datagram to a backend.
+    to_client: bool,
 }
 
 /// A worker's UDP state: its sessions and the two preallocated batches.

@@ -2,10 +2,11 @@
 //! is received with one multishot recvmsg and a session socket with one multishot recv, into
 //! the ring's provided buffers, instead of an epoll registration and a recvmmsg per readable
 //! socket. A client's datagram goes to its session's backend as a send request from the
-//! buffer it arrived in (no copy; the ring holds the buffer until the send completes); a
-//! backend's reply is copied into the reply batch the epoll path fills, which leaves by one
-//! sendmmsg per turn. Admission, the backend pick, counters and the flush are the shell's
-//! (`shell`), unchanged.
+//! buffer it arrived in, and a backend's reply to its client the same way from the listener's
+//! socket (no copy; the ring holds the buffer until the send completes). A wildcard
+//! listener's reply must name its source address (PKTINFO), so it is copied into the reply
+//! batch the epoll path fills and leaves by its sendmmsg. Admission, the backend pick,
+//! counters and the flush are the shell's (`shell`), unchanged.
 //!
 //! Hot path. Invariants:
 //! - a request's user data is the worker's tag | kind | 16 bits of the session's generation |
@@ -225,6 +226,7 @@ impl Worker {
             key,
             generation: s.generation,
             len,
+            to_client: false,
         };
         self.udp.ops.push(RingOp::Send {
             fd: s.socket.as_raw_fd(),
@@ -241,6 +243,13 @@ impl Worker {
         let Some(&sent) = self.udp.sends.get(slot) else {
             return;
         };
+        if sent.to_client {
+            // Counted when it was staged, as the reply batch counts; a failure is a drop.
+            if c.result < 0 {
+                self.udp_dropped(sent.listener, UdpDrop::SendFailed, 1);
+            }
+            return;
+        }
         let now = self.now;
         let session = self
             .udp
@@ -287,25 +296,58 @@ impl Worker {
         }
         match (c.result, c.buffer()) {
             (len, Some(bid)) if len >= 0 => {
-                let Some(listener) = self.udp.sessions.get(key).map(|s| s.listener) else {
+                let len = len as usize;
+                let Some((listener, local)) =
+                    self.udp.sessions.get(key).map(|s| (s.listener, s.local))
+                else {
                     return;
                 };
-                if self.udp.out_len == BATCH
-                    || (self.udp.out_len > 0 && self.udp.out_listener != listener)
+                // A listener bound to one address: the reply leaves as a send request from the
+                // buffer it arrived in. A wildcard listener's must name its source address
+                // (PKTINFO): it goes through the reply batch and its sendmmsg.
+                let direct = match (&self.listeners[listener].socket, local) {
+                    (Some(ListenerSocket::Udp(socket)), None) => Some(socket.as_raw_fd()),
+                    _ => None,
+                };
+                if direct.is_none()
+                    && (self.udp.out_len == BATCH
+                        || (self.udp.out_len > 0 && self.udp.out_listener != listener))
                 {
                     self.udp_flush();
                 }
                 let now = self.now;
+                let tag = self.tag;
                 let udp = &mut self.udp;
                 let Some(s) = udp.sessions.get_mut(key) else {
                     return;
                 };
-                let slot = udp.out_len;
-                let payload = ring.bytes(bid, len as usize);
-                udp.outbound.stage(slot, payload, s.client, s.local);
-                s.to_client(payload.len(), now);
-                udp.out_len = slot + 1;
-                udp.out_listener = s.listener;
+                match direct {
+                    Some(fd) => {
+                        let slot = usize::from(bid) % udp.sends.len();
+                        udp.sends[slot] = PendingSend {
+                            listener,
+                            key,
+                            generation: s.generation,
+                            len,
+                            to_client: true,
+                        };
+                        udp.ops.push(RingOp::SendTo {
+                            fd,
+                            bid,
+                            len: len as u32,
+                            to: s.client,
+                            user_data: user_data(tag, KIND_SEND, 0, slot),
+                        });
+                    }
+                    None => {
+                        let slot = udp.out_len;
+                        udp.outbound
+                            .stage(slot, ring.bytes(bid, len), s.client, s.local);
+                        udp.out_len = slot + 1;
+                        udp.out_listener = s.listener;
+                    }
+                }
+                s.to_client(len, now);
                 if !s.answered {
                     // The first reply: the backend's passive streak ends, and for
                     // least_latency the time to it is the sample.
