@@ -161,8 +161,11 @@ impl Worker {
         let Some(l) = self.listeners.get_mut(li) else {
             return;
         };
-        if !l.on_ring {
-            // Cancelled (removed, draining): what was still in flight is not ours to route.
+        if !l.on_ring && !matches!(l.socket, Some(ListenerSocket::Udp(_))) {
+            // Cancelled with its socket closed (removed, or a drain without a takeover): what
+            // the receive still took goes the way the kernel would have discarded it. After
+            // a takeover the socket stays: what the old process took before the cancel took
+            // effect is its to forward, or a datagram would be lost in the switch.
             return;
         }
         if !c.more() {
