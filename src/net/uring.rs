@@ -298,17 +298,18 @@ impl Ring {
         })
     }
 
-    fn push(&mut self, entry: &squeue::Entry) {
+    /// Queue `entry`; false when the queue is full and could not be submitted (logged).
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
         loop {
             // SAFETY: every pointer in our entries (msghdr, event array, buffers) lives in
             // self, which outlives the requests (see the field order).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return;
+                return true;
             }
             // Full: submit what is queued (completions are reaped at the next wait).
             if let Err(e) = self.ring.submit() {
                 log::warn!("io_uring submit: {e}");
-                return;
+                return false;
             }
         }
     }
@@ -335,7 +336,6 @@ impl Ring {
                 user_data,
             } => {
                 let bid = bid & (BUFFERS - 1);
-                self.held[usize::from(bid)] = true;
                 let at = usize::from(bid) * BUF_SIZE + (offset as usize).min(BUF_SIZE);
                 let len = len.min((usize::from(BUFFERS) * BUF_SIZE - at) as u32);
                 opcode::Send::new(types::Fd(fd), self.buffers.data.wrapping_add(at), len)
@@ -352,7 +352,6 @@ impl Ring {
             } => {
                 let bid = bid & (BUFFERS - 1);
                 let b = usize::from(bid);
-                self.held[b] = true;
                 self.destinations[b] = SockAddr::from(to);
                 let dest = &self.destinations[b];
                 opcode::Send::new(
@@ -367,7 +366,12 @@ impl Ring {
                 .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
             }
         };
-        self.push(&entry);
+        if self.push(&entry) {
+            if let RingOp::Send { bid, .. } | RingOp::SendTo { bid, .. } = op {
+                // Its buffer stays ours until the send completes.
+                self.held[usize::from(bid & (BUFFERS - 1))] = true;
+            }
+        }
     }
 
     /// Submit what is queued and wait up to `timeout` (`None`: until something completes)
@@ -385,8 +389,7 @@ impl Ring {
             )
             .build()
             .user_data(EPOLL_USER_DATA);
-            self.push(&entry);
-            self.epoll_armed = true;
+            self.epoll_armed = self.push(&entry);
         }
         self.buffers.publish();
         let ready = !self.ring.completion().is_empty();
