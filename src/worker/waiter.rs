@@ -1,6 +1,6 @@
 //! Where a worker thread waits: in its epoll (epoll_wait), or, where the kernel has io_uring,
 //! in a ring that waits for the epoll (IORING_OP_EPOLL_WAIT) and carries the UDP plane's
-//! receives (`net::uring`). Either way a wait yields the epoll's ready events, as raw
+//! receives and sends (`net::uring`, `udp::ring`). Either way a wait yields the epoll's ready events, as raw
 //! `epoll_event`s read through [`Event`] (mio's own reading of them), and, on the ring, the
 //! completions of the UDP requests.
 //!

@@ -13,7 +13,8 @@
 //!   the listener index or session key, so a completion that arrives after its session ended
 //!   (or its key went to a new session) is recognised and ignored;
 //! - every buffer a completion brings is given back by the thread after the turns
-//!   (`Waiter::release_buffers`), whatever the turn did with it;
+//!   (`Waiter::release_buffers`), whatever the turn did with it, except one a send was asked
+//!   from: the ring gives that one back when the send completes;
 //! - a request is re-armed when the kernel ended it (no `MORE` flag: ENOBUFS, or a full
 //!   completion queue) and its socket is still ours; a session's is cancelled when the
 //!   session ends (a request in flight holds the socket open: without the cancel the local
