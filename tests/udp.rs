@@ -423,3 +423,30 @@ fn ended_sessions_release_their_sockets_on_either_io_path() {
         sockets_to(kept)
     );
 }
+
+/// A wildcard listener answers each client from the address the client sent to (IP_PKTINFO
+/// on the way in, the same address as the reply's source on the way out): each client's socket
+/// is connected to a different 127.0.0.x, and a connected socket takes replies from that
+/// address only, so a reply from any other would be lost.
+#[test]
+fn a_wildcard_listener_replies_from_the_address_each_client_sent_to() {
+    let backend = UdpBackend::spawn(Mode::Echo);
+    let lb = L4lb::start_edited(&Conf::udp("round_robin", &[backend.addr]), |text, addr| {
+        text.replace(
+            &format!("bind = \"{addr}\""),
+            &format!("bind = \"0.0.0.0:{}\"", addr.port()),
+        )
+    });
+    for last in 1..=4u8 {
+        let to = std::net::SocketAddr::new(lo(last), lb.addr.port());
+        let c = client(lo(60 + last), to);
+        for n in 0..3 {
+            let msg = format!("to {to}, datagram {n}");
+            assert_eq!(
+                ask_until_answered(&c, msg.as_bytes()).as_deref(),
+                Some(msg.as_bytes()),
+                "no reply from {to}"
+            );
+        }
+    }
+}
