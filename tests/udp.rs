@@ -450,3 +450,16 @@ fn a_wildcard_listener_replies_from_the_address_each_client_sent_to() {
         }
     }
 }
+
+/// Only a thread that serves UDP waits in an io_uring: a process with TCP listeners only
+/// stays on epoll_wait (the ring is the UDP plane's; docs/benchmarks.md, "UDP on io_uring").
+#[test]
+fn a_tcp_only_process_waits_in_epoll() {
+    // No connection is made: any backend address will do.
+    let backend: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
+    let lb = L4lb::start(&Conf::new("round_robin", &[backend]));
+    let pid = lb.pid().expect("l4lb runs");
+    // Its workers are running once the listener is bound (`start` waits for that).
+    thread::sleep(Duration::from_millis(200));
+    assert!(!holds_io_uring(pid), "a TCP-only l4lb holds an io_uring");
+}

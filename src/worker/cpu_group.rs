@@ -94,7 +94,10 @@ impl CpuGroup {
             mut members,
             mut has_events,
         } = self;
-        let mut waiter = Waiter::new(poll, "worker thread");
+        let udp = members
+            .iter()
+            .any(|m| m.worker.as_ref().is_some_and(|w| w.serves_udp()));
+        let mut waiter = Waiter::new(poll, "worker thread", udp);
         for m in members.iter_mut() {
             if let Some(w) = m.worker.as_mut() {
                 w.udp.on_ring = waiter.has_ring();

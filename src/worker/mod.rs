@@ -247,7 +247,7 @@ impl Worker {
     /// Run until the process shuts down: a worker alone on its thread, waiting in `poll`
     /// (whose registry it was built with) or in a ring that waits for it (`waiter`).
     pub fn run(mut self, poll: Poll) {
-        let mut waiter = Waiter::new(poll, &format!("worker {}", self.id));
+        let mut waiter = Waiter::new(poll, &format!("worker {}", self.id), self.serves_udp());
         self.udp.on_ring = waiter.has_ring();
         log::debug!("worker {} running", self.id);
         while self.keep_running() {
@@ -262,6 +262,13 @@ impl Worker {
             waiter.release_buffers();
         }
         self.finish(&mut waiter);
+    }
+
+    /// Whether one of its listeners is a UDP one with a socket here.
+    fn serves_udp(&self) -> bool {
+        self.listeners
+            .iter()
+            .any(|l| matches!(l.socket, Some(ListenerSocket::Udp(_))))
     }
 
     /// Whether the loop goes on: false once the process shuts down, or once a drain has

@@ -99,10 +99,13 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// On the thread that will wait: a ring when the kernel gives one (and the environment
-    /// does not say `L4LB_IO_URING=off`), else epoll_wait.
-    pub fn new(poll: Poll, name: &str) -> Waiter {
-        let ring = if std::env::var("L4LB_IO_URING").is_ok_and(|v| v == "off") {
+    /// On the thread that will wait: a ring when the thread serves UDP (`udp`) and the
+    /// kernel gives one (and the environment does not say `L4LB_IO_URING=off`), else
+    /// epoll_wait. A thread with TCP listeners only stays on epoll_wait: the ring's gain is
+    /// UDP's, and TCP's bulk rows did not show one (docs/benchmarks.md, "UDP on io_uring").
+    /// A UDP listener added later by a reload to such a thread runs on the epoll path.
+    pub fn new(poll: Poll, name: &str, udp: bool) -> Waiter {
+        let ring = if !udp || std::env::var("L4LB_IO_URING").is_ok_and(|v| v == "off") {
             None
         } else {
             match Ring::new() {
