@@ -51,13 +51,20 @@ fn user_data(tag: usize, kind: u64, generation: u32, key: usize) -> u64 {
     tag as u64 | kind | (u64::from(generation) & GENERATION_MASK) << 32 | (key as u64 & 0xffff_ffff)
 }
 
-/// Cancel the requests with `user_data`; one still queued from this turn is just dropped
-/// (its descriptor may be closed, and its number reused, before the queue is submitted).
+/// Cancel the requests with `user_data`. A session's socket stays open until the queue is
+/// submitted (`UdpPlane::closing`), so a receive still queued for it reaches the right socket
+/// and the cancel behind it ends it: no search of the queue per closed session.
 pub(crate) fn cancel(ops: &mut Vec<RingOp>, user_data: u64) {
-    let queued = ops.iter().position(|op| {
-        matches!(op, RingOp::Recv { user_data: u, .. } | RingOp::RecvMsg { user_data: u, .. }
-            if *u == user_data)
-    });
+    ops.push(RingOp::Cancel { user_data });
+}
+
+/// Cancel listener `li`'s receive. A listener's socket closes at once (reload, drain), so a
+/// receive still queued from this turn is taken out instead: its descriptor's number could
+/// be reused before the queue is submitted. Control path: a search of this turn's queue.
+fn cancel_listener(ops: &mut Vec<RingOp>, user_data: u64) {
+    let queued = ops
+        .iter()
+        .position(|op| matches!(op, RingOp::RecvMsg { user_data: u, .. } if *u == user_data));
     match queued {
         Some(i) => {
             ops.remove(i);
@@ -109,7 +116,7 @@ impl Worker {
         }
         l.on_ring = false;
         if std::mem::take(&mut l.ring_armed) {
-            cancel(&mut self.udp.ops, user_data(self.tag, KIND_LISTENER, 0, li));
+            cancel_listener(&mut self.udp.ops, user_data(self.tag, KIND_LISTENER, 0, li));
         }
     }
 

@@ -81,7 +81,7 @@ impl Worker {
     }
 
     /// Forward the `n` datagrams in the inbound batch, received on listener `li`.
-    pub(super) fn udp_route(&mut self, li: usize, n: usize) {
+    fn udp_route(&mut self, li: usize, n: usize) {
         let mut last: Option<(SocketAddr, usize)> = None;
         for i in 0..n {
             self.udp.routes[i] = NO_SESSION;
