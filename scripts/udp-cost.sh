@@ -4,7 +4,8 @@
 # and the backends share the other CPUs. For every run and proxy it measures:
 #   - transactions per second and p99 (the load generator, 32 clients, 64-byte datagrams);
 #   - proxy CPU per transaction (utime+stime of its processes, µs);
-#   - syscalls per transaction, and datagrams per send/receive call (perf stat on the syscall
+#   - syscalls per transaction, and datagrams per send/receive call (io_uring_enter counted as
+#     one: it carries the ring's sends and receives) (perf stat on the syscall
 #     tracepoints, same run);
 #   - the CPU spent inside the kernel's udp_sendmsg and udp_recvmsg (perf record at 997 Hz with call
 #     graphs, same run), per transaction: the protocol work of moving one datagram through the
@@ -140,6 +141,9 @@ SYSCALLS="syscalls:sys_enter_sendmmsg,syscalls:sys_enter_recvmmsg,syscalls:sys_e
 SYSCALLS+=",syscalls:sys_enter_recvmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom"
 SYSCALLS+=",syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_read"
 SYSCALLS+=",syscalls:sys_enter_write,syscalls:sys_enter_clock_gettime,syscalls:sys_enter_gettimeofday"
+# l4lb's UDP plane on io_uring: one io_uring_enter per loop turn submits its sends and
+# receives and waits.
+SYSCALLS+=",syscalls:sys_enter_io_uring_enter"
 
 declare -A TX=() P99=() US=() SC=() DPS=() UDP_US=()
 
@@ -165,8 +169,9 @@ measure() {
     return 0
   fi
   sc=$(awk -F, '$1 ~ /^[0-9]+$/ { s += $1 } END { print s + 0 }' "$TMP/stat.txt")
-  # Data syscalls: the send and receive calls (not epoll_wait, read/write or the clock).
-  data=$(awk -F, '$1 ~ /^[0-9]+$/ && $3 ~ /(send|recv)/ { s += $1 } END { print s + 0 }' "$TMP/stat.txt")
+  # Data syscalls: the send and receive calls, and io_uring_enter, which carries them on the
+  # ring (not epoll_wait, read/write or the clock).
+  data=$(awk -F, '$1 ~ /^[0-9]+$/ && $3 ~ /(send|recv|io_uring_enter)/ { s += $1 } END { print s + 0 }' "$TMP/stat.txt")
   send=$(perf_share "$TMP/perf.data" udp_sendmsg)
   recv=$(perf_share "$TMP/perf.data" udp_recvmsg)
   us=$(awk -v c=$((c1 - c0)) -v t="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.2f", c / t * 1e6 / n }')
