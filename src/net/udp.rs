@@ -39,11 +39,11 @@ pub const BATCH: usize = 32;
 const LISTENER_SOCKET_BUFFER: usize = 4 << 20;
 /// Control buffer per slot: CMSG_SPACE(sizeof(struct in6_pktinfo)) is 40 bytes on 64-bit
 /// Linux, CMSG_SPACE(sizeof(struct in_pktinfo)) 32; 64 leaves room and keeps slots aligned.
-const CTRL_SIZE: usize = 64;
+pub(crate) const CTRL_SIZE: usize = 64;
 
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
-struct Ctrl([u8; CTRL_SIZE]);
+pub(crate) struct Ctrl(pub(crate) [u8; CTRL_SIZE]);
 
 /// The message headers and iovecs of one call, on the stack; only the entries a call uses are
 /// written.
@@ -478,7 +478,7 @@ unsafe fn pktinfo_of(h: &libc::msghdr) -> Option<IpAddr> {
 
 /// Write one IP_PKTINFO/IPV6_PKTINFO control message choosing `from` as the source address;
 /// returns its CMSG_SPACE (the `msg_controllen` to pass).
-fn write_pktinfo(from: IpAddr, ctrl: &mut Ctrl) -> usize {
+pub(crate) fn write_pktinfo(from: IpAddr, ctrl: &mut Ctrl) -> usize {
     ctrl.0 = [0; CTRL_SIZE];
     let (level, kind, payload) = match from {
         IpAddr::V4(_) => (

@@ -17,7 +17,7 @@
 //!   memory those requests point into is unmapped.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
@@ -25,6 +25,8 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use nix::libc;
 use socket2::SockAddr;
+
+use crate::net::udp::{write_pktinfo, Ctrl, CTRL_SIZE};
 
 /// The provided-buffer group every multishot receive takes its buffers from.
 const BUF_GROUP: u16 = 0;
@@ -99,6 +101,23 @@ pub enum RingOp {
         to: SocketAddr,
         user_data: u64,
     },
+    /// As [`RingOp::SendTo`], from local address `from` (IP_PKTINFO/IPV6_PKTINFO): a
+    /// wildcard listener's reply leaves from the address its client sent to.
+    SendFrom {
+        fd: RawFd,
+        bid: u16,
+        len: u32,
+        to: SocketAddr,
+        from: IpAddr,
+        user_data: u64,
+    },
+}
+
+/// The message of a [`RingOp::SendFrom`]: its header, its one iovec and its PKTINFO.
+struct SendMsg {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    ctrl: Ctrl,
 }
 
 /// The provided buffers: their ring of descriptors (shared with the kernel) and their memory.
@@ -216,9 +235,13 @@ pub struct Ring {
     completions: Vec<Completion>,
     /// Per buffer: a send from it is in flight (not given back with its receive).
     held: Box<[bool]>,
-    /// Per buffer: the destination of a [`RingOp::SendTo`] from it, read by the kernel when
-    /// the request is submitted.
+    /// Per buffer: the destination of a [`RingOp::SendTo`] or [`RingOp::SendFrom`] from it,
+    /// read by the kernel when the request is submitted.
     destinations: Box<[SockAddr]>,
+    /// Per buffer: the message of a [`RingOp::SendFrom`] from it (pointing into its own
+    /// entry, `destinations` and the buffer), read by the kernel when the request is
+    /// submitted; boxed, so it never moves.
+    messages: Box<[SendMsg]>,
 }
 
 // SAFETY: the raw pointers are to mappings owned by the Ring itself; the Ring is built and
@@ -259,6 +282,7 @@ impl Ring {
             opcode::RecvMsgMulti::CODE,
             opcode::RecvMulti::CODE,
             opcode::AsyncCancel::CODE,
+            opcode::SendMsg::CODE,
         ] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(
@@ -295,6 +319,17 @@ impl Ring {
                 usize::from(BUFFERS)
             ]
             .into_boxed_slice(),
+            messages: (0..BUFFERS)
+                .map(|_| SendMsg {
+                    // SAFETY: msghdr and iovec are plain C data; all-zero is valid.
+                    hdr: unsafe { std::mem::zeroed() },
+                    iov: libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    },
+                    ctrl: Ctrl([0; CTRL_SIZE]),
+                })
+                .collect(),
         })
     }
 
@@ -365,9 +400,44 @@ impl Ring {
                 .build()
                 .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
             }
+            RingOp::SendFrom {
+                fd,
+                bid,
+                len,
+                to,
+                from,
+                user_data,
+            } => {
+                let bid = bid & (BUFFERS - 1);
+                let b = usize::from(bid);
+                self.destinations[b] = SockAddr::from(to);
+                let dest = &self.destinations[b];
+                let m = &mut self.messages[b];
+                let space = write_pktinfo(from, &mut m.ctrl);
+                m.iov = libc::iovec {
+                    iov_base: self.buffers.data.wrapping_add(b * BUF_SIZE).cast(),
+                    iov_len: (len as usize).min(BUF_SIZE),
+                };
+                // SAFETY: all-zero is a valid msghdr; every pointer set below is to memory
+                // the ring owns and keeps in place until after the request completes.
+                m.hdr = unsafe { std::mem::zeroed() };
+                m.hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+                m.hdr.msg_namelen = dest.len();
+                m.hdr.msg_iov = &mut m.iov;
+                m.hdr.msg_iovlen = 1;
+                m.hdr.msg_control = m.ctrl.0.as_mut_ptr().cast();
+                m.hdr.msg_controllen = space as _;
+                opcode::SendMsg::new(types::Fd(fd), &m.hdr)
+                    .flags(libc::MSG_DONTWAIT as u32)
+                    .build()
+                    .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
+            }
         };
         if self.push(&entry) {
-            if let RingOp::Send { bid, .. } | RingOp::SendTo { bid, .. } = op {
+            if let RingOp::Send { bid, .. }
+            | RingOp::SendTo { bid, .. }
+            | RingOp::SendFrom { bid, .. } = op
+            {
                 // Its buffer stays ours until the send completes.
                 self.held[usize::from(bid & (BUFFERS - 1))] = true;
             }

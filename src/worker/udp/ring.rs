@@ -3,10 +3,10 @@
 //! the ring's provided buffers, instead of an epoll registration and a recvmmsg per readable
 //! socket. A client's datagram goes to its session's backend as a send request from the
 //! buffer it arrived in, and a backend's reply to its client the same way from the listener's
-//! socket (no copy; the ring holds the buffer until the send completes). A wildcard
-//! listener's reply must name its source address (PKTINFO), so it is copied into the reply
-//! batch the epoll path fills and leaves by its sendmmsg. Admission, the backend pick,
-//! counters and the flush are the shell's (`shell`), unchanged.
+//! socket (no copy; the ring holds the buffer until the send completes); a wildcard
+//! listener's reply is a sendmsg naming its source address (PKTINFO), the address its client
+//! sent to. Admission, the backend pick, counters and the flush are the shell's (`shell`),
+//! unchanged.
 //!
 //! Hot path. Invariants:
 //! - a request's user data is the worker's tag | kind | 16 bits of the session's generation |
@@ -30,7 +30,6 @@ use mio::Interest;
 use nix::libc;
 
 use crate::metrics::UdpDrop;
-use crate::net::udp::BATCH;
 use crate::net::uring::{Completion, Ring, RingOp};
 use crate::worker::access_log::SessionEnd;
 use crate::worker::pick::passive_success;
@@ -154,7 +153,7 @@ impl Worker {
                 KIND_LISTENER => self.udp_ring_datagram(ring, key, c),
                 KIND_SESSION => {
                     let generation = ((c.user_data >> 32) & GENERATION_MASK) as u32;
-                    self.udp_ring_reply(ring, key, generation, c);
+                    self.udp_ring_reply(key, generation, c);
                 }
                 KIND_SEND => self.udp_ring_sent((c.user_data & 0xffff) as usize, c),
                 _ => {}
@@ -292,9 +291,9 @@ impl Worker {
         }
     }
 
-    /// A completion of session `key`'s receive: the backend's datagram joins the reply batch,
-    /// addressed to the session's client.
-    fn udp_ring_reply(&mut self, ring: &Ring, key: usize, generation: u32, c: &Completion) {
+    /// A completion of session `key`'s receive: the backend's datagram leaves for the
+    /// session's client as a send from the buffer it arrived in.
+    fn udp_ring_reply(&mut self, key: usize, generation: u32, c: &Completion) {
         let alive = |w: &Worker| {
             w.udp
                 .sessions
@@ -313,51 +312,44 @@ impl Worker {
                 else {
                     return;
                 };
-                // A listener bound to one address: the reply leaves as a send request from the
-                // buffer it arrived in. A wildcard listener's must name its source address
-                // (PKTINFO): it goes through the reply batch and its sendmmsg.
-                let direct = match (&self.listeners[listener].socket, local) {
-                    (Some(ListenerSocket::Udp(socket)), None) => Some(socket.as_raw_fd()),
-                    _ => None,
+                // The reply leaves as a send request from the buffer it arrived in; a
+                // wildcard listener's names its source address (PKTINFO).
+                let Some(ListenerSocket::Udp(socket)) = &self.listeners[listener].socket else {
+                    return;
                 };
-                if direct.is_none()
-                    && (self.udp.out_len == BATCH
-                        || (self.udp.out_len > 0 && self.udp.out_listener != listener))
-                {
-                    self.udp_flush();
-                }
+                let fd = socket.as_raw_fd();
                 let now = self.now;
                 let tag = self.tag;
                 let udp = &mut self.udp;
                 let Some(s) = udp.sessions.get_mut(key) else {
                     return;
                 };
-                match direct {
-                    Some(fd) => {
-                        let slot = usize::from(bid) % udp.sends.len();
-                        udp.sends[slot] = PendingSend {
-                            listener,
-                            key,
-                            generation: s.generation,
-                            len,
-                            to_client: true,
-                        };
-                        udp.ops.push(RingOp::SendTo {
-                            fd,
-                            bid,
-                            len: len as u32,
-                            to: s.client,
-                            user_data: user_data(tag, KIND_SEND, 0, slot),
-                        });
-                    }
-                    None => {
-                        let slot = udp.out_len;
-                        udp.outbound
-                            .stage(slot, ring.bytes(bid, len), s.client, s.local);
-                        udp.out_len = slot + 1;
-                        udp.out_listener = s.listener;
-                    }
-                }
+                let slot = usize::from(bid) % udp.sends.len();
+                udp.sends[slot] = PendingSend {
+                    listener,
+                    key,
+                    generation: s.generation,
+                    len,
+                    to_client: true,
+                };
+                let user_data = user_data(tag, KIND_SEND, 0, slot);
+                udp.ops.push(match local {
+                    None => RingOp::SendTo {
+                        fd,
+                        bid,
+                        len: len as u32,
+                        to: s.client,
+                        user_data,
+                    },
+                    Some(from) => RingOp::SendFrom {
+                        fd,
+                        bid,
+                        len: len as u32,
+                        to: s.client,
+                        from,
+                        user_data,
+                    },
+                });
                 s.to_client(len, now);
                 if !s.answered {
                     // The first reply: the backend's passive streak ends, and for
