@@ -469,7 +469,7 @@ nstat_delta() {
 }
 
 # ------------------------------------------------------------------------------- results
-declare -A RATE=() P99=() PCPU=() MCPU=() KCPU=() ADDED=() UNIT=() CUNIT=() NOTE=() RSS=() CNT=()
+declare -A RATE=() P99=() PCPU=() PUSER=() MCPU=() KCPU=() ADDED=() UNIT=() CUNIT=() NOTE=() RSS=() CNT=()
 # Per cell, in the order of RATE's: its placement, and its added CPU ("-" for direct).
 declare -A PLACE=() ADDED_ALL=() RTTS=() BUSY_CLIENT=() BUSY_PROXY=()
 declare -A DIRECT_MCPU=()
@@ -569,7 +569,7 @@ backend_of() {
 # cell CAND WL REPEAT TRY: one run of WL through CAND; appends to the cell's lists. Returns 3,
 # appending nothing, when the run had the CPUs far apart and TRY < --placement-tries.
 cell() {
-  local cand=$1 wl=$2 r=$3 try=$4 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 m0 m1 k0 k1 bpid
+  local cand=$1 wl=$2 r=$3 try=$4 key="$1|$2" outf="$TMP/out" units rate p99 p0 p1 pu0 pu1 m0 m1 k0 k1 bpid
   local rtt placement
   if [[ $wl == udp-echo && $cand == haproxy* ]]; then
     NOTE[$key]="n/a (HAProxy has no UDP)"
@@ -578,6 +578,7 @@ cell() {
   local perf_proxy="" perf_backend="" prof_pid="" n0 n1 k v line c0 c1 q0 q1 sched_pid="" who i0 i1
   local bc0 bc1 bq0 bq1 t0 t1
   p0=$(cpu_ticks "$CAND_PID")
+  pu0=$(user_ticks "$CAND_PID")
   read -r m0 k0 <<<"$(machine_ticks)"
   if ((COUNTERS)); then
     bpid=$(backend_of "$wl")
@@ -628,6 +629,7 @@ cell() {
     i1=$(idle_entries "$PROXY_CPU_LIST")
   fi
   p1=$(cpu_ticks "$CAND_PID")
+  pu1=$(user_ticks "$CAND_PID")
   if [[ -n $prof_pid ]]; then
     kill -INT "$prof_pid" 2>/dev/null || true
     wait "$prof_pid" 2>/dev/null || true
@@ -685,7 +687,7 @@ cell() {
   # Scale per unit: µs per request/connection, s per GB.
   local scale=1000000
   [[ $wl == iperf-* ]] && scale=1000000000
-  local mcpu pcpu="" added=""
+  local mcpu pcpu="" puser="" added=""
   mcpu=$(per "$((m1 - m0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")
   KCPU[$key]+=" $(per "$((k1 - k0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")"
   if [[ $cand == direct ]]; then
@@ -693,6 +695,8 @@ cell() {
   else
     pcpu=$(per "$((p1 - p0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")
     PCPU[$key]+=" $pcpu"
+    puser=$(per "$((pu1 - pu0))" "$units" "$(awk -v s="$scale" -v t="$CLK_TCK" 'BEGIN { print s / t }')")
+    PUSER[$key]+=" $puser"
     if [[ -n ${DIRECT_MCPU[$wl|$r]:-} ]]; then
       added=$(awk -v a="$mcpu" -v b="${DIRECT_MCPU[$wl|$r]}" 'BEGIN { printf "%.6g", a - b }')
       ADDED[$key]+=" $added"
@@ -706,7 +710,7 @@ cell() {
   ADDED_ALL[$key]+=" ${added:--}"
   [[ -n $p99 ]] && P99[$key]+=" $p99"
   MCPU[$key]+=" $mcpu"
-  [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} added=${added:-} cpu_unit=${CUNIT[$key]} rtt_ns=$rtt placement=$placement kept=1" >>"$RAW"
+  [[ -z $RAW ]] || echo "run=$r cand=$cand wl=$wl rate=$rate p99_us=${p99:-} units=$units machine_cpu=$mcpu proxy_cpu=${pcpu:-} proxy_user_cpu=${puser:-} added=${added:-} cpu_unit=${CUNIT[$key]} rtt_ns=$rtt placement=$placement kept=1" >>"$RAW"
   if ((COUNTERS)); then
     # Counters per request or connection; per GB for iperf3.
     [[ $wl == iperf-* ]] && units=$(awk -v b="$units" 'BEGIN { printf "%.6f", b / 1e9 }')
@@ -1149,20 +1153,24 @@ fi
 
 # The kernel's floor under "added": a proxy adds at least one more TCP connection (or, for
 # UDP, two more datagrams each way) of kernel work, which is what direct's kernel CPU per
-# unit measures; and l4lb's added CPU minus its own process CPU is what it adds elsewhere.
+# unit measures; l4lb's added CPU minus its own process CPU is what it adds elsewhere, and
+# minus its user-space CPU (utime) what it would add if its own code cost nothing: the
+# syscalls and the kernel work they cause stay.
 if [[ ",$CANDIDATES," == *",l4lb,"* && ",$CANDIDATES," == *",direct,"* && ${#ANCHORS[@]} -gt 0 ]]; then
   echo
-  echo "| workload | direct's kernel CPU (floor of added) | 0.8 x best anchor's added | l4lb added | l4lb added minus its own CPU |"
-  echo "|---|---|---|---|---|"
+  echo "| workload | direct's kernel CPU (floor of added) | 0.8 x best anchor's added | l4lb added | l4lb added minus its own CPU | l4lb added minus its user-space CPU |"
+  echo "|---|---|---|---|---|---|"
   for wl in wrk-ka wrk-close udp-echo; do
     wants_wl "$wl" || continue
     fl=$(median "${KCPU[direct|$wl]:-}")
     read -r b _ <<<"$(best "$wl" ADDED min)"
     la=$(median "${ADDED[l4lb|$wl]:-}")
     lp=$(median "${PCPU[l4lb|$wl]:-}")
-    [[ -n $fl && -n ${b:-} && -n $la && -n $lp ]] || continue
-    printf '| %s | %.2f %s | %.2f | %.2f | %.2f |\n' "$wl" "$fl" "${CUNIT[l4lb|$wl]}" \
-      "$(awk -v b="$b" 'BEGIN { print 0.8 * b }')" "$la" "$(awk -v a="$la" -v p="$lp" 'BEGIN { print a - p }')"
+    lu=$(median "${PUSER[l4lb|$wl]:-}")
+    [[ -n $fl && -n ${b:-} && -n $la && -n $lp && -n $lu ]] || continue
+    printf '| %s | %.2f %s | %.2f | %.2f | %.2f | %.2f |\n' "$wl" "$fl" "${CUNIT[l4lb|$wl]}" \
+      "$(awk -v b="$b" 'BEGIN { print 0.8 * b }')" "$la" "$(awk -v a="$la" -v p="$lp" 'BEGIN { print a - p }')" \
+      "$(awk -v a="$la" -v u="$lu" 'BEGIN { print a - u }')"
   done
 fi
 

@@ -115,6 +115,20 @@ cpu_ticks() {
   echo "$total"
 }
 
+# user_ticks ROOT: utime alone of ROOT's process tree (the part of cpu_ticks spent outside
+# the kernel), in CLK_TCK ticks.
+user_ticks() {
+  local total=0 p line rest f
+  [[ -n $1 ]] || { echo 0; return; }
+  for p in $(tree_pids "$1"); do
+    read -r line 2>/dev/null <"/proc/$p/stat" || continue
+    rest=${line##*) }
+    read -ra f <<<"$rest"
+    total=$((total + f[11]))
+  done
+  echo "$total"
+}
+
 # rss_kb ROOT: resident memory of ROOT's process tree, KiB.
 rss_kb() {
   local total=0 p v
