@@ -103,28 +103,21 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # cpu_ticks ROOT: utime+stime of ROOT's process tree, in CLK_TCK ticks. /proc/PID/stat already
 # sums the process's threads, so threads are counted once, processes each.
-cpu_ticks() {
-  local total=0 p line rest f
-  [[ -n $1 ]] || { echo 0; return; }
-  for p in $(tree_pids "$1"); do
-    read -r line 2>/dev/null <"/proc/$p/stat" || continue
-    rest=${line##*) }
-    read -ra f <<<"$rest"
-    total=$((total + f[11] + f[12]))
-  done
-  echo "$total"
-}
+cpu_ticks() { tree_ticks "$1" 1; }
 
 # user_ticks ROOT: utime alone of ROOT's process tree (the part of cpu_ticks spent outside
 # the kernel), in CLK_TCK ticks.
-user_ticks() {
+user_ticks() { tree_ticks "$1" 0; }
+
+# tree_ticks ROOT WITH_STIME: utime (+ stime when WITH_STIME is 1) of ROOT's process tree.
+tree_ticks() {
   local total=0 p line rest f
   [[ -n $1 ]] || { echo 0; return; }
   for p in $(tree_pids "$1"); do
     read -r line 2>/dev/null <"/proc/$p/stat" || continue
     rest=${line##*) }
     read -ra f <<<"$rest"
-    total=$((total + f[11]))
+    total=$((total + f[11] + $2 * f[12]))
   done
   echo "$total"
 }

@@ -92,28 +92,21 @@ pub enum RingOp {
         len: u32,
         user_data: u64,
     },
-    /// Send the first `len` bytes of provided buffer `bid` to `to` on an unconnected socket;
-    /// otherwise as [`RingOp::Send`].
+    /// Send the first `len` bytes of provided buffer `bid` to `to` on an unconnected socket,
+    /// from local address `from` when given (IP_PKTINFO/IPV6_PKTINFO: a wildcard listener's
+    /// reply leaves from the address its client sent to); otherwise as [`RingOp::Send`].
     SendTo {
         fd: RawFd,
         bid: u16,
         len: u32,
         to: SocketAddr,
-        user_data: u64,
-    },
-    /// As [`RingOp::SendTo`], from local address `from` (IP_PKTINFO/IPV6_PKTINFO): a
-    /// wildcard listener's reply leaves from the address its client sent to.
-    SendFrom {
-        fd: RawFd,
-        bid: u16,
-        len: u32,
-        to: SocketAddr,
-        from: IpAddr,
+        from: Option<IpAddr>,
         user_data: u64,
     },
 }
 
-/// The message of a [`RingOp::SendFrom`]: its header, its one iovec and its PKTINFO.
+/// The message of a [`RingOp::SendTo`] with a source address: its header, its one iovec and
+/// its PKTINFO.
 struct SendMsg {
     hdr: libc::msghdr,
     iov: libc::iovec,
@@ -235,12 +228,12 @@ pub struct Ring {
     completions: Vec<Completion>,
     /// Per buffer: a send from it is in flight (not given back with its receive).
     held: Box<[bool]>,
-    /// Per buffer: the destination of a [`RingOp::SendTo`] or [`RingOp::SendFrom`] from it,
-    /// read by the kernel when the request is submitted.
+    /// Per buffer: the destination of a [`RingOp::SendTo`] from it, read by the kernel when
+    /// the request is submitted.
     destinations: Box<[SockAddr]>,
-    /// Per buffer: the message of a [`RingOp::SendFrom`] from it (pointing into its own
-    /// entry, `destinations` and the buffer), read by the kernel when the request is
-    /// submitted; boxed, so it never moves.
+    /// Per buffer: the message of a [`RingOp::SendTo`] from it with a source address
+    /// (pointing into its own entry, `destinations` and the buffer), read by the kernel when
+    /// the request is submitted; boxed, so it never moves.
     messages: Box<[SendMsg]>,
 }
 
@@ -383,28 +376,6 @@ impl Ring {
                 bid,
                 len,
                 to,
-                user_data,
-            } => {
-                let bid = bid & (BUFFERS - 1);
-                let b = usize::from(bid);
-                self.destinations[b] = SockAddr::from(to);
-                let dest = &self.destinations[b];
-                opcode::Send::new(
-                    types::Fd(fd),
-                    self.buffers.data.wrapping_add(b * BUF_SIZE),
-                    len.min(BUF_SIZE as u32),
-                )
-                .flags(libc::MSG_DONTWAIT)
-                .dest_addr(dest.as_ptr().cast())
-                .dest_addr_len(dest.len())
-                .build()
-                .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
-            }
-            RingOp::SendFrom {
-                fd,
-                bid,
-                len,
-                to,
                 from,
                 user_data,
             } => {
@@ -412,32 +383,42 @@ impl Ring {
                 let b = usize::from(bid);
                 self.destinations[b] = SockAddr::from(to);
                 let dest = &self.destinations[b];
-                let m = &mut self.messages[b];
-                let space = write_pktinfo(from, &mut m.ctrl);
-                m.iov = libc::iovec {
-                    iov_base: self.buffers.data.wrapping_add(b * BUF_SIZE).cast(),
-                    iov_len: (len as usize).min(BUF_SIZE),
-                };
-                // SAFETY: all-zero is a valid msghdr; every pointer set below is to memory
-                // the ring owns and keeps in place until after the request completes.
-                m.hdr = unsafe { std::mem::zeroed() };
-                m.hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
-                m.hdr.msg_namelen = dest.len();
-                m.hdr.msg_iov = &mut m.iov;
-                m.hdr.msg_iovlen = 1;
-                m.hdr.msg_control = m.ctrl.0.as_mut_ptr().cast();
-                m.hdr.msg_controllen = space as _;
-                opcode::SendMsg::new(types::Fd(fd), &m.hdr)
-                    .flags(libc::MSG_DONTWAIT as u32)
-                    .build()
-                    .user_data(user_data & !0xffff | SEND_BIT | u64::from(bid))
+                let data = self.buffers.data.wrapping_add(b * BUF_SIZE);
+                let len = len.min(BUF_SIZE as u32);
+                let user_data = user_data & !0xffff | SEND_BIT | u64::from(bid);
+                match from {
+                    None => opcode::Send::new(types::Fd(fd), data, len)
+                        .flags(libc::MSG_DONTWAIT)
+                        .dest_addr(dest.as_ptr().cast())
+                        .dest_addr_len(dest.len())
+                        .build()
+                        .user_data(user_data),
+                    Some(from) => {
+                        let m = &mut self.messages[b];
+                        let space = write_pktinfo(from, &mut m.ctrl);
+                        m.iov = libc::iovec {
+                            iov_base: data.cast(),
+                            iov_len: len as usize,
+                        };
+                        // SAFETY: all-zero is a valid msghdr; every pointer set below is to
+                        // memory the ring owns and keeps in place until the send completes.
+                        m.hdr = unsafe { std::mem::zeroed() };
+                        m.hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+                        m.hdr.msg_namelen = dest.len();
+                        m.hdr.msg_iov = &mut m.iov;
+                        m.hdr.msg_iovlen = 1;
+                        m.hdr.msg_control = m.ctrl.0.as_mut_ptr().cast();
+                        m.hdr.msg_controllen = space as _;
+                        opcode::SendMsg::new(types::Fd(fd), &m.hdr)
+                            .flags(libc::MSG_DONTWAIT as u32)
+                            .build()
+                            .user_data(user_data)
+                    }
+                }
             }
         };
         if self.push(&entry) {
-            if let RingOp::Send { bid, .. }
-            | RingOp::SendTo { bid, .. }
-            | RingOp::SendFrom { bid, .. } = op
-            {
+            if let RingOp::Send { bid, .. } | RingOp::SendTo { bid, .. } = op {
                 // Its buffer stays ours until the send completes.
                 self.held[usize::from(bid & (BUFFERS - 1))] = true;
             }

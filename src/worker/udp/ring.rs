@@ -333,22 +333,13 @@ impl Worker {
                     to_client: true,
                 };
                 let user_data = user_data(tag, KIND_SEND, 0, slot);
-                udp.ops.push(match local {
-                    None => RingOp::SendTo {
-                        fd,
-                        bid,
-                        len: len as u32,
-                        to: s.client,
-                        user_data,
-                    },
-                    Some(from) => RingOp::SendFrom {
-                        fd,
-                        bid,
-                        len: len as u32,
-                        to: s.client,
-                        from,
-                        user_data,
-                    },
+                udp.ops.push(RingOp::SendTo {
+                    fd,
+                    bid,
+                    len: len as u32,
+                    to: s.client,
+                    from: local,
+                    user_data,
                 });
                 s.to_client(len, now);
                 if !s.answered {
