@@ -313,34 +313,39 @@ impl Worker {
                     return;
                 };
                 // The reply leaves as a send request from the buffer it arrived in; a
-                // wildcard listener's names its source address (PKTINFO).
-                let Some(ListenerSocket::Udp(socket)) = &self.listeners[listener].socket else {
-                    return;
+                // wildcard listener's names its source address (PKTINFO). A listener whose
+                // socket is gone (removed, or drained) cannot send it: a counted drop.
+                let fd = match &self.listeners[listener].socket {
+                    Some(ListenerSocket::Udp(socket)) => Some(socket.as_raw_fd()),
+                    _ => None,
                 };
-                let fd = socket.as_raw_fd();
+                if fd.is_none() {
+                    self.udp_dropped(listener, UdpDrop::SendFailed, 1);
+                }
                 let now = self.now;
                 let tag = self.tag;
                 let udp = &mut self.udp;
                 let Some(s) = udp.sessions.get_mut(key) else {
                     return;
                 };
-                let slot = usize::from(bid) % udp.sends.len();
-                udp.sends[slot] = PendingSend {
-                    listener,
-                    key,
-                    generation: s.generation,
-                    len,
-                    to_client: true,
-                };
-                let user_data = user_data(tag, KIND_SEND, 0, slot);
-                udp.ops.push(RingOp::SendTo {
-                    fd,
-                    bid,
-                    len: len as u32,
-                    to: s.client,
-                    from: local,
-                    user_data,
-                });
+                if let Some(fd) = fd {
+                    let slot = usize::from(bid) % udp.sends.len();
+                    udp.sends[slot] = PendingSend {
+                        listener,
+                        key,
+                        generation: s.generation,
+                        len,
+                        to_client: true,
+                    };
+                    udp.ops.push(RingOp::SendTo {
+                        fd,
+                        bid,
+                        len: len as u32,
+                        to: s.client,
+                        from: local,
+                        user_data: user_data(tag, KIND_SEND, 0, slot),
+                    });
+                }
                 s.to_client(len, now);
                 if !s.answered {
                     // The first reply: the backend's passive streak ends, and for
