@@ -72,8 +72,10 @@
 #                     0: never wait)
 # Environment: BUILD_DIR (default target/release), L4LB_BIN, LOADGEN_BIN, L4LB_B_BIN,
 # L4LB_B_WORKERS, L4LB_TCP_EXTRA and L4LB_B_TCP_EXTRA (lines added to each TCP listener of
-# l4lb / l4lb-b, e.g. 'backend_congestion_control = "cubic"'), NGINX_MODULES (config that
-# loads nginx's stream module).
+# l4lb / l4lb-b, e.g. 'backend_congestion_control = "cubic"'), L4LB_PIN_CPUS and
+# L4LB_B_PIN_CPUS (`runtime.pin_cpus` of l4lb / l4lb-b, default true: the workers pinned to
+# one CPU share one thread; false gives each worker a thread of its own), NGINX_MODULES
+# (config that loads nginx's stream module).
 # Needs wrk, iperf3, nginx (with the stream module), haproxy; a missing one skips its rows.
 set -euo pipefail
 
@@ -141,6 +143,11 @@ L4LB_B_BIN=${L4LB_B_BIN:-$L4LB_BIN}
 L4LB_B_WORKERS=${L4LB_B_WORKERS:-$WORKERS}
 L4LB_TCP_EXTRA=${L4LB_TCP_EXTRA:-}
 L4LB_B_TCP_EXTRA=${L4LB_B_TCP_EXTRA:-}
+L4LB_PIN_CPUS=${L4LB_PIN_CPUS:-true}
+L4LB_B_PIN_CPUS=${L4LB_B_PIN_CPUS:-true}
+for pin in "$L4LB_PIN_CPUS" "$L4LB_B_PIN_CPUS"; do
+  [[ $pin == true || $pin == false ]] || { echo "compare-tools: L4LB_PIN_CPUS and L4LB_B_PIN_CPUS take true or false" >&2; exit 2; }
+done
 LOADGEN_BIN=${LOADGEN_BIN:-$BUILD_DIR/l4lb-loadgen}
 TEMPLATES=scripts/templates
 if [[ ! -x "$LOADGEN_BIN" ]]; then
@@ -346,7 +353,7 @@ IPERF_T=""
 ECHO_T=""
 UDP_T=""
 start_candidate() {
-  local name=$1 base bin workers tcp_extra splice="" cfg
+  local name=$1 base bin workers tcp_extra pin splice="" cfg
   CAND_PID=""
   if [[ $name == direct ]]; then
     HTTP_T=127.0.0.1:$HTTP1
@@ -365,13 +372,16 @@ start_candidate() {
       bin=$L4LB_BIN
       workers=$WORKERS
       tcp_extra=$L4LB_TCP_EXTRA
+      pin=$L4LB_PIN_CPUS
       if [[ $name == l4lb-b ]]; then
         bin=$L4LB_B_BIN
         workers=$L4LB_B_WORKERS
         tcp_extra=$L4LB_B_TCP_EXTRA
+        pin=$L4LB_B_PIN_CPUS
       fi
       cfg="$TMP/$name.toml"
       render "$TEMPLATES/tools-l4lb.toml.tmpl" "$cfg" "WORKERS=$workers" "TCP_EXTRA=$tcp_extra" \
+        "PIN_CPUS=$pin" \
         "LISTEN_HTTP=$HTTP_T" "LISTEN_IPERF=$IPERF_T" "LISTEN_ECHO=$ECHO_T" "LISTEN_UDP=$UDP_T" \
         "HTTP_BACKENDS=  { addr = \"127.0.0.1:$HTTP1\" },
   { addr = \"127.0.0.1:$HTTP2\" }," \
